@@ -1,0 +1,3 @@
+"""rayeq: equivariant self-supervised learning at scale with Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,386 @@
+"""The one typed experiment config: validated on load, dotted overrides, YAML round trip.
+
+Every section is a pydantic model that forbids unknown keys, so a typo such as
+`loss.recon_wieght=0.5` fails before any work starts, naming the key and what is allowed.
+Sweeps name the same dotted keys (`loss.recon_weight`, `augment.color.strength`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Width of the pooled representation (and of the last feature map) of each backbone.
+BACKBONE_DIMS = {"resnet18": 512, "resnet50": 2048}
+# Total down-sampling of each stem option (stem stride × the strides of layers 2-4).
+STEM_STRIDES = {"imagenet": 32, "compact": 16, "small": 8}
+
+TokenSource = Literal["target.inv", "target.equi", "target.full", "source.inv", "source.equi", "source.full"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the dotted key at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(Section):
+    source: Literal["synth3d", "3diebench", "folder"] = Field(
+        "synth3d", description="synth3d: built-in renders; 3diebench: converted 3DIEBench; folder: natural images"
+    )
+    path: str | None = Field(None, description="data directory (Parquet shards + meta.json); None = built-in cache")
+    image_size: int = Field(64, ge=16, le=512, description="side of the square views fed to the encoder")
+    rotation_target: Literal["sie", "canonical"] = Field(
+        "sie", description="relative quaternion as in SIE (sign as computed) or with w >= 0"
+    )
+    color_target: Literal["sie", "cos_sin"] = Field(
+        "sie", description="hue change as SIE's raw difference or as (cos, sin) of the angle"
+    )
+    skip_corrupt: bool = Field(False, description="skip and count unreadable images instead of failing")
+
+
+# --------------------------------------------------------------------------- augmentation
+class AugFamily(Section):
+    enabled: bool = True
+    strength: float = Field(1.0, ge=0.0, le=2.0, description="scales the family's ranges; 1 = the paper's")
+
+
+class AugmentConfig(Section):
+    """Per-family switches and strengths. Ranges at strength 1 follow arXiv 2503.18753."""
+
+    crop: AugFamily = AugFamily()
+    flip: AugFamily = AugFamily()
+    color: AugFamily = AugFamily()
+    grayscale: AugFamily = AugFamily(enabled=False)
+    blur: AugFamily = AugFamily()
+    rotation: AugFamily = AugFamily(enabled=False)
+    translation: AugFamily = AugFamily(enabled=False)
+    photometric_3d: bool = Field(False, description="apply colour/blur to 3D pairs too (SIE uses none)")
+
+
+# --------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    backbone: Literal["resnet18", "resnet50"] = "resnet18"
+    stem: Literal["imagenet", "compact", "small"] = Field(
+        "small",
+        description="imagenet: 7x7/2 conv + max-pool (stride 32); compact: 3x3/2 conv (stride 16); "
+        "small: 3x3/1 conv (stride 8), for 32-96 px images",
+    )
+    inv_dim: int = Field(256, ge=1, description="first inv_dim channels are invariant, the rest equivariant")
+    projector: list[int] = Field([2048, 2048, 2048], min_length=1, description="projector MLP widths")
+    zero_init_residual: bool = True
+
+    @property
+    def feature_dim(self) -> int:
+        return BACKBONE_DIMS[self.backbone]
+
+    @property
+    def equi_dim(self) -> int:
+        return self.feature_dim - self.inv_dim
+
+
+# --------------------------------------------------------------------------- method
+class XAttnConfig(Section):
+    """The cross-attention that blends the two views' tokens before decoding."""
+
+    query: TokenSource = "target.equi"
+    key: TokenSource = "source.inv"
+    value: TokenSource = "source.inv"
+    learned_projections: bool = Field(False, description="False = parameter-free softmax(QK^T/sqrt(d))V")
+    attn_dim: int = Field(256, ge=8, description="width of learned projections (ignored when parameter-free)")
+    heads: int = Field(1, ge=1, le=64)
+    residual: bool = Field(True, description="add the queries to the attention output")
+
+
+class DecoderConfig(Section):
+    width: int = Field(256, ge=8, le=4096, description="channels after the input 1x1 conv; halved per stage")
+    depth: int = Field(1, ge=1, le=8, description="3x3 conv blocks per upsampling stage")
+    recon_size: int = Field(32, ge=8, le=512, description="side of the reconstructed image")
+
+
+class SIEConfig(Section):
+    hypernetwork: Literal["linear", "deep"] = "linear"
+    bias: bool = Field(False, description="bias in the hypernetwork (SIE: off)")
+
+
+class MethodConfig(Section):
+    name: Literal["vicreg", "simclr", "sie", "xrecon"] = "xrecon"
+    base: Literal["vicreg", "simclr"] = Field("vicreg", description="SSL loss of xrecon's invariant part")
+    target_view: Literal[1, 2] = Field(1, description="xrecon: which view is reconstructed")
+    symmetric: bool = Field(False, description="xrecon: reconstruct both views (average of the two losses)")
+    xattn: XAttnConfig = XAttnConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    sie: SIEConfig = SIEConfig()
+
+
+# --------------------------------------------------------------------------- loss
+class LossConfig(Section):
+    sim_weight: float = Field(25.0, ge=0.0, description="VICReg invariance weight (SIE: 10)")
+    std_weight: float = Field(25.0, ge=0.0, description="VICReg variance weight (SIE: 10)")
+    cov_weight: float = Field(1.0, ge=0.0, description="VICReg covariance weight")
+    temperature: float = Field(0.1, gt=0.0, le=10.0, description="SimCLR NT-Xent temperature")
+    equi_weight: float = Field(4.5, ge=0.0, description="SIE: weight of the equivariant prediction term")
+    recon_weight: float = Field(1.0, ge=0.0, le=100.0, description="xrecon: weight of the reconstruction loss")
+
+
+# --------------------------------------------------------------------------- optimiser
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "lars"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="learning rate at optim.base_batch_size")
+    weight_decay: float = Field(1e-6, ge=0.0, le=1.0)
+    base_batch_size: int = Field(256, ge=1, description="lr is scaled by global_batch / base_batch_size")
+    scale_lr: bool = True
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None = no clipping")
+
+
+# --------------------------------------------------------------------------- training
+class TrainConfig(Section):
+    name: str = Field("rayeq", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="experiment name")
+    storage_path: str = Field("runs", description="runs live in storage_path/name")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=2, description="global batch (split across workers)")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = run in the driver process")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    channels_last: bool = True
+    compile: bool = False
+    sync_batchnorm: bool = True
+    seed: int = Field(0, ge=0)
+    max_failures: int = Field(0, ge=-1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_steps: int = Field(10, ge=1)
+
+
+# --------------------------------------------------------------------------- evaluation
+class EvalConfig(Section):
+    protocols: list[Literal["linear", "knn", "rotation", "color", "transforms"]] = [
+        "linear",
+        "knn",
+        "rotation",
+        "color",
+    ]
+    epochs: int = Field(300, ge=1, description="SIE protocol: 300 epochs")
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(256, ge=1)
+    hidden_dim: int = Field(1024, ge=1, description="width of the regression MLP 2d->h->h->out")
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0.0)
+    seed: int = Field(0, ge=0)
+
+
+# --------------------------------------------------------------------------- tracking
+class TrackConfig(Section):
+    backend: Literal["aim", "none"] = "aim"
+    repo: str = Field(".aim", description="local directory or aim://host:port")
+    experiment: str | None = Field(None, description="Aim experiment; None = train.name")
+    image_every_epochs: int = Field(1, ge=1)
+
+
+# --------------------------------------------------------------------------- the whole tree
+class ExperimentConfig(Section):
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    track: TrackConfig = TrackConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        problems = list(_cross_field_problems(self))
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    # -- helpers -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def dump(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    def fingerprint(self, ignore: tuple[str, ...] = ("train.epochs", "train.name", "train.storage_path")) -> str:
+        """Hash of the settings that define the model and its training; keys in `ignore` may change
+        between a run and its resumption (more epochs, a moved run directory)."""
+        d = self.to_dict()
+        for key in ignore:
+            section, _, leaf = key.partition(".")
+            d.get(section, {}).pop(leaf, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cross_field_problems(cfg: ExperimentConfig):
+    """Constraints between sections, each message naming the keys involved."""
+    m, meth = cfg.model, cfg.method
+    c = m.feature_dim
+    needs_split = meth.name in ("sie", "xrecon")
+    if needs_split and not 0 < m.inv_dim < c:
+        yield (
+            f"model.inv_dim={m.inv_dim} must lie in [1, {c - 1}] for method.name={meth.name!r}: "
+            f"{m.backbone} has {c} channels, split into invariant and equivariant parts"
+        )
+    if meth.name == "sie" and cfg.data.source == "folder":
+        yield (
+            "method.name='sie' needs per-pair rotation targets, which only 3D sources give: "
+            "set data.source to 'synth3d' or '3diebench'"
+        )
+    stride = STEM_STRIDES[m.stem]
+    if cfg.data.image_size < stride:
+        yield (
+            f"data.image_size={cfg.data.image_size} is smaller than the total stride {stride} of "
+            f"model.stem={m.stem!r}: use a larger image or model.stem='small'"
+        )
+    if meth.name == "xrecon" and 0 < m.inv_dim < c:
+        yield from _xattn_problems(cfg)
+    if cfg.train.batch_size % max(cfg.train.num_workers, 1):
+        yield (
+            f"train.batch_size={cfg.train.batch_size} must be divisible by train.num_workers={cfg.train.num_workers}"
+        )
+
+
+def token_width(source: str, model: ModelConfig) -> int:
+    part = source.split(".")[1]
+    return {"inv": model.inv_dim, "equi": model.equi_dim, "full": model.feature_dim}[part]
+
+
+def _xattn_problems(cfg: ExperimentConfig):
+    x, m = cfg.method.xattn, cfg.model
+    dq, dk, dv = (token_width(s, m) for s in (x.query, x.key, x.value))
+    if not x.learned_projections:
+        if dq != dk:
+            yield (
+                f"parameter-free attention needs equal query and key widths, but method.xattn.query="
+                f"{x.query!r} has {dq} channels and method.xattn.key={x.key!r} has {dk} (model.inv_dim="
+                f"{m.inv_dim}); set model.inv_dim={m.feature_dim // 2} or method.xattn.learned_projections=true"
+            )
+        if x.residual and dv != dq:
+            yield (
+                f"a residual needs the value width ({dv}, method.xattn.value={x.value!r}) to equal the "
+                f"query width ({dq}); set method.xattn.residual=false or learned_projections=true"
+            )
+        for name, d in (("query", dq), ("value", dv)):
+            if d % x.heads:
+                yield f"method.xattn.heads={x.heads} must divide the {name} width {d}"
+    elif x.attn_dim % x.heads:
+        yield f"method.xattn.heads={x.heads} must divide method.xattn.attn_dim={x.attn_dim}"
+
+
+# --------------------------------------------------------------------------- loading
+def _format_validation_error(err: ValidationError, root: type[BaseModel] = ExperimentConfig) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent_keys = _fields_at(root, e["loc"][:-1])
+            bad = str(e["loc"][-1])
+            hint = difflib.get_close_matches(bad, parent_keys, n=1)
+            msg = f"unknown key {loc!r}"
+            if hint:
+                msg += f" (did you mean {'.'.join([*map(str, e['loc'][:-1]), hint[0]])!r}?)"
+            msg += f"; allowed keys here: {', '.join(parent_keys)}"
+        elif e["type"] == "value_error" and not e["loc"]:
+            msg = str(e["msg"]).removeprefix("Value error, ")
+        else:
+            got = e.get("input")
+            msg = f"{loc}: {e['msg']} (got {got!r})"
+        lines.append(msg)
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'loss.recon_weight=0.5' -> ('loss.recon_weight', 0.5); values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node: dict[str, Any] = data
+        model: type[BaseModel] | None = ExperimentConfig
+        for i, part in enumerate(parts):
+            allowed = list(model.model_fields) if model is not None else []
+            if model is not None and part not in allowed:
+                hint = difflib.get_close_matches(part, allowed, n=1)
+                where = ".".join(parts[:i]) or "top level"
+                msg = f"unknown key {key!r}: {part!r} is not a key of {where}"
+                if hint:
+                    msg += f" (did you mean {'.'.join([*parts[:i], hint[0]])!r}?)"
+                raise ConfigError(msg + f"; allowed: {', '.join(allowed)}")
+            if i == len(parts) - 1:
+                node[part] = value
+                break
+            ann = model.model_fields[part].annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if model is None:
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])} must be a mapping")
+            node = child
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a YAML experiment config (None = the built-in defaults) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        data = loaded or {}
+    data = apply_overrides(data, list(overrides))
+    return from_dict(data)

@@ -1,0 +1,27 @@
+"""Cross-rank gathering that keeps gradients, and a no-op in a single process."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` (B, ...) from every rank along dim 0 -> (world*B, ...).
+
+    The backward pass sums the incoming gradients over ranks and hands each rank its slice, so
+    a loss that every rank computes on the global batch gets the right gradient under DDP's
+    gradient averaging.
+    """
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)

@@ -1,0 +1,30 @@
+"""Run by test_losses.py in 2 gloo processes: each rank computes the losses on its half of a batch."""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from rayeq.losses import nt_xent_loss, vicreg_loss
+
+
+def main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    full = torch.load(os.path.join(out_dir, "inputs.pt"))
+    b = full["z1"].shape[0] // world
+    sl = slice(rank * b, (rank + 1) * b)
+    results = {}
+    for name in ("vicreg", "simclr"):
+        z1 = full["z1"][sl].clone().requires_grad_(True)
+        z2 = full["z2"][sl].clone().requires_grad_(True)
+        loss = vicreg_loss(z1, z2)["total"] if name == "vicreg" else nt_xent_loss(z1, z2, temperature=0.5)
+        loss.backward()
+        results[name] = {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

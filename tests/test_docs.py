@@ -1,0 +1,36 @@
+"""The README's Quickstart is what CI runs, and what the README names exists."""
+
+import re
+from pathlib import Path
+
+from rayeq.cli import build_parser
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def quickstart_commands() -> list[str]:
+    section = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)]
+
+
+def test_quickstart_has_two_commands_that_ci_runs():
+    install_and_run, tests = quickstart_commands()
+    assert "\n" not in install_and_run and "\n" not in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = install_and_run.split(" && .venv/bin/rayeq ")[0]
+    assert install in ci, "the README's install command must be the one .ci/run uses"
+    assert tests in ci, "the README's test command must be the one .ci/run uses"
+    assert "-c constraints.txt" in install and (ROOT / "constraints.txt").is_file()
+
+
+def test_quickstart_main_job_is_a_real_command():
+    install_and_run, _ = quickstart_commands()
+    command = install_and_run.split(".venv/bin/rayeq ", 1)[1].split()[0]
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert command in subcommands
+
+
+def test_configs_named_in_readme_exist():
+    for name in re.findall(r"`(\w+_(?:synth3d|3diebench|imagefolder))`", README):
+        assert (ROOT / "configs" / f"{name}.yaml").is_file(), name

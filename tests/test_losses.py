@@ -1,0 +1,83 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rayeq.losses import covariance_term, invariance_term, nt_xent_loss, variance_term, vicreg_loss
+
+
+def test_vicreg_terms_on_known_inputs():
+    z = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])
+    assert invariance_term(z, z).item() == 0.0
+    # constant column -> std sqrt(1e-4) = 0.01 -> hinge 0.99; other column std 2 -> 0
+    c = torch.tensor([[1.0, 0.0], [1.0, 2.0], [1.0, 4.0]])
+    torch.testing.assert_close(variance_term(c), torch.tensor((0.99 + 0.0) / 2))
+    # two identical columns with variance 4: off-diagonal cov = 4 (twice), sum of squares 32, / D=2 -> 16
+    d = torch.tensor([[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]])
+    torch.testing.assert_close(covariance_term(d), torch.tensor(16.0))
+    # uncorrelated columns -> 0
+    e = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
+    torch.testing.assert_close(covariance_term(e), torch.tensor(0.0))
+
+
+def test_vicreg_weights_and_total():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    t = vicreg_loss(z1, z2, sim_weight=2.0, std_weight=3.0, cov_weight=5.0)
+    torch.testing.assert_close(t["sim"], 2.0 * F.mse_loss(z1, z2))
+    torch.testing.assert_close(t["std"], 3.0 * (variance_term(z1) + variance_term(z2)) / 2)
+    torch.testing.assert_close(t["cov"], 5.0 * (covariance_term(z1) + covariance_term(z2)))
+    torch.testing.assert_close(t["total"], t["sim"] + t["std"] + t["cov"])
+
+
+def _nt_xent_reference(z1, z2, temperature):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    losses = []
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        sims = torch.stack([z[i] @ z[j] / temperature for j in range(2 * n) if j != i])
+        pos_idx = pos if pos < i else pos - 1
+        losses.append(-sims[pos_idx] + torch.logsumexp(sims, dim=0))
+    return torch.stack(losses).mean()
+
+
+def test_nt_xent_matches_reference_and_rewards_alignment():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
+    torch.testing.assert_close(nt_xent_loss(z1, z2, 0.3), _nt_xent_reference(z1, z2, 0.3))
+    aligned = nt_xent_loss(z1, z1 + 0.01 * torch.randn(6, 5), 0.1)
+    assert aligned < nt_xent_loss(z1, z2, 0.1) - 1.0
+
+
+def test_losses_under_ddp_match_the_full_batch(tmp_path):
+    """2 gloo ranks, each with half the batch: the gathered losses equal the single-process loss on the
+    whole batch, and each rank's input gradient is world_size x the full-batch gradient of its half
+    (DDP then divides by world_size when it averages parameter gradients)."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 6), torch.randn(16, 6)
+    torch.save({"z1": z1, "z2": z2}, tmp_path / "inputs.pt")
+    worker = Path(__file__).with_name("_ddp_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), str(r), "2", str(tmp_path / "init"), str(tmp_path)], env=env)
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    for name in ("vicreg", "simclr"):
+        a1, a2 = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+        full = (
+            vicreg_loss(a1, a2, gather=False)["total"] if name == "vicreg" else nt_xent_loss(a1, a2, 0.5, gather=False)
+        )
+        full.backward()
+        mean_rank_loss = sum(r[name]["loss"] for r in ranks) / 2
+        torch.testing.assert_close(mean_rank_loss, full.detach(), rtol=1e-5, atol=1e-6)
+        g1 = torch.cat([r[name]["g1"] for r in ranks]) / 2
+        g2 = torch.cat([r[name]["g2"] for r in ranks]) / 2
+        torch.testing.assert_close(g1, a1.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g2, a2.grad, rtol=1e-4, atol=1e-6)
