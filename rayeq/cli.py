@@ -7,6 +7,7 @@ import sys
 
 from rayeq import __version__
 from rayeq.config import ConfigError, load_config
+from rayeq.data.schema import DataError
 
 DEMO_DEFAULTS = ["data.image_size=32", "model.stem=compact", "model.projector=[256,256]"]
 
@@ -44,6 +45,61 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    if args.data_command == "synth3d":
+        from rayeq.data.synth3d import generate
+
+        generate(
+            args.out, classes=args.classes, objects_per_class=args.objects_per_class, views=args.views,
+            size=args.size, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+        )  # fmt: skip
+    elif args.data_command == "3diebench":
+        from rayeq.data.convert import convert_3diebench
+
+        convert_3diebench(args.src, args.out, args.train_list, args.val_list, overwrite=args.overwrite)
+    elif args.data_command == "folder":
+        from rayeq.data.convert import convert_folder
+
+        convert_folder(args.src, args.out, overwrite=args.overwrite, val_fraction=args.val_fraction)
+    elif args.data_command == "preview":
+        from rayeq.data.preview import contact_sheet
+
+        path = contact_sheet(args.dir, args.out, rows=args.rows, cols=args.cols)
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_data_parser(sub) -> None:
+    p = sub.add_parser("data", help="make, convert and preview data sets")
+    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    s = dsub.add_parser("synth3d", help="render the built-in 3DIEBench-style data set (CPU, offline)")
+    s.add_argument("--out", required=True, help="output directory (must be empty or new)")
+    s.add_argument("--classes", type=int, default=20, help="number of procedural classes (max 23)")
+    s.add_argument("--objects-per-class", type=int, default=50)
+    s.add_argument("--views", type=int, default=20, help="views per object")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="render processes (default: all CPUs)")
+    s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")
+    s = dsub.add_parser("3diebench", help="convert the official 3DIEBench layout (SYNSET/OBJ_ID/image_i.jpg)")
+    s.add_argument("--src", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--train-list", default=None, help="SIE's train_images.npy (object paths)")
+    s.add_argument("--val-list", default=None, help="SIE's val_images.npy")
+    s.add_argument("--overwrite", action="store_true")
+    s = dsub.add_parser("folder", help="convert an image-folder tree (ROOT/CLASS/IMAGE, ImageNet layout)")
+    s.add_argument("--src", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--val-fraction", type=float, default=0.2, help="used when ROOT has no train/ and val/")
+    s.add_argument("--overwrite", action="store_true")
+    s = dsub.add_parser("preview", help="contact sheet PNG of a data set")
+    s.add_argument("dir")
+    s.add_argument("--out", default="preview.png")
+    s.add_argument("--rows", type=int, default=10)
+    s.add_argument("--cols", type=int, default=8)
+    p.set_defaults(func=cmd_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayeq",
@@ -58,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=16)
     p.set_defaults(func=cmd_demo)
+
+    _add_data_parser(sub)
 
     p = sub.add_parser("config", help="validate or print a resolved experiment config")
     p.add_argument("action", choices=["show", "check"], help="show: print the resolved YAML; check: validate")
@@ -74,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"rayeq: {exc}", file=sys.stderr)
         return 2
 

@@ -46,6 +46,9 @@ class DataConfig(Section):
         "sie", description="hue change as SIE's raw difference or as (cos, sin) of the angle"
     )
     skip_corrupt: bool = Field(False, description="skip and count unreadable images instead of failing")
+    num_actors: int | None = Field(None, ge=1, description="Ray Data pair-maker actors; None = half the CPUs")
+    cpus_per_actor: float = Field(0.5, gt=0.0, description="CPUs reserved by each pair-maker actor")
+    rows_per_batch: int = Field(16, ge=1, description="stored rows per map_batches call")
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -26,3 +26,32 @@ def smooth_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor
 
     q = torch.nn.functional.normalize(torch.randn(batch, 4, generator=g), dim=1)
     return {"view1": img(), "view2": img(), "rel_rotation": q}
+
+
+@pytest.fixture(scope="session")
+def tiny_synth3d(tmp_path_factory):
+    """4 classes x 5 objects x 4 views at 32 px, rendered once per test session (about a second)."""
+    from rayeq.data.synth3d import generate
+
+    out = tmp_path_factory.mktemp("data") / "synth3d"
+    generate(out, classes=4, objects_per_class=5, views=4, size=32, seed=0, workers=1, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray instance for the whole test session, in a private temp dir (never `ray stop`)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()

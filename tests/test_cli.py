@@ -37,3 +37,28 @@ def test_demo_prints_loss_terms_and_lowers_loss():
     first = float(lines[0].split("total=")[1].split()[0])
     last = float(lines[-1].split("total=")[1].split()[0])
     assert last < first
+
+
+def test_data_synth3d_and_preview_cli(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "set"
+    cmd = [sys.executable, "-m", "rayeq.cli", "data", "synth3d", "--out", str(out), "--classes", "3",
+           "--objects-per-class", "2", "--views", "3", "--size", "32", "--workers", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "images/s" in proc.stdout and "ETA" in proc.stderr + proc.stdout
+    assert "pybullet build time" not in proc.stdout + proc.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    sheet = tmp_path / "sheet.png"
+    prev = subprocess.run([sys.executable, "-m", "rayeq.cli", "data", "preview", str(out), "--out", str(sheet)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert prev.returncode == 0, prev.stderr
+    w, h = Image.open(sheet).size
+    assert w > 3 * 64 and h > 3 * 64  # 3 classes x 3 views, upscaled
+
+
+def test_data_errors_exit_2_with_message(capsys, tmp_path):
+    assert main(["data", "preview", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

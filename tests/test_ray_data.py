@@ -1,0 +1,91 @@
+"""The Ray Data pipeline (shared local Ray instance for the session)."""
+
+import numpy as np
+import pytest
+
+from rayeq.config import load_config
+from rayeq.data.pipeline import build_ray_dataset
+from rayeq.data.schema import DataError
+
+
+@pytest.fixture
+def cfg(tiny_synth3d):
+    return load_config(None, [f"data.path={tiny_synth3d}", "data.image_size=32", "data.num_actors=1",
+                              "data.rows_per_batch=4"])  # fmt: skip
+
+
+def _epoch(ds):
+    batches = list(ds.iter_torch_batches(batch_size=4, drop_last=True))
+    return batches
+
+
+def test_ray_pairs_shapes_dtypes_and_fresh_pairs_per_epoch(ray_session, cfg):
+    import torch
+
+    ds = build_ray_dataset(cfg, "train")
+    first, second = _epoch(ds), _epoch(ds)
+    assert sum(len(b["label"]) for b in first) == 16
+    b = first[0]
+    assert b["view1"].shape == (4, 3, 32, 32) and b["view1"].dtype == torch.uint8
+    assert b["rel_rotation"].shape == (4, 4) and b["rel_rotation"].dtype == torch.float32
+    assert b["label"].dtype == torch.int64
+    key = lambda batches: sorted(  # noqa: E731
+        (int(l), int(i), int(j)) for x in batches for l, (i, j) in zip(x["label"], x["view_index"], strict=True)
+    )
+    assert key(first) != key(second)  # new pairs in a new epoch
+    val = _epoch(build_ray_dataset(cfg, "val"))
+    assert sum(len(b["label"]) for b in val) == 4  # the pushdown filter keeps only the split's objects
+
+
+def test_ray_pairs_reach_train_workers(ray_session, cfg, tmp_path):
+    import ray.train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def loop(config):
+        seen, dtypes = 0, set()
+        for b in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=4, drop_last=True):
+            seen += b["view1"].shape[0]
+            dtypes.add(str(b["view1"].dtype))
+        with open(config["out"], "w") as f:
+            f.write(f"{seen} {sorted(dtypes)}")
+
+    out = tmp_path / "seen.txt"
+    TorchTrainer(
+        loop,
+        train_loop_config={"out": str(out)},
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+        datasets={"train": build_ray_dataset(cfg, "train")},
+        run_config=RunConfig(name="pipe", storage_path=str(tmp_path / "runs")),
+    ).fit()
+    assert out.read_text() == "16 ['torch.uint8']"
+
+
+def test_corrupt_image_fails_the_ray_pipeline_with_its_shard(ray_session, tiny_synth3d, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_synth3d, bad)
+    for shard in bad.glob("shard-*.parquet"):
+        rows = pq.read_table(shard).to_pylist()
+        for r in rows:
+            r["images"] = [b"garbage"] * len(r["images"])
+        pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), shard)
+    cfg = load_config(None, [f"data.path={bad}", "data.image_size=32", "data.num_actors=1"])
+    with pytest.raises(Exception) as exc:
+        _epoch(build_ray_dataset(cfg, "train"))
+    assert "corrupt image in shard" in str(exc.value) and "shard-00000.parquet" in str(exc.value)
+
+
+def test_bad_data_fails_before_ray_work(ray_session, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_ray_dataset(load_config(None, [f"data.path={tmp_path / 'none'}"]))
+
+
+def test_same_pair_code_without_ray(cfg):
+    from rayeq.data.pipeline import iter_pairs
+
+    assert np.sum([len(b["label"]) for b in iter_pairs(cfg, batch_size=4)]) == 16
