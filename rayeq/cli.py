@@ -69,6 +69,23 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from rayeq.train.driver import run_training, summary
+
+    config, overrides = _split_config_and_overrides(args)
+    cfg = load_config(config, overrides)
+    res = run_training(cfg, address=args.address, force=args.force)
+    print(summary(res, cfg))
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from rayeq.quickstart import run_quickstart
+
+    run_quickstart(epochs=args.epochs, storage_path=args.runs, aim_repo=args.aim_repo)
+    return 0
+
+
 def _add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="make, convert and preview data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -116,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_data_parser(sub)
+
+    p = sub.add_parser("quickstart", help="build the built-in data set and train xrecon on local Ray (minutes)")
+    p.add_argument("--epochs", type=int, default=None, help="override the quickstart's epoch count")
+    p.add_argument("--runs", default="runs", help="where run directories go")
+    p.add_argument("--aim-repo", default="aim", help="directory of the local Aim repo")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("train", help="train on Ray Train (TorchTrainer + Ray Data); reruns resume")
+    _add_config_args(p)
+    p.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS or a local one)")
+    p.add_argument("--force", action="store_true", help="resume a run's checkpoint even under a changed config")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("config", help="validate or print a resolved experiment config")
     p.add_argument("action", choices=["show", "check"], help="show: print the resolved YAML; check: validate")

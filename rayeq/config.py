@@ -21,6 +21,14 @@ BACKBONE_DIMS = {"resnet18": 512, "resnet50": 2048}
 # Total down-sampling of each stem option (stem stride × the strides of layers 2-4).
 STEM_STRIDES = {"imagenet": 32, "compact": 16, "small": 8}
 
+# Keys that may change when a run is resumed: they do not change what is being trained.
+OPERATIONAL_KEYS = (
+    "train.epochs", "train.name", "train.storage_path", "train.log_every_steps", "train.val_every_epochs",
+    "train.max_failures", "train.keep_checkpoints", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
+    "train.gpus_per_worker", "train.precision", "train.compile", "train.channels_last",
+    "data.path", "data.num_actors", "data.cpus_per_actor", "data.rows_per_batch", "data.skip_corrupt",
+    "eval", "track",
+)  # fmt: skip
 TokenSource = Literal["target.inv", "target.equi", "target.full", "source.inv", "source.equi", "source.full"]
 
 
@@ -164,6 +172,7 @@ class TrainConfig(Section):
     max_failures: int = Field(0, ge=-1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(10, ge=1)
+    val_every_epochs: int = Field(1, ge=1, description="probe the val split every N epochs (and at the end)")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -186,7 +195,7 @@ class EvalConfig(Section):
 # --------------------------------------------------------------------------- tracking
 class TrackConfig(Section):
     backend: Literal["aim", "none"] = "aim"
-    repo: str = Field(".aim", description="local directory or aim://host:port")
+    repo: str = Field("aim", description="directory holding the Aim repo (its .aim folder), or aim://host:port")
     experiment: str | None = Field(None, description="Aim experiment; None = train.name")
     image_every_epochs: int = Field(1, ge=1)
 
@@ -223,13 +232,17 @@ class ExperimentConfig(Section):
         path.write_text(self.to_yaml())
         return path
 
-    def fingerprint(self, ignore: tuple[str, ...] = ("train.epochs", "train.name", "train.storage_path")) -> str:
-        """Hash of the settings that define the model and its training; keys in `ignore` may change
-        between a run and its resumption (more epochs, a moved run directory)."""
+    def fingerprint(self, ignore: tuple[str, ...] = OPERATIONAL_KEYS) -> str:
+        """Hash of the settings that define the model and its training. Keys in `ignore` say how and
+        where a run executes (epochs to reach, logging, resources, tracking) and may change between a
+        run and its resumption."""
         d = self.to_dict()
         for key in ignore:
-            section, _, leaf = key.partition(".")
-            d.get(section, {}).pop(leaf, None)
+            node, *path = key.split(".")
+            parent = d
+            for part in [node, *path][:-1]:
+                parent = parent.get(part, {})
+            parent.pop(([node, *path])[-1], None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from conftest import smooth_pairs
 
 from rayeq.losses import resize_target
 from rayeq.methods import SIE, JointEmbedding, MissingTargetError, XRecon, build_method
+
+from conftest import smooth_pairs
 
 METHODS = ["vicreg", "simclr", "sie", "xrecon"]
 EXPECTED_TERMS = {

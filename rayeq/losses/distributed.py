@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 def world_size() -> int:
@@ -24,4 +23,21 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+    return torch.cat(_GatherWithGrad.apply(x.contiguous()), dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward all-reduces the gradients of every gathered copy and returns this
+    rank's slice (VICReg's FullGatherLayer). Needs the same shape on every rank (drop_last)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        g = torch.stack(grads)
+        dist.all_reduce(g)
+        return g[dist.get_rank()]

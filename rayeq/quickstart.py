@@ -1,0 +1,65 @@
+"""`rayeq quickstart`: the whole path on a laptop in a few minutes. Builds (or reuses) a small
+synth3d set in a cache directory, trains xrecon with 2 CPU workers on a local Ray instance, reports
+the online probes, logs to a local Aim repo and prints how to look at it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rayeq.config import load_config
+
+DATA = dict(classes=20, objects_per_class=50, views=12, size=32, seed=0)
+DATA_NAME = "synth3d-quickstart-v1"
+OVERRIDES = [
+    "data.source=synth3d", "data.image_size=32", "data.cpus_per_actor=0.4", "data.num_actors=1",
+    "model.stem=compact", "model.projector=[512,512]",
+    "method.name=xrecon", "method.decoder.width=64", "method.decoder.recon_size=32",
+    "loss.sim_weight=10", "loss.std_weight=10", "loss.cov_weight=1",
+    "optim.lr=0.002", "optim.scale_lr=false", "optim.warmup_epochs=1",
+    "train.num_workers=2", "train.cpus_per_worker=0.5", "train.batch_size=64", "train.epochs=12",
+    "train.val_every_epochs=3", "train.log_every_steps=6", "train.keep_checkpoints=2",
+    "track.image_every_epochs=3",
+]  # fmt: skip
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAYEQ_CACHE", Path.home() / ".cache" / "rayeq")).expanduser()
+
+
+def ensure_data(log=print) -> Path:
+    from rayeq.data.schema import DataError, open_dataset
+    from rayeq.data.synth3d import generate
+
+    path = cache_dir() / DATA_NAME
+    try:
+        open_dataset(path)
+        log(f"reusing the built-in data set at {path}")
+        return path
+    except DataError:
+        pass
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"building the built-in data set (once) at {path}")
+    generate(tmp, **DATA, log=log)
+    if path.exists():  # an unusable earlier attempt: keep it aside rather than delete it
+        path.rename(path.with_name(path.name + f".broken-{int(time.time())}"))
+    tmp.rename(path)
+    return path
+
+
+def run_quickstart(epochs: int | None = None, storage_path: str = "runs", aim_repo: str = "aim", log=print):
+    from rayeq.train.driver import run_training, summary
+
+    t0 = time.perf_counter()
+    data = ensure_data(log)
+    name = time.strftime("quickstart-%Y%m%d-%H%M%S")
+    extra = [f"train.epochs={epochs}"] if epochs else []
+    cfg = load_config(None, [*OVERRIDES, f"data.path={data}", f"train.name={name}",
+                             f"train.storage_path={storage_path}", f"track.repo={aim_repo}", *extra])  # fmt: skip
+    res = run_training(cfg, log=log)
+    log(summary(res, cfg))
+    log(f"quickstart finished in {time.perf_counter() - t0:.0f}s; the resolved config is {res.run_dir / 'config.yaml'}")
+    return res

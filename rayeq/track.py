@@ -1,0 +1,77 @@
+"""A small tracker interface; Aim is one backend behind it, `none` the other.
+
+Aim's last release is May 2025 and its UI/server has open CVEs, so rayeq keeps it at arm's length:
+only this module imports it, lazily, and `aim up` / `aim server` are shown bound to 127.0.0.1.
+`track.repo` is a local directory (one writer per repo; fine for one node) or `aim://host:port`
+for a remote `aim server` that every node writes to.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Tracker:
+    """No-op base: the `none` backend."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: int | None = None, subset: str = "train"): ...
+
+    def log_image(self, name: str, image: np.ndarray, step: int, epoch: int | None = None, caption: str = ""): ...
+
+    def close(self) -> None: ...
+
+
+class AimTracker(Tracker):
+    def __init__(self, repo: str, experiment: str, run_id: str | None = None):
+        with warnings.catch_warnings():  # aim imports SQLAlchemy APIs that warn under -W error
+            warnings.simplefilter("ignore")
+            import aim
+        self._aim = aim
+        if not repo.startswith("aim://"):
+            # Aim's convention: `repo` is the directory that holds the `.aim` folder
+            Path(repo).mkdir(parents=True, exist_ok=True)
+            if not (Path(repo) / ".aim").exists():
+                aim.Repo.from_path(repo, init=True)
+        self.run = aim.Run(
+            run_hash=run_id,
+            repo=repo,
+            experiment=experiment,
+            system_tracking_interval=None,
+            capture_terminal_logs=False,
+        )
+        self.run_id = self.run.hash
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.run["hparams"] = params
+
+    def log_metrics(self, metrics, step, epoch=None, subset="train"):
+        for name, value in metrics.items():
+            self.run.track(float(value), name=name, step=step, epoch=epoch, context={"subset": subset})
+
+    def log_image(self, name, image, step, epoch=None, caption=""):
+        from PIL import Image
+
+        self.run.track(self._aim.Image(Image.fromarray(image), caption=caption), name=name, step=step, epoch=epoch)
+
+    def close(self) -> None:
+        self.run.close()
+
+
+def open_tracker(backend: str, repo: str, experiment: str, run_id: str | None = None) -> Tracker:
+    if backend == "none":
+        return Tracker()
+    if backend == "aim":
+        return AimTracker(repo, experiment, run_id)
+    raise ValueError(f"unknown tracker backend {backend!r}; choose aim or none")
+
+
+def aim_up_command(repo: str) -> str:
+    return f"aim up --repo {repo} --host 127.0.0.1 --port 43800"

@@ -1,0 +1,194 @@
+"""`rayeq train`: everything that can be checked is checked before Ray starts; then a TorchTrainer
+runs `train_loop_per_worker` over the Ray Data pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayeq.config import ConfigError, ExperimentConfig, from_dict
+from rayeq.data.pipeline import check_data, norm_stats
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    seconds: float
+    track_repo: str
+
+
+def run_dir_of(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.train.storage_path).expanduser().resolve() / cfg.train.name
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return keys
+
+
+def check_run_dir(cfg: ExperimentConfig, force: bool) -> Path:
+    """A run directory with another config is refused (unless force, which keeps the old config file
+    as config.<n>.yaml); the same config resumes."""
+    run_dir = run_dir_of(cfg)
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        old = from_dict(yaml.safe_load(saved.read_text()))
+        if old.fingerprint() != cfg.fingerprint():
+            from rayeq.config import OPERATIONAL_KEYS
+
+            diff = [d for d in _diff(old.to_dict(), cfg.to_dict()) if not d.startswith(OPERATIONAL_KEYS)]
+            if not force:
+                raise ConfigError(
+                    f"run directory {str(run_dir)!r} holds a run made under a different config; resuming it "
+                    "with this one is refused. Differences:\n  " + "\n  ".join(diff) + "\nUse another "
+                    "train.name for a new run, or --force to resume that run's checkpoint with this config."
+                )
+            n = 1
+            while (run_dir / f"config.{n}.yaml").exists():
+                n += 1
+            shutil.copy(saved, run_dir / f"config.{n}.yaml")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def connect_ray(address: str | None, log=print):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Ray >= 2.59 clusters use token auth; a client connecting by address must say so
+        token = Path.home() / ".ray" / "auth_token"
+        if "RAY_AUTH_MODE" not in os.environ and token.is_file():
+            os.environ["RAY_AUTH_MODE"] = "token"
+        log(f"connecting to Ray at {address}")
+        ray.init(address=address, log_to_driver=True)
+    else:
+        log("starting a local Ray instance (dashboard on 127.0.0.1)")
+        ray.init(dashboard_host="127.0.0.1", log_to_driver=True)
+    return ray
+
+
+def check_resources(cfg: ExperimentConfig, ray) -> None:
+    t, d = cfg.train, cfg.data
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    from rayeq.data.pipeline import READ_CPUS
+
+    need_cpu = max(t.num_workers, 1) * t.cpus_per_worker
+    if need_cpu + d.cpus_per_actor + READ_CPUS > cpus + 1e-9:
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} = {need_cpu} CPUs plus "
+            f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{READ_CPUS} to read) "
+            f"exceed the cluster's {cpus:g} "
+            "CPUs (the run would hang waiting for data): lower them or add nodes"
+        )
+    if t.use_gpu and max(t.num_workers, 1) * t.gpus_per_worker > gpus:
+        raise ConfigError(
+            f"train.use_gpu with train.num_workers={t.num_workers} x train.gpus_per_worker={t.gpus_per_worker} "
+            f"needs more GPUs than the cluster's {gpus:g}"
+        )
+
+
+def resolve_track_repo(cfg: ExperimentConfig) -> str:
+    repo = cfg.track.repo
+    return repo if repo.startswith("aim://") else str(Path(repo).expanduser().resolve())
+
+
+def run_training(
+    cfg: ExperimentConfig,
+    address: str | None = None,
+    force: bool = False,
+    log=print,
+    _fail_at_epoch: int | None = None,
+) -> TrainResult:
+    t0 = time.perf_counter()
+    meta, _ = check_data(cfg, "train")
+    n_train = meta["splits"]["train"]
+    has_val = meta["splits"].get("val", 0) > 0
+    if n_train < cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the {n_train} training rows of {cfg.data.path!r}"
+        )
+    run_dir = check_run_dir(cfg, force)
+    cfg.dump(run_dir / CONFIG_FILE)
+    three_d = meta["format"] == "rayeq-objects/1"
+    regress = {"rel_rotation": 4, "rel_color": 2 if cfg.data.color_target == "sie" else 4} if three_d else {}
+    mean, std = norm_stats(meta)
+    score = "val/top1" if has_val else "train/top1"
+    track_repo = resolve_track_repo(cfg)
+
+    ray = connect_ray(address, log)
+    check_resources(cfg, ray)
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayeq.data.pipeline import build_ray_dataset
+    from rayeq.train.loop import train_loop_per_worker
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # rayeq prints steps, throughput and ETA itself
+    ctx.print_on_execution_start = False
+    datasets = {"train": build_ray_dataset(cfg, "train")}
+    if has_val:
+        datasets["val"] = build_ray_dataset(cfg, "val")
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+    info = {
+        "n_train": n_train, "has_val": has_val, "num_classes": len(meta["classes"]), "regress": regress,
+        "mean": mean, "std": std, "config_hash": cfg.fingerprint(), "force": force, "run_dir": str(run_dir),
+        "track_repo": track_repo, "score_attribute": score, "fail_at_epoch": _fail_at_epoch,
+    }  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "info": info},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=t.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score, checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # rayeq prints its own progress
+        ),
+        datasets=datasets,
+    )
+    log(f"training {cfg.method.name} on {meta['source']} ({n_train} train objects/images) with "
+        f"{t.num_workers} worker(s) x {resources}; run dir {run_dir}")  # fmt: skip
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    ckpt = result.checkpoint.path if result.checkpoint else None
+    return TrainResult(run_dir, metrics, ckpt, time.perf_counter() - t0, track_repo)
+
+
+def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
+    from rayeq.track import aim_up_command
+
+    m = res.metrics
+    keys = ["epoch", "train/total", "images_per_sec", "train/top1", "val/top1", "val/top1_inv", "val/rot_r2",
+            "val/rot_r2_per_dim", "val/color_r2", "val/color_r2_per_dim"]  # fmt: skip
+    lines = [f"run {cfg.train.name}: {res.seconds:.0f}s, run dir {res.run_dir}"]
+    lines += [f"  {k:22s} {m[k]:.4f}" if isinstance(m[k], float) else f"  {k:22s} {m[k]}" for k in keys if k in m]
+    if res.checkpoint_path:
+        lines.append(f"  latest checkpoint      {res.checkpoint_path}")
+    if cfg.track.backend == "aim":
+        lines.append(f"look at it: {aim_up_command(res.track_repo)}   (then open http://127.0.0.1:43800)")
+    return "\n".join(lines)

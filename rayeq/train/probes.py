@@ -1,0 +1,77 @@
+"""Online probes on detached features, trained alongside the encoder as SIE and solo-learn do: they
+measure the representation during training without sending gradients into it.
+
+Each head starts with a non-affine BatchNorm, so it sees standardised features whatever their scale.
+- linear classifiers on the full pooled representation and on its invariant part (top-1);
+- for 3D data, MLPs (2C -> h -> h -> out) on the two views' concatenated representations that
+  regress the relative rotation quaternion and the colour change (R², both definitions).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
+
+
+def regression_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.BatchNorm1d(in_dim, affine=False),  # probes must not depend on the features' scale
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim),
+    )  # fmt: skip
+
+
+def linear_probe(in_dim: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, num_classes))
+
+
+class OnlineProbes(nn.Module):
+    def __init__(self, feature_dim: int, inv_dim: int, num_classes: int, regress: dict[str, int], hidden: int):
+        super().__init__()
+        self.inv_dim = inv_dim
+        self.classifier = linear_probe(feature_dim, num_classes)
+        self.classifier_inv = linear_probe(inv_dim, num_classes)
+        self.regressors = nn.ModuleDict({k: regression_mlp(2 * feature_dim, hidden, d) for k, d in regress.items()})
+
+    def forward(self, r1: torch.Tensor, r2: torch.Tensor, batch: dict[str, torch.Tensor]):
+        """r1, r2: (B, C) representations (detached here). Returns (loss, outputs for the metrics)."""
+        r1, r2 = r1.detach().float(), r2.detach().float()
+        both = torch.cat([r1, r2])  # each view is a sample for classification
+        labels = torch.cat([batch["label"], batch["label"]])
+        logits = self.classifier(both)
+        logits_inv = self.classifier_inv(both[:, : self.inv_dim])
+        loss = F.cross_entropy(logits, labels) + F.cross_entropy(logits_inv, labels)
+        outputs = {"logits": logits, "logits_inv": logits_inv, "labels": labels}
+        pair = torch.cat([r1, r2], dim=1)  # (B, 2C)
+        for key, head in self.regressors.items():
+            pred = head(pair)
+            loss = loss + F.mse_loss(pred, batch[key].float())
+            outputs[key] = (pred, batch[key].float())
+        return loss, outputs
+
+
+class ProbeMetrics:
+    """Epoch accumulators for the probes' outputs; exact across ranks after all_reduce()."""
+
+    def __init__(self, regress: dict[str, int], device):
+        self.top1, self.top1_inv = AccuracyAccumulator(device), AccuracyAccumulator(device)
+        self.r2 = {k: R2Accumulator(d, device) for k, d in regress.items()}
+
+    def update(self, outputs) -> None:
+        self.top1.update(outputs["logits"], outputs["labels"])
+        self.top1_inv.update(outputs["logits_inv"], outputs["labels"])
+        for k, acc in self.r2.items():
+            acc.update(*outputs[k])
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        for acc in (self.top1, self.top1_inv, *self.r2.values()):
+            acc.all_reduce()
+        out = {f"{prefix}/top1": self.top1.compute(), f"{prefix}/top1_inv": self.top1_inv.compute()}
+        names = {"rel_rotation": "rot_r2", "rel_color": "color_r2"}
+        for k, acc in self.r2.items():
+            r2 = acc.compute()
+            out[f"{prefix}/{names.get(k, k)}"] = r2["global"]  # SIE's definition
+            out[f"{prefix}/{names.get(k, k)}_per_dim"] = r2["per_dim"]
+        return out

@@ -1,0 +1,122 @@
+"""Ray Train runs on 2 CPU workers: completes and learns, resumes, survives a worker crash, tracks.
+These share one local Ray instance (the session fixture) and a small synth3d set."""
+
+import json
+
+import pytest
+import torch
+
+from rayeq.config import ConfigError, load_config
+from rayeq.train.driver import run_training
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    from rayeq.data.synth3d import generate
+
+    out = tmp_path_factory.mktemp("traindata") / "set"
+    generate(out, classes=4, objects_per_class=15, views=4, size=32, seed=1, workers=1, log=lambda *a: None)
+    return out
+
+
+def _cfg(data, tmp, name, *extra):
+    return load_config(None, [
+        f"data.path={data}", "data.image_size=32", "data.num_actors=1", "data.cpus_per_actor=0.4",
+        "model.stem=compact", "model.projector=[128,128]", "method.decoder.width=32",
+        "optim.lr=0.002", "optim.scale_lr=false", "optim.warmup_epochs=0",
+        "train.num_workers=2", "train.cpus_per_worker=0.5", "train.batch_size=8", "train.epochs=3",
+        "train.val_every_epochs=100", "train.log_every_steps=100",
+        f"train.storage_path={tmp / 'runs'}", f"train.name={name}", f"track.repo={tmp / 'aim'}", *extra,
+    ])  # fmt: skip
+
+
+def _checkpoints(run_dir):
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def _epochs(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, train_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = _cfg(train_data, tmp, "run")
+    return tmp, cfg, run_training(cfg, log=lambda *a: None)
+
+
+def test_two_worker_run_completes_and_loss_falls(first_run):
+    tmp, cfg, res = first_run
+    rows = _epochs(res.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train/total"] < rows[0]["train/total"]
+    assert res.metrics["epoch"] == 3 and res.metrics["step"] == 3 * rows[0]["step"]
+    for key in ("train/top1", "train/top1_inv", "train/rot_r2", "train/color_r2", "val/top1", "val/rot_r2",
+                "val/rot_r2_per_dim", "val/color_r2", "images_per_sec", "lr"):  # fmt: skip
+        assert key in res.metrics, key
+    assert 0 <= res.metrics["val/top1"] <= 1 and res.metrics["images_per_sec"] > 0
+    assert (res.run_dir / "config.yaml").is_file()
+    ckpts = _checkpoints(res.run_dir)
+    assert 1 <= len(ckpts) <= cfg.train.keep_checkpoints + 1  # the best K, plus the latest
+    state = torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 3 and state["config_hash"] == cfg.fingerprint()
+    assert {"model", "optimizer", "scheduler", "scaler", "step", "tracker_run_id"} <= set(state)
+
+
+def test_aim_run_holds_metrics_and_an_image(first_run):
+    import subprocess
+    import sys
+    import warnings
+    from pathlib import Path
+
+    tmp, cfg, res = first_run
+    state = torch.load(_checkpoints(res.run_dir)[-1] / "state.pt", map_location="cpu", weights_only=False)
+    repo_dir = tmp / "aim"
+    # a closed run is only visible to the SDK once the repo is indexed (what `aim up` does on start)
+    aim_cli = Path(sys.executable).with_name("aim")
+    subprocess.run([str(aim_cli), "storage", "--repo", str(repo_dir), "reindex", "--yes"], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from aim import Repo
+
+    run = Repo(str(repo_dir)).get_run(state["tracker_run_id"])
+    assert run is not None
+    names = {m.name for m in run.metrics()}
+    assert {"loss/total", "loss/recon", "train/top1", "val/top1", "val/rot_r2", "images_per_sec"} <= names
+    assert run["hparams"]["method"]["name"] == "xrecon"
+    images = run.collect_sequence_info(sequence_types=("images",))["images"]
+    assert [i["name"] for i in images] == ["views_and_reconstructions"]
+    pil = images[0]["values"]["last"].to_pil_image()
+    per_worker = cfg.train.batch_size // cfg.train.num_workers
+    assert pil.size == (per_worker * 32, 4 * 32)  # view 1, view 2, target, reconstruction
+
+
+def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
+    tmp, cfg, res = first_run
+    more = _cfg(train_data, tmp, "run", "train.epochs=4")
+    res2 = run_training(more, log=lambda *a: None)
+    rows = _epochs(res2.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 4 only: 1-3 were not redone
+    assert rows[3]["step"] == rows[2]["step"] + (rows[2]["step"] - rows[1]["step"])
+
+
+def test_resume_under_changed_config_is_refused(first_run, train_data):
+    tmp, _, _ = first_run
+    with pytest.raises(ConfigError, match="loss.recon_weight"):
+        run_training(_cfg(train_data, tmp, "run", "loss.recon_weight=3"), log=lambda *a: None)
+
+
+def test_injected_worker_crash_is_survived_with_the_full_epoch_count(ray_session, train_data, tmp_path):
+    cfg = _cfg(train_data, tmp_path, "crash", "train.max_failures=1")
+    res = run_training(cfg, log=lambda *a: None, _fail_at_epoch=1)
+    rows = _epochs(res.run_dir)
+    assert (res.run_dir / ".fault_injected").read_text().startswith("rank 1 epoch 2")  # the worker did die
+    assert res.metrics["epoch"] == 3
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 2 ran after the restart, from epoch 1's checkpoint
+
+
+def test_without_failures_allowed_the_crash_fails_the_run(ray_session, train_data, tmp_path):
+    cfg = _cfg(train_data, tmp_path, "crash0", "train.max_failures=0", "train.epochs=2")
+    with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker death in its own error type
+        run_training(cfg, log=lambda *a: None, _fail_at_epoch=1)

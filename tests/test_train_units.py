@@ -1,0 +1,112 @@
+"""Training building blocks without Ray: metrics, schedule, optimiser, probes, run-dir checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from rayeq.config import ConfigError, load_config
+from rayeq.eval.metrics import R2Accumulator, r2_global, r2_per_dim
+from rayeq.train.driver import check_resources, check_run_dir
+from rayeq.train.optim import LARS, build_optimizer, build_scheduler, scaled_lr
+from rayeq.train.probes import OnlineProbes, ProbeMetrics
+
+
+def test_r2_definitions_match_reference_formulas():
+    g = np.random.default_rng(0)
+    y = g.normal(size=(50, 3)) * np.array([1.0, 5.0, 0.1]) + np.array([0.0, 3.0, -2.0])
+    p = y + g.normal(size=y.shape) * 0.5
+    # SIE: one mean over all entries
+    sie = 1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    # sklearn's default: per-dimension R², uniform average
+    per = np.mean([1 - ((y[:, d] - p[:, d]) ** 2).sum() / ((y[:, d] - y[:, d].mean()) ** 2).sum() for d in range(3)])
+    yt, pt = torch.tensor(y), torch.tensor(p)
+    assert r2_global(pt, yt) == pytest.approx(sie, abs=1e-9)
+    assert r2_per_dim(pt, yt) == pytest.approx(per, abs=1e-9)
+    assert r2_global(yt, yt) == pytest.approx(1.0)
+    const = torch.zeros_like(yt) + yt.mean(0)
+    assert r2_per_dim(const, yt) == pytest.approx(0.0, abs=1e-9)
+    # accumulating batches gives the same numbers as one pass
+    acc = R2Accumulator(3)
+    for i in range(0, 50, 7):
+        acc.update(pt[i : i + 7], yt[i : i + 7])
+    assert acc.compute()["global"] == pytest.approx(sie, abs=1e-9)
+    assert acc.compute()["per_dim"] == pytest.approx(per, abs=1e-9)
+
+
+def test_schedule_warmup_then_cosine_and_lr_scaling():
+    cfg = load_config(None, ["optim.lr=0.1", "optim.warmup_epochs=2", "train.epochs=10", "train.batch_size=512",
+                             "optim.base_batch_size=256"])  # fmt: skip
+    assert scaled_lr(cfg) == pytest.approx(0.2)
+    assert scaled_lr(load_config(None, ["optim.lr=0.1", "optim.scale_lr=false", "train.batch_size=512"])) == 0.1
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(list(model.parameters()), cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=5)
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2 / 10) and lrs[9] == pytest.approx(0.2)  # linear warmup over 10 steps
+    assert max(lrs) == pytest.approx(0.2) and lrs[-1] < 0.01  # cosine to ~0
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+
+
+def test_lars_adapts_per_layer_and_skips_biases():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.ones(4, 4) * 10)
+    b = torch.nn.Parameter(torch.ones(4))
+    opt = LARS([w, b], lr=1.0, weight_decay=0.0, momentum=0.0, trust=0.001)
+    w.grad, b.grad = torch.ones(4, 4) * 100, torch.ones(4)
+    opt.step()
+    # weight step = trust * ||w|| / ||g|| * g = 0.001 * 40 / 400 * 100 = 0.01; bias step = lr * g = 1
+    torch.testing.assert_close(w.data, torch.full((4, 4), 10 - 0.01))
+    torch.testing.assert_close(b.data, torch.zeros(4))
+
+
+def test_probes_see_detached_features_and_report_metrics():
+    probes = OnlineProbes(feature_dim=8, inv_dim=4, num_classes=3, regress={"rel_rotation": 4}, hidden=16)
+    r1 = torch.randn(6, 8, requires_grad=True)
+    r2 = torch.randn(6, 8, requires_grad=True)
+    batch = {"label": torch.tensor([0, 1, 2, 0, 1, 2]), "rel_rotation": torch.randn(6, 4)}
+    loss, out = probes(r1, r2, batch)
+    loss.backward()
+    assert r1.grad is None and r2.grad is None  # no gradient into the encoder
+    assert out["logits"].shape == (12, 3) and out["logits_inv"].shape == (12, 3)
+    m = ProbeMetrics({"rel_rotation": 4}, "cpu")
+    m.update(out)
+    res = m.compute("val")
+    assert set(res) == {"val/top1", "val/top1_inv", "val/rot_r2", "val/rot_r2_per_dim"}
+    assert 0 <= res["val/top1"] <= 1
+
+
+def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_config(tmp_path):
+    base = [f"train.storage_path={tmp_path}", "train.name=run1"]
+    cfg = load_config(None, base)
+    run_dir = check_run_dir(cfg, force=False)
+    cfg.dump(run_dir / "config.yaml")
+    # operational changes (more epochs, logging, workers) resume
+    check_run_dir(
+        load_config(None, [*base, "train.epochs=500", "train.log_every_steps=3", "train.num_workers=2"]), False
+    )
+    changed = load_config(None, [*base, "loss.recon_weight=2"])
+    with pytest.raises(ConfigError, match=r"different config(.|\n)*loss.recon_weight: 1.0 -> 2.0(.|\n)*--force"):
+        check_run_dir(changed, force=False)
+    check_run_dir(changed, force=True)
+    assert (run_dir / "config.1.yaml").read_text() == (run_dir / "config.yaml").read_text()
+
+
+class _FakeRay:
+    def __init__(self, cpu, gpu=0):
+        self.res = {"CPU": cpu, "GPU": gpu}
+
+    def cluster_resources(self):
+        return self.res
+
+
+def test_resources_no_node_can_hold_are_refused():
+    ok = load_config(None, ["train.num_workers=2", "train.cpus_per_worker=0.5"])
+    check_resources(ok, _FakeRay(2))
+    with pytest.raises(ConfigError, match="train.num_workers=2 x train.cpus_per_worker=1.0.*hang"):
+        check_resources(load_config(None, ["train.num_workers=2", "train.cpus_per_worker=1"]), _FakeRay(2))
+    with pytest.raises(ConfigError, match="GPU"):
+        check_resources(load_config(None, ["train.use_gpu=true", "train.num_workers=2"]), _FakeRay(8, 1))
