@@ -11,9 +11,11 @@ from pathlib import Path
 
 from rayeq.config import load_config
 
-DATA = dict(classes=20, objects_per_class=50, views=12, size=32, seed=0)
-DATA_NAME = "synth3d-quickstart-v1"
+# The built-in data set: used by the quickstart and whenever data.source=synth3d has no data.path.
+DATA = dict(classes=20, objects_per_class=50, views=12, size=64, seed=0)
+DATA_NAME = "synth3d-builtin-v1"
 OVERRIDES = [
+    # 32 px views of the 64 px built-in set (the pipeline resizes): fast enough for 2 CPU cores
     "data.source=synth3d", "data.image_size=32", "data.cpus_per_actor=0.4", "data.num_actors=1",
     "model.stem=compact", "model.projector=[512,512]",
     "method.name=xrecon", "method.decoder.width=64", "method.decoder.recon_size=32",
@@ -29,11 +31,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAYEQ_CACHE", Path.home() / ".cache" / "rayeq")).expanduser()
 
 
+def builtin_data_dir() -> Path:
+    return cache_dir() / DATA_NAME
+
+
 def ensure_data(log=print) -> Path:
     from rayeq.data.schema import DataError, open_dataset
     from rayeq.data.synth3d import generate
 
-    path = cache_dir() / DATA_NAME
+    path = builtin_data_dir()
     try:
         open_dataset(path)
         log(f"reusing the built-in data set at {path}")

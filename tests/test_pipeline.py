@@ -126,7 +126,7 @@ def test_missing_empty_and_mismatched_data(tiny_synth3d, tmp_path):
     with pytest.raises(DataError, match="no meta.json"):
         check_data(_cfg(tmp_path / "nometa"))
     with pytest.raises(DataError, match="data.path is not set"):
-        check_data(load_config())
+        check_data(load_config(None, ["data.source=3diebench"]))
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(tiny_synth3d / "meta.json", empty)
