@@ -34,3 +34,16 @@ def test_quickstart_main_job_is_a_real_command():
 def test_configs_named_in_readme_exist():
     for name in re.findall(r"`(\w+_(?:synth3d|3diebench|imagefolder))`", README):
         assert (ROOT / "configs" / f"{name}.yaml").is_file(), name
+
+
+def test_no_source_file_is_gitignored_and_every_package_has_an_init():
+    import shutil
+    import subprocess
+
+    sources = sorted((ROOT / "rayeq").rglob("*.py"))
+    for d in {p.parent for p in sources}:
+        assert (d / "__init__.py").is_file(), f"{d} has no __init__.py"
+    if shutil.which("git") and (ROOT / ".git").exists():
+        rel = [str(p.relative_to(ROOT)) for p in sources]
+        proc = subprocess.run(["git", "check-ignore", *rel], cwd=ROOT, capture_output=True, text=True)
+        assert proc.stdout.strip() == "", f".gitignore hides source files: {proc.stdout.split()}"

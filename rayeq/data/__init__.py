@@ -1,0 +1,1 @@
+"""Data: the built-in 3D renderer, converters, paired views with targets, the Ray Data pipeline."""

@@ -1,0 +1,216 @@
+"""Headless CPU rendering of one object in 3DIEBench's scene with pybullet's TinyRenderer.
+
+Scene (method.md section 3): object at the origin, rotated by extrinsic xyz Euler angles in
+[-pi/2, pi/2]; floor at z = -1 with hue h_f (HSV s=0.6, v=0.6); camera at distance 2.5, elevation
+pi/4, looking at the origin; a spot light at radius 4 aimed at the origin, at polar angle theta in
+[0, pi/4] and azimuth phi in [0, 2 pi], cone pi/8, hue h_l (HSV s=1, v=0.8).
+
+TinyRenderer only has a white directional light and its own shadows are broken, so a view is
+composed from two renders: an albedo pass (ambient only) and a diffuse pass lit from the spot's
+direction. The spot's cone, colour and a hard shadow (rays traced with `rayTestBatch` from each lit
+pixel towards the light) are applied in numpy.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import os
+
+import numpy as np
+
+from rayeq.data.shapes import Mesh
+
+# 3DIEBench scene constants (kept in meta.json of every generated set)
+SCENE = {
+    "camera_distance": 2.5,
+    "camera_elevation": float(np.pi / 4),
+    "camera_fov_deg": 40.0,
+    "floor_z": -1.0,
+    "floor_saturation": 0.6,
+    "floor_value": 0.6,
+    "light_radius": 4.0,
+    "light_theta_max": float(np.pi / 4),
+    "light_cone": float(np.pi / 8),
+    "light_cone_blend": 0.15,
+    "light_saturation": 1.0,
+    "light_value": 0.8,
+    "ambient": 0.45,
+    "light_intensity": 1.1,
+    "rotation_range": float(np.pi / 2),
+}
+LATENT_NAMES = ["rot_x", "rot_y", "rot_z", "floor_hue", "light_theta", "light_phi", "light_hue"]
+
+
+def sample_latent(g: np.random.Generator) -> np.ndarray:
+    """One view's 7 latents in 3DIEBench's order."""
+    r = SCENE["rotation_range"]
+    return np.array(
+        [
+            *g.uniform(-r, r, 3),
+            g.uniform(0, 1),
+            g.uniform(0, SCENE["light_theta_max"]),
+            g.uniform(0, 2 * np.pi),
+            g.uniform(0, 1),
+        ],
+        dtype=np.float32,
+    )
+
+
+def light_position(theta: float, phi: float) -> np.ndarray:
+    rad = SCENE["light_radius"]
+    return rad * np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
+
+
+def _import_pybullet():
+    """Import pybullet without the build-time line it prints on import."""
+    import ctypes
+    import sys
+
+    if "pybullet" in sys.modules:
+        return sys.modules["pybullet"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            import pybullet
+
+            ctypes.CDLL(None).fflush(None)  # flush C stdio while it still points at /dev/null
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+    return pybullet
+
+
+class SceneRenderer:
+    """One pybullet DIRECT client; `load(meshes, colors)` then `render(latent)` per view."""
+
+    def __init__(self, size: int = 64):
+        self.p = _import_pybullet()
+        self.client = self.p.connect(self.p.DIRECT)
+        self.size = size
+        d, el = SCENE["camera_distance"], SCENE["camera_elevation"]
+        self.eye = np.array([d * np.cos(el), 0.0, d * np.sin(el)])
+        self.view = self.p.computeViewMatrix(self.eye.tolist(), [0, 0, 0], [0, 0, 1], physicsClientId=self.client)
+        self.near, self.far = 0.1, 30.0
+        self.proj = self.p.computeProjectionMatrixFOV(
+            SCENE["camera_fov_deg"], 1.0, self.near, self.far, physicsClientId=self.client
+        )
+        # pixel centres in normalised device coordinates, for unprojecting the depth buffer
+        c = (np.arange(size) + 0.5) / size * 2 - 1
+        self.ndc_x, self.ndc_y = np.meshgrid(c, -c)
+        pv = np.asarray(self.proj).reshape(4, 4).T @ np.asarray(self.view).reshape(4, 4).T
+        self.inv_pv = np.linalg.inv(pv)
+        self.bodies: list[int] = []
+        self.body_colors: list[np.ndarray] = []
+        self.floor = -1
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.p.disconnect(self.client)
+
+    def load(self, meshes: list[Mesh], colors: np.ndarray) -> None:
+        """Replace the scene's object; colors: (n_slots, 3) RGB in [0, 1]."""
+        p, cid = self.p, self.client
+        p.resetSimulation(physicsClientId=cid)
+        floor_vis = p.createVisualShape(
+            p.GEOM_BOX, halfExtents=[12, 12, 0.005], rgbaColor=[1, 1, 1, 1], physicsClientId=cid
+        )
+        self.floor = p.createMultiBody(0, -1, floor_vis, [0, 0, SCENE["floor_z"] - 0.005], physicsClientId=cid)
+        self.bodies, self.body_colors = [], []
+        for m in meshes:
+            kw = dict(vertices=m.vertices.tolist(), indices=m.faces.ravel().tolist(), physicsClientId=cid)
+            vis = p.createVisualShape(p.GEOM_MESH, normals=m.normals.tolist(), rgbaColor=[*colors[m.slot], 1.0], **kw)
+            col = p.createCollisionShape(p.GEOM_MESH, flags=p.GEOM_FORCE_CONCAVE_TRIMESH, **kw)
+            self.bodies.append(p.createMultiBody(0, col, vis, [0, 0, 0], physicsClientId=cid))
+            self.body_colors.append(np.asarray(colors[m.slot], np.float32))
+
+    def render(self, latent: np.ndarray) -> np.ndarray:
+        """-> (size, size, 3) uint8 image of the loaded object under `latent`."""
+        p, cid, s = self.p, self.client, self.size
+        quat = p.getQuaternionFromEuler([float(a) for a in latent[:3]])  # extrinsic xyz, as scipy
+        for b in self.bodies:
+            p.resetBasePositionAndOrientation(b, [0, 0, 0], quat, physicsClientId=cid)
+        light = light_position(float(latent[4]), float(latent[5]))
+        # One diffuse pass lit from the spot's direction. Each body has one colour, so its albedo is
+        # known from the segmentation mask and n.l = lit / albedo; the floor's n.l is computed exactly.
+        _, _, lit, depth, seg = p.getCameraImage(
+            s,
+            s,
+            self.view,
+            self.proj,
+            lightDirection=light.tolist(),
+            lightAmbientCoeff=0.0,
+            lightDiffuseCoeff=1.0,
+            lightSpecularCoeff=0.0,
+            renderer=p.ER_TINY_RENDERER,
+            physicsClientId=cid,
+        )
+        lit = np.asarray(lit, np.float32).reshape(s, s, 4)[..., :3] / 255.0
+        depth = np.asarray(depth, np.float64).reshape(s, s)
+        seg = np.asarray(seg).reshape(s, s)
+
+        on_floor = seg == self.floor
+        albedo = np.zeros((s, s, 3), np.float32)
+        on_object = np.zeros((s, s), bool)
+        for body, rgb in zip(self.bodies, self.body_colors, strict=True):
+            mask = seg == body
+            albedo[mask] = rgb
+            on_object |= mask
+        world = self._unproject(depth)  # (s, s, 3)
+        to_light = light - world
+        dist = np.linalg.norm(to_light, axis=-1, keepdims=True)
+        to_light /= dist
+        # spot cone: angle between the light's axis (towards the origin) and the ray to the point
+        axis = -light / np.linalg.norm(light)
+        cos_angle = -(to_light @ axis)
+        half = SCENE["light_cone"] / 2
+        inner = half * (1 - SCENE["light_cone_blend"])
+        cone = np.clip((cos_angle - np.cos(half)) / (np.cos(inner) - np.cos(half)), 0, 1)
+        cone = cone * cone * (3 - 2 * cone)  # smoothstep edge
+
+        diffuse = np.zeros((s, s), np.float32)
+        diffuse[on_floor] = np.clip(to_light[on_floor, 2], 0, 1)
+        ratio = lit.sum(-1) / np.maximum(albedo.sum(-1), 1e-3)
+        diffuse[on_object] = np.clip(ratio[on_object], 0, 1)
+
+        shadow = np.zeros((s, s), bool)
+        candidates = (cone > 0) & (diffuse > 0) & (on_floor | on_object)
+        if candidates.any() and self.bodies:
+            # only segments passing within the object's bounding sphere (radius 0.5) can be blocked
+            pts, dirs, lens = world[candidates], to_light[candidates], dist[candidates, 0]
+            t = np.clip(-(pts * dirs).sum(-1), 0, lens)
+            closest = np.linalg.norm(pts + t[:, None] * dirs, axis=-1)
+            near = closest < 0.5 + 1e-3
+            idx = np.flatnonzero(candidates)[near]
+            starts = pts[near] + 0.02 * dirs[near]
+            ends = np.broadcast_to(light, starts.shape)
+            blocked = []
+            for i in range(0, len(starts), 16384):  # rayTestBatch takes at most 16384 rays a call
+                hits = p.rayTestBatch(starts[i : i + 16384], ends[i : i + 16384], numThreads=1, physicsClientId=cid)
+                blocked += [h[0] >= 0 for h in hits]
+            shadow.flat[idx] = blocked
+
+        floor_rgb = np.array(colorsys.hsv_to_rgb(float(latent[3]), SCENE["floor_saturation"], SCENE["floor_value"]))
+        light_rgb = np.array(colorsys.hsv_to_rgb(float(latent[6]), SCENE["light_saturation"], SCENE["light_value"]))
+        albedo[on_floor] = floor_rgb
+        spot = (SCENE["light_intensity"] * cone * diffuse * ~shadow)[..., None] * light_rgb
+        img = albedo * (SCENE["ambient"] + spot)  # beyond the floor albedo is 0: black, as 3DIEBench's world
+        return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+    def _unproject(self, depth: np.ndarray) -> np.ndarray:
+        z_ndc = 2 * depth - 1
+        pts = np.stack([self.ndc_x, self.ndc_y, z_ndc, np.ones_like(z_ndc)], -1) @ self.inv_pv.T
+        return pts[..., :3] / pts[..., 3:]
+
+
+def random_colors(g: np.random.Generator, n: int = 3) -> np.ndarray:
+    """Per-object part colours, independent of the class: random hue, moderate saturation/value."""
+    return np.array(
+        [colorsys.hsv_to_rgb(g.uniform(0, 1), g.uniform(0.3, 0.9), g.uniform(0.55, 0.95)) for _ in range(n)]
+    )

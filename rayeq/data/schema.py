@@ -1,0 +1,199 @@
+"""The on-disk format shared by every source: Parquet shards of encoded images plus meta.json.
+
+3D sources (synth3d, 3DIEBench): one row per object with all its views.
+Image sources (image folders): one row per image.
+`open_dataset` checks a directory before any expensive work: it exists, has meta.json and shards,
+is not empty, and every shard has the expected schema.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+OBJECTS_FORMAT = "rayeq-objects/1"
+IMAGES_FORMAT = "rayeq-images/1"
+N_LATENTS = 7
+
+OBJECTS_SCHEMA = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("label", pa.int32()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+        ("images", pa.list_(pa.binary())),
+        ("latents", pa.list_(pa.list_(pa.float32(), N_LATENTS))),
+    ]
+)
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("label", pa.int32()),
+        ("class_name", pa.string()),
+        ("path", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+SCHEMAS = {OBJECTS_FORMAT: OBJECTS_SCHEMA, IMAGES_FORMAT: IMAGES_SCHEMA}
+
+
+class DataError(ValueError):
+    """A data directory or record that cannot be used; the message names the culprit."""
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes -> (H, W, 3) uint8; raises on corrupt data."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.array(im.convert("RGB"))
+
+
+def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty directory unless `overwrite`; then remove only a previous data set's own
+    files (meta.json, shard-*.parquet) and never anything else the user put there."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {str(out)!r} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(
+                f"output directory {str(out)!r} is not empty; pass --overwrite to replace the data set in it"
+            )
+        ours = [out / "meta.json", *out.glob("shard-*.parquet")]
+        others = [p for p in out.iterdir() if p not in ours]
+        if others:
+            names = ", ".join(sorted(p.name for p in others)[:5])
+            raise DataError(
+                f"output directory {str(out)!r} holds files that are not a rayeq data set ({names}); "
+                "refusing to overwrite: choose an empty or new directory"
+            )
+        for p in ours:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class ShardWriter:
+    """Writes rows to shard-00000.parquet, shard-00001.parquet, ... every `rows_per_shard` rows."""
+
+    def __init__(self, out: Path, schema: pa.Schema, rows_per_shard: int):
+        self.out, self.schema, self.rows_per_shard = out, schema, rows_per_shard
+        self.rows: list[dict[str, Any]] = []
+        self.shards: list[str] = []
+        self.n_rows = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        name = f"shard-{len(self.shards):05d}.parquet"
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        pq.write_table(table, self.out / name, compression="zstd")
+        self.shards.append(name)
+        self.n_rows += len(self.rows)
+        self.rows = []
+
+
+def write_meta(out: Path, meta: dict[str, Any]) -> None:
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+class ImageStats:
+    """Per-channel mean/std of uint8 images, accumulated in float64 in a fixed order."""
+
+    def __init__(self):
+        self.n = 0
+        self.s = np.zeros(3)
+        self.ss = np.zeros(3)
+
+    def add_sums(self, n: int, s: np.ndarray, ss: np.ndarray) -> None:
+        self.n += n
+        self.s += s
+        self.ss += ss
+
+    @staticmethod
+    def sums(img: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        x = img.reshape(-1, 3).astype(np.float64) / 255.0
+        return len(x), x.sum(0), (x * x).sum(0)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        mean = self.s / max(self.n, 1)
+        std = np.sqrt(np.maximum(self.ss / max(self.n, 1) - mean**2, 0))
+        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise DataError(f"data path {str(path)!r} is not a directory")
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise DataError(
+            f"{str(path)!r} has no meta.json: not a rayeq data set (make one with `rayeq data synth3d`, "
+            "`rayeq data 3diebench` or `rayeq data folder`)"
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{str(meta_file)!r} is not valid JSON: {exc}") from exc
+    if meta.get("format") not in SCHEMAS:
+        raise DataError(f"{str(meta_file)!r}: unknown format {meta.get('format')!r}; expected one of {list(SCHEMAS)}")
+    return meta
+
+
+def open_dataset(path: str | Path, split: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Validate a data directory and return (meta, shard paths). Cheap: reads only Parquet footers."""
+    path = Path(path)
+    meta = read_meta(path)
+    shards = sorted(path.glob("shard-*.parquet"))
+    if not shards:
+        raise DataError(f"data directory {str(path)!r} has meta.json but no shard-*.parquet files")
+    expected = SCHEMAS[meta["format"]]
+    n_rows = 0
+    for shard in shards:
+        try:
+            schema = pq.read_schema(shard)
+            n_rows += pq.ParquetFile(shard).metadata.num_rows
+        except Exception as exc:
+            raise DataError(f"shard {str(shard)!r} is not a readable Parquet file: {exc}") from exc
+        missing = [f.name for f in expected if f.name not in schema.names]
+        wrong = [
+            f"{f.name}: {schema.field(f.name).type} (expected {f.type})"
+            for f in expected
+            if f.name in schema.names and not schema.field(f.name).type.equals(f.type)
+        ]
+        if missing or wrong:
+            raise DataError(
+                f"shard {str(shard)!r} does not match the {meta['format']} schema: "
+                + "; ".join([*(f"missing column {m!r}" for m in missing), *wrong])
+            )
+    if n_rows == 0:
+        raise DataError(f"data directory {str(path)!r} is empty (0 rows in {len(shards)} shards)")
+    if split is not None and meta.get("splits", {}).get(split, 0) == 0:
+        raise DataError(f"data directory {str(path)!r} has no rows in split {split!r} (splits: {meta.get('splits')})")
+    return meta, shards

@@ -1,0 +1,1 @@
+"""Training on Ray Train: the driver (checks, TorchTrainer), the per-worker loop, optimisers, probes."""
