@@ -86,6 +86,24 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from rayeq.eval.run import evaluate, markdown_table, write_outputs
+
+    paths = args.compare if args.compare else [args.path]
+    if not paths or paths == [None]:
+        raise ConfigError("rayeq eval needs a run directory or checkpoint (or --compare RUN RUN ...)")
+    protocols = args.protocols.split(",") if args.protocols else None
+    results = []
+    for p in paths:
+        res = evaluate(p, data=args.data, protocols=protocols, fast=args.fast, which=args.checkpoint)
+        path = write_outputs(res, args.out if not args.compare else None, args.overwrite)
+        print(f"wrote {path} and {path.with_suffix('.md')}")
+        results.append(res)
+    print()
+    print(markdown_table(results))
+    return 0
+
+
 def _add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="make, convert and preview data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -139,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="where run directories go")
     p.add_argument("--aim-repo", default="aim", help="directory of the local Aim repo")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("eval", help="frozen-encoder protocols (linear, kNN, rotation/colour R², transforms)")
+    p.add_argument("path", nargs="?", help="run directory or checkpoint directory")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="evaluate several runs and print them side by side")
+    p.add_argument("--data", default=None, help="data directory (default: the run's data.path / built-in set)")
+    p.add_argument("--protocols", default=None, help="comma list: linear,knn,rotation,color,transforms")
+    p.add_argument("--fast", action="store_true", help="CPU preset: 30 epochs per probe instead of 300")
+    p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
+    p.add_argument("--out", default=None, help="results JSON (default: <checkpoint>/eval/results.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train on Ray Train (TorchTrainer + Ray Data); reruns resume")
     _add_config_args(p)

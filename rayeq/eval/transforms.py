@@ -1,0 +1,95 @@
+"""The paper's synthetic-transformation protocol (arXiv 2412.03314, as described in 2503.18753):
+apply g to an image, encode the original and the transformed image with the frozen encoder, and
+regress g's parameters from the two representations with an MLP; R² per transformation family
+and their mean. Ranges: rotation +-45 deg, colour jitter brightness/contrast/saturation +-0.4 and
+hue +-0.1, Gaussian blur sigma 0.1-2, translation +-10 px at 224 px (scaled to the image size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rayeq.data.augment import IDENTITY, apply_params, resize
+from rayeq.data.schema import decode_image, open_dataset
+from rayeq.eval.protocols import ProtocolSettings, regression
+
+# family -> indices into rayeq.data.augment.PARAM_NAMES
+FAMILIES = {"rotation": [5], "color": [8, 9, 10, 11], "blur": [13], "translation": [6, 7]}
+
+
+def sample_family(g: np.random.Generator, family: str, size: int) -> np.ndarray:
+    p = IDENTITY.copy()
+    if family == "rotation":
+        p[5] = g.uniform(-45, 45)
+    elif family == "color":
+        p[8:11] = g.uniform(0.6, 1.4, 3)
+        p[11] = g.uniform(-0.1, 0.1)
+    elif family == "blur":
+        p[13] = g.uniform(0.1, 2.0)
+    elif family == "translation":
+        t = 10 / 224 * size
+        p[6:8] = g.uniform(-t, t, 2)
+    return p
+
+
+@torch.no_grad()
+def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    g = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    encode = encoder.encode if hasattr(encoder, "encode") else encoder
+    feats = {f: ([], []) for f in FAMILIES}  # family -> (features, params)
+    pending: list = []
+
+    def flush():
+        if not pending:
+            return
+        x = torch.stack([t for t, _, _ in pending]).float() / 255.0
+        r = encode((x - m) / s).float()
+        n = len(pending) // (len(FAMILIES) + 1)
+        stride = len(FAMILIES) + 1
+        for i in range(n):
+            base = r[i * stride]
+            for k, fam in enumerate(FAMILIES):
+                feats[fam][0].append(torch.cat([base, r[i * stride + 1 + k]]))
+                feats[fam][1].append(torch.tensor(pending[i * stride + 1 + k][2][FAMILIES[fam]]))
+        pending.clear()
+
+    for shard in open_dataset(data_dir, split)[1]:
+        table = pq.read_table(shard, columns=["image", "split"])
+        for row in table.filter(pa.compute.equal(table["split"], split)).to_pylist():
+            img = resize(torch.from_numpy(decode_image(row["image"])).permute(2, 0, 1), size)
+            pending.append((img, None, IDENTITY))
+            for fam in FAMILIES:
+                p = sample_family(g, fam, size)
+                pending.append((apply_params(img, p, size), fam, p))
+            if len(pending) >= batch * (len(FAMILIES) + 1):
+                flush()
+    flush()
+    return {f: (torch.stack(x), torch.stack(y).float()) for f, (x, y) in feats.items()}
+
+
+def transform_regression(loaded, data_dir, s: ProtocolSettings, log=print, encoder=None) -> dict[str, float]:
+    from rayeq.data.pipeline import norm_stats
+    from rayeq.data.schema import read_meta
+
+    cfg = loaded.cfg
+    size = cfg.data.image_size
+    mean, std = loaded.state.get("data", {}).get("mean"), loaded.state.get("data", {}).get("std")
+    if mean is None:
+        mean, std = norm_stats(read_meta(data_dir))
+    encoder = encoder or loaded.encoder()
+    log("  transforms: encoding original and transformed images ...")
+    tr = _encode_split(encoder, data_dir, "train", size, mean, std, s.seed)
+    va = _encode_split(encoder, data_dir, "val", size, mean, std, s.seed + 1)
+    out, r2s = {}, []
+    for fam in FAMILIES:
+        res = regression(tr[fam][0], tr[fam][1], va[fam][0], va[fam][1], s)
+        out[f"transforms/{fam}/r2"] = res["r2"]
+        out[f"transforms/{fam}/r2_per_dim"] = res["r2_per_dim"]
+        r2s.append(res["r2"])
+        log(f"  transforms/{fam}: R² {res['r2']:.4f} (global), {res['r2_per_dim']:.4f} (per dim)")
+    out["transforms/mean/r2"] = float(np.mean(r2s))
+    return out
