@@ -112,3 +112,11 @@ def test_never_overwrites_without_permission_nor_foreign_files(tmp_path):
     with pytest.raises(DataError, match="not a rayeq data set.*notes.txt"):
         generate(out, seed=2, overwrite=True, **kw)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_shards_mix_classes(tmp_path):
+    """Objects are written in a seeded random order: a streamed batch is not one class."""
+    generate(tmp_path / "s", classes=5, objects_per_class=20, views=2, size=16, seed=0, workers=1,
+             objects_per_shard=16, log=lambda *a: None)  # fmt: skip
+    first = pq.read_table(tmp_path / "s" / "shard-00000.parquet", columns=["class_name"])
+    assert len(set(first.column("class_name").to_pylist())) >= 4

@@ -66,6 +66,8 @@ def convert_3diebench(
     objects = [(s.name, o) for s in synsets for o in sorted(p for p in s.iterdir() if p.is_dir())]
     if not objects:
         raise DataError(f"{str(src)!r} has no SYNSET/OBJ_ID folders: not the 3DIEBench layout")
+    order = np.random.default_rng(0).permutation(len(objects))  # shards mix classes
+    objects = [objects[i] for i in order]
     train_ids, val_ids = _load_object_list(train_list), _load_object_list(val_list)
     out = prepare_output_dir(out, overwrite)
     classes = [s.name for s in synsets]
@@ -153,6 +155,7 @@ def convert_folder(
     ]
     if not files:
         raise DataError(f"{str(src)!r} has class folders but no images ({sorted(IMAGE_EXTENSIONS)})")
+    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]  # shards mix classes
     out = prepare_output_dir(out, overwrite)
     writer = ShardWriter(out, IMAGES_SCHEMA, images_per_shard)
     stats, n_stats = ImageStats(), 0

@@ -106,7 +106,10 @@ def generate(
     n_objects = classes * objects_per_class
     seqs = np.random.SeedSequence(seed).spawn(n_objects)
     splits = object_splits(classes, objects_per_class, seed)
-    tasks = [(i // objects_per_class, class_names[i // objects_per_class], seqs[i], views) for i in range(n_objects)]
+    # Objects are written in a seeded random order, so every shard (and every streamed batch)
+    # mixes classes; each object keeps its own seed, so the bytes do not depend on the order.
+    order = np.random.default_rng(np.random.SeedSequence([seed, 2])).permutation(n_objects)
+    tasks = [(i // objects_per_class, class_names[i // objects_per_class], seqs[i], views) for i in order]
 
     writer = ShardWriter(out, OBJECTS_SCHEMA, objects_per_shard)
     stats = ImageStats()
@@ -123,7 +126,7 @@ def generate(
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(size,))
         results = pool.imap(render_object, tasks, chunksize=2)
     try:
-        for i, row in enumerate(results):
+        for i, row in zip(order, results, strict=True):
             stats.add_sums(*row.pop("_stats"))
             row["object_id"] = f"{row['class_name']}_{i % objects_per_class:05d}"
             row["split"] = splits[i]

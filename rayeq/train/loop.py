@@ -149,7 +149,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t_first = None  # steady-state throughput is timed from the first batch's arrival
         last = None
         shard = ray.train.get_dataset_shard("train")
-        for raw in shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, prefetch_batches=2):
+        batches = shard.iter_torch_batches(
+            batch_size=per_worker_batch, drop_last=True, prefetch_batches=2,
+            local_shuffle_buffer_size=max(4 * per_worker_batch, 256),  # mix rows of different blocks
+        )  # fmt: skip
+        for raw in batches:
             if t_first is None:
                 t_first = time.perf_counter()
             batch = to_model_batch(raw, info["mean"], info["std"], device, cfg.train.channels_last)
