@@ -38,12 +38,13 @@ def test_3diebench_layout_converts_with_official_lists(tiny_3diebench, tmp_path)
                              tmp_path / "val_images.npy", log=lambda *a: None)  # fmt: skip
     table = pq.read_table(sorted((tmp_path / "out").glob("shard-*.parquet")))
     assert table.schema.equals(OBJECTS_SCHEMA)
-    rows = table.to_pylist()
-    assert [r["object_id"] for r in rows] == [f"{s}/obj{o}" for s in ("02691156", "03001627") for o in range(3)]
-    assert [r["split"] for r in rows] == ["train"] * 4 + ["val"] * 2
-    assert [r["label"] for r in rows] == [0, 0, 0, 1, 1, 1]
+    rows = {r["object_id"]: r for r in table.to_pylist()}  # written in a seeded random order
+    ids = [f"{s}/obj{o}" for s in ("02691156", "03001627") for o in range(3)]
+    assert sorted(rows) == ids
+    assert [rows[i]["split"] for i in ids] == ["train"] * 4 + ["val"] * 2  # from SIE's object lists
+    assert [rows[i]["label"] for i in ids] == [0, 0, 0, 1, 1, 1]
     assert meta["classes"] == ["02691156", "03001627"] and meta["splits"] == {"train": 4, "val": 2}
-    r = rows[4]  # 03001627/obj1
+    r = rows["03001627/obj1"]
     assert r["images"][2] == (tiny_3diebench / "03001627/obj1/image_2.jpg").read_bytes()  # bytes kept as they are
     np.testing.assert_allclose(r["latents"][2], np.arange(7) + 20 + 100)
     assert meta["image_encoding"] == "jpeg" and len(meta["mean"]) == 3
