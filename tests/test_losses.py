@@ -62,11 +62,23 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
     torch.save({"z1": z1, "z2": z2}, tmp_path / "inputs.pt")
     worker = Path(__file__).with_name("_ddp_worker.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]  # noqa: SIM115
     procs = [
-        subprocess.Popen([sys.executable, str(worker), str(r), "2", str(tmp_path / "init"), str(tmp_path)], env=env)
+        subprocess.Popen(
+            [sys.executable, str(worker), str(r), "2", str(tmp_path / "init"), str(tmp_path)],
+            env=env, stdout=logs[r], stderr=subprocess.STDOUT,
+        )
         for r in range(2)
-    ]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ]  # fmt: skip
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for f in logs:
+            f.close()
+    detail = "\n".join((tmp_path / f"rank{r}.log").read_text()[-2000:] for r in range(2))
+    assert codes == [0, 0], f"DDP workers failed: {codes}\n{detail}"
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     for name in ("vicreg", "simclr"):
