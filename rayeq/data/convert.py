@@ -39,6 +39,17 @@ def _hash_split(key: str, val_fraction: float = 0.2) -> str:
     return "val" if h < val_fraction else "train"
 
 
+def _sample_stats(stats: ImageStats, wanted: bool, data: bytes, path: Path) -> int:
+    """Normalisation statistics come from the first images, in a fixed order; returns 1 if used."""
+    if not wanted:
+        return 0
+    try:
+        stats.add_sums(*ImageStats.sums(decode_image(data)))
+    except Exception as exc:
+        raise DataError(f"corrupt image {str(path)!r}: {exc}") from exc
+    return 1
+
+
 def _load_object_list(path: str | Path | None) -> set[str] | None:
     if path is None:
         return None
@@ -97,12 +108,7 @@ def convert_3diebench(
             if lat.shape != (N_LATENTS,):
                 raise DataError(f"{str(lat_path)!r} holds {lat.size} values; 3DIEBench latents have {N_LATENTS}")
             data = img_path.read_bytes()
-            if n_stats < stats_images:  # normalisation from the first images, in a fixed order
-                try:
-                    stats.add_sums(*ImageStats.sums(decode_image(data)))
-                except Exception as exc:
-                    raise DataError(f"corrupt image {str(img_path)!r}: {exc}") from exc
-                n_stats += 1
+            n_stats += _sample_stats(stats, n_stats < stats_images, data, img_path)
             images.append(data)
             latents.append(lat.tolist())
         writer.add({"object_id": key, "label": classes.index(synset), "class_name": synset, "split": split,
@@ -165,12 +171,7 @@ def convert_folder(
         rel = str(f.relative_to(src))
         split = split or _hash_split(rel, val_fraction)
         data = f.read_bytes()
-        if n_stats < stats_images:
-            try:
-                stats.add_sums(*ImageStats.sums(decode_image(data)))
-            except Exception as exc:
-                raise DataError(f"corrupt image {str(f)!r}: {exc}") from exc
-            n_stats += 1
+        n_stats += _sample_stats(stats, n_stats < stats_images, data, f)
         writer.add({"image": data, "label": classes.index(c), "class_name": c, "path": rel, "split": split})
         splits[split] += 1
         progress.update()

@@ -32,6 +32,16 @@ class LoadedCheckpoint:
     cfg: ExperimentConfig
     state: dict[str, Any]
 
+    def norm_stats(self, data_dir: Path) -> tuple[list[float], list[float]]:
+        """The normalisation the encoder was trained with, else the data set's own."""
+        data = self.state.get("data", {})
+        if data.get("mean") is not None:
+            return data["mean"], data["std"]
+        from rayeq.data.pipeline import norm_stats
+        from rayeq.data.schema import read_meta
+
+        return norm_stats(read_meta(data_dir))
+
     def encoder(self) -> torch.nn.Module:
         method = build_method(self.cfg)
         weights = {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
@@ -84,9 +94,8 @@ class Features:
         return cls(d["r1"], d["r2"], d["label"], d["targets"])
 
 
-def _pairs_for_split(data_dir: Path, split: str, pairs_per_object: int, seed: int):
+def _pairs_for_split(shards: list[Path], split: str, pairs_per_object: int, seed: int):
     """Deterministic (object row, view i, view j) triples of a 3D split."""
-    meta, shards = open_dataset(data_dir, split)
     g = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     for shard in shards:
         table = pq.read_table(shard)
@@ -116,7 +125,7 @@ def extract_features(
     from rayeq.data.augment import resize
 
     data_dir = Path(data_dir)
-    meta, _ = open_dataset(data_dir, split)
+    meta, shards = open_dataset(data_dir, split)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     encode = encoder.encode if hasattr(encoder, "encode") else encoder
@@ -143,7 +152,7 @@ def extract_features(
             lat2.append(l2)
             buf.clear()
 
-        for row, i, j in _pairs_for_split(data_dir, split, pairs_per_object, seed):
+        for row, i, j in _pairs_for_split(shards, split, pairs_per_object, seed):
             buf.append((decode_image(row["images"][i]), decode_image(row["images"][j]), row["label"],
                         row["latents"][i], row["latents"][j]))  # fmt: skip
             if len(buf) == batch_size:
@@ -159,7 +168,7 @@ def extract_features(
         return Features(torch.cat(r1s), torch.cat(r2s), torch.tensor(labels), targets)
 
     images, labs = [], []
-    for shard in open_dataset(data_dir, split)[1]:
+    for shard in shards:
         table = pq.read_table(shard, columns=["image", "label", "split"])
         for row in table.filter(pa.compute.equal(table["split"], split)).to_pylist():
             images.append(decode_image(row["image"]))
@@ -181,13 +190,7 @@ def cache_key(ckpt: Path | None, data_dir: Path, split: str, image_size: int, pa
 def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, pairs: int, seed: int, log=print):
     """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made."""
     cfg = loaded.cfg
-    data = loaded.state.get("data", {})
-    mean, std = data.get("mean"), data.get("std")
-    if mean is None:
-        from rayeq.data.pipeline import norm_stats
-        from rayeq.data.schema import read_meta
-
-        mean, std = norm_stats(read_meta(data_dir))
+    mean, std = loaded.norm_stats(data_dir)
     key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, pairs, seed)
     cache = loaded.path / "eval_cache" / f"{split}-{key}.pt"
     if cache.is_file():

@@ -12,6 +12,16 @@ from __future__ import annotations
 import torch
 
 
+def _sum_across_ranks(*tensors: torch.Tensor) -> None:
+    from rayeq.losses.distributed import world_size
+
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t)
+
+
 class R2Accumulator:
     def __init__(self, dim: int, device: torch.device | str = "cpu"):
         # stats rows: sum y, sum y², sum (y - ŷ)², per dimension; plus the count
@@ -27,11 +37,7 @@ class R2Accumulator:
         self.n += y.shape[0]
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.stats)
-            dist.all_reduce(self.n)
+        _sum_across_ranks(self.stats, self.n)
 
     def compute(self) -> dict[str, float]:
         n = self.n.clamp(min=1)
@@ -66,11 +72,7 @@ class AccuracyAccumulator:
         self.n += labels.numel()
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.correct)
-            dist.all_reduce(self.n)
+        _sum_across_ranks(self.correct, self.n)
 
     def compute(self) -> float:
         return float(self.correct / self.n.clamp(min=1))

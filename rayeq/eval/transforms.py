@@ -72,14 +72,9 @@ def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
 
 
 def transform_regression(loaded, data_dir, s: ProtocolSettings, log=print, encoder=None) -> dict[str, float]:
-    from rayeq.data.pipeline import norm_stats
-    from rayeq.data.schema import read_meta
-
     cfg = loaded.cfg
     size = cfg.data.image_size
-    mean, std = loaded.state.get("data", {}).get("mean"), loaded.state.get("data", {}).get("std")
-    if mean is None:
-        mean, std = norm_stats(read_meta(data_dir))
+    mean, std = loaded.norm_stats(data_dir)
     encoder = encoder or loaded.encoder()
     log("  transforms: encoding original and transformed images ...")
     tr = _encode_split(encoder, data_dir, "train", size, mean, std, s.seed)
