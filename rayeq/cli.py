@@ -95,13 +95,23 @@ def cmd_eval(args) -> int:
     protocols = args.protocols.split(",") if args.protocols else None
     results = []
     for p in paths:
-        res = evaluate(p, data=args.data, protocols=protocols, fast=args.fast, which=args.checkpoint)
+        res = evaluate(p, data=args.data, protocols=protocols, fast=args.fast, which=args.checkpoint,
+                       overrides=args.set, address=args.address)  # fmt: skip
         path = write_outputs(res, args.out if not args.compare else None, args.overwrite)
         print(f"wrote {path} and {path.with_suffix('.md')}")
         results.append(res)
     print()
     print(markdown_table(results))
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from rayeq.sweep.run import run_sweep
+
+    out = run_sweep(args.sweep, resume=args.resume, address=args.address, storage_path=args.storage_path,
+                    overrides=args.set)  # fmt: skip
+    print(f"sweep finished in {out['seconds']:.0f}s; results in {out['sweep_dir']}")
+    return 130 if out["interrupted"] else 0
 
 
 def _add_data_parser(sub) -> None:
@@ -163,7 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="RUN", help="evaluate several runs and print them side by side")
     p.add_argument("--data", default=None, help="data directory (default: the run's data.path / built-in set)")
     p.add_argument("--protocols", default=None, help="comma list: linear,knn,rotation,color,transforms")
-    p.add_argument("--fast", action="store_true", help="CPU preset: 30 epochs per probe instead of 300")
+    p.add_argument("--fast", action="store_true", help="CPU preset (eval.fast): at most 30 epochs and width 512 "
+                   "per probe, at least 1,500 steps")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="override an eval setting of the run's config, e.g. eval.rotation.epochs=100 (repeatable)",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster to extract features on with Ray Data "
+                   "(default: $RAY_ADDRESS; none = this process, unless eval.extractor=ray)")  # fmt: skip
     p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     p.add_argument("--out", default=None, help="results JSON (default: <checkpoint>/eval/results.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -174,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS or a local one)")
     p.add_argument("--force", action="store_true", help="resume a run's checkpoint even under a changed config")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="hyper-parameter sweep: Ray Tune + Optuna (multi-objective), ASHA, resume")
+    p.add_argument("sweep", help="sweep YAML (see sweeps/)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job "
+                   "submit`, or a local instance)")  # fmt: skip
+    p.add_argument("--storage-path", default=None, help="where sweep directories go (overrides the sweep file's "
+                   "storage_path; use an absolute or shared path under `ray job submit`)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config key for every trial, e.g. track.repo=/abs/aim (repeatable)",
+    )
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("config", help="validate or print a resolved experiment config")
     p.add_argument("action", choices=["show", "check"], help="show: print the resolved YAML; check: validate")

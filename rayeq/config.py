@@ -46,6 +46,11 @@ class DataConfig(Section):
         "synth3d", description="synth3d: built-in renders; 3diebench: converted 3DIEBench; folder: natural images"
     )
     path: str | None = Field(None, description="data directory (Parquet shards + meta.json); None = built-in cache")
+    builtin: Literal["standard", "tiny"] = Field(
+        "standard",
+        description="synth3d without a path: the standard built-in set (12,000 views, 64 px) or a tiny one "
+        "(1,600 views, 32 px, for smoke tests)",
+    )
     image_size: int = Field(64, ge=16, le=512, description="side of the square views fed to the encoder")
     rotation_target: Literal["sie", "canonical"] = Field(
         "sie", description="relative quaternion as in SIE (sign as computed) or with w >= 0"
@@ -176,6 +181,35 @@ class TrainConfig(Section):
 
 
 # --------------------------------------------------------------------------- evaluation
+class ProbeConfig(Section):
+    """One frozen-feature probe's optimisation (SIE: Adam 1e-3, batch 256, 300 epochs)."""
+
+    epochs: int = Field(300, ge=1, description="SIE protocol: 300 epochs")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate")
+    batch_size: int = Field(256, ge=1)
+    seed: int = Field(0, ge=0)
+    min_steps: int = Field(
+        0, ge=0, description="run at least this many optimiser steps, whatever the data size (0 = epochs only)"
+    )
+
+
+class RegressionProbeConfig(ProbeConfig):
+    hidden_dim: int = Field(1024, ge=1, description="width of the regression MLP 2d->h->h->out (SIE: 1024)")
+
+
+class KnnConfig(Section):
+    k: int = Field(20, ge=1)
+    temperature: float = Field(0.07, gt=0.0)
+
+
+class FastEvalConfig(Section):
+    """`rayeq eval --fast`: caps that make every probe fit a CPU."""
+
+    max_epochs: int = Field(30, ge=1)
+    max_hidden_dim: int = Field(512, ge=1)
+    min_steps: int = Field(1500, ge=0, description="but at least this many steps per probe")
+
+
 class EvalConfig(Section):
     protocols: list[Literal["linear", "knn", "rotation", "color", "transforms"]] = [
         "linear",
@@ -183,13 +217,21 @@ class EvalConfig(Section):
         "rotation",
         "color",
     ]
-    epochs: int = Field(300, ge=1, description="SIE protocol: 300 epochs")
-    lr: float = Field(1e-3, gt=0.0)
-    batch_size: int = Field(256, ge=1)
-    hidden_dim: int = Field(1024, ge=1, description="width of the regression MLP 2d->h->h->out")
-    knn_k: int = Field(20, ge=1)
-    knn_temperature: float = Field(0.07, gt=0.0)
-    seed: int = Field(0, ge=0)
+    linear: ProbeConfig = ProbeConfig()
+    knn: KnnConfig = KnnConfig()
+    rotation: RegressionProbeConfig = RegressionProbeConfig()
+    color: RegressionProbeConfig = RegressionProbeConfig()
+    transforms: RegressionProbeConfig = RegressionProbeConfig()
+    fast: FastEvalConfig = FastEvalConfig()
+    pairs_per_object: int = Field(2, ge=1, description="3D: fixed view pairs per object in the feature set")
+    feature_seed: int = Field(0, ge=0, description="seed of the view pairs (3D) and the transformations (images)")
+    extract_batch_size: int = Field(256, ge=1)
+    extractor: Literal["auto", "local", "ray"] = Field(
+        "auto",
+        description="feature extraction: local (this process, its GPU if any), ray (Ray Data actors on the "
+        "cluster's GPUs, else CPUs), auto (ray when a cluster address is given, else local)",
+    )
+    extract_actors: int | None = Field(None, ge=1, description="Ray extraction actors; None = GPUs, else CPUs - 1")
 
 
 # --------------------------------------------------------------------------- tracking
@@ -375,6 +417,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"config key {'.'.join(parts[: i + 1])} must be a mapping")
             node = child
     return data
+
+
+def upgrade_stored_config(d: dict[str, Any]) -> dict[str, Any]:
+    """Run directories and checkpoints written before per-protocol eval settings hold one flat
+    `eval` set: spread it over the probes so that those runs stay usable."""
+    e = dict(d.get("eval", {}))
+    if not any(k in e for k in ("epochs", "lr", "batch_size", "hidden_dim", "seed", "knn_k", "knn_temperature")):
+        return d
+    probe = {k: e.pop(k) for k in ("epochs", "lr", "batch_size", "seed") if k in e}
+    hidden = {"hidden_dim": e.pop("hidden_dim")} if "hidden_dim" in e else {}
+    knn = {k: e.pop(f"knn_{k}") for k in ("k", "temperature") if f"knn_{k}" in e}
+    e.update(linear=probe, rotation={**probe, **hidden}, color={**probe, **hidden},
+             transforms={**probe, **hidden}, knn=knn)  # fmt: skip
+    return {**d, "eval": e}
 
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:

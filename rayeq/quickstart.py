@@ -14,6 +14,9 @@ from rayeq.config import load_config
 # The built-in data set: used by the quickstart and whenever data.source=synth3d has no data.path.
 DATA = dict(classes=20, objects_per_class=50, views=12, size=64, seed=0)
 DATA_NAME = "synth3d-builtin-v1"
+# data.builtin=tiny: 1,600 images at 32 px, rendered in seconds; for smoke sweeps and checks
+TINY_DATA = dict(classes=10, objects_per_class=20, views=8, size=32, seed=0)
+TINY_NAME = "synth3d-tiny-v1"
 OVERRIDES = [
     # 32 px views of the 64 px built-in set (the pipeline resizes): fast enough for 2 CPU cores
     "data.source=synth3d", "data.image_size=32", "data.cpus_per_actor=0.4", "data.num_actors=1",
@@ -31,25 +34,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAYEQ_CACHE", Path.home() / ".cache" / "rayeq")).expanduser()
 
 
-def builtin_data_dir() -> Path:
-    return cache_dir() / DATA_NAME
+def builtin_data_dir(name: str = "standard") -> Path:
+    return cache_dir() / (TINY_NAME if name == "tiny" else DATA_NAME)
 
 
-def ensure_data(log=print) -> Path:
+def _usable(path: Path) -> bool:
     from rayeq.data.schema import DataError, open_dataset
-    from rayeq.data.synth3d import generate
 
-    path = builtin_data_dir()
     try:
         open_dataset(path)
+        return True
+    except DataError:
+        return False
+
+
+def ensure_data(log=print, name: str = "standard") -> Path:
+    """The built-in set `name` (standard or tiny), rendered once into the cache directory."""
+    from rayeq.data.synth3d import generate
+
+    path = builtin_data_dir(name)
+    if _usable(path):
         log(f"reusing the built-in data set at {path}")
         return path
-    except DataError:
-        pass
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"building the built-in data set (once) at {path}")
-    generate(tmp, **DATA, log=log)
+    generate(tmp, **(TINY_DATA if name == "tiny" else DATA), log=log)
+    if _usable(path):  # another process finished it meanwhile
+        shutil.rmtree(tmp)
+        return path
     if path.exists():  # an unusable earlier attempt: keep it aside rather than delete it
         path.rename(path.with_name(path.name + f".broken-{int(time.time())}"))
     tmp.rename(path)

@@ -33,24 +33,24 @@ class AimTracker(Tracker):
     def __init__(self, repo: str, experiment: str, run_id: str | None = None):
         with warnings.catch_warnings():  # aim imports SQLAlchemy APIs that warn under -W error
             warnings.simplefilter("ignore")
+            from aim.sdk.errors import MissingRunError
+
             import aim
         self._aim = aim
-        if not repo.startswith("aim://"):
-            # Aim's convention: `repo` is the directory that holds the `.aim` folder
-            Path(repo).mkdir(parents=True, exist_ok=True)
-            if not (Path(repo) / ".aim").exists():
-                aim.Repo.from_path(repo, init=True)
-        self.run = aim.Run(
-            run_hash=run_id,
-            repo=repo,
-            experiment=experiment,
-            system_tracking_interval=None,
-            capture_terminal_logs=False,
-        )
+        ensure_aim_repo(repo)
+        kwargs = dict(repo=repo, experiment=experiment, system_tracking_interval=None, capture_terminal_logs=False)
+        try:
+            self.run = aim.Run(run_hash=run_id, **kwargs)
+        except MissingRunError:  # the repo moved or was cleared: go on in a new run
+            warnings.warn(f"Aim run {run_id} is not in {repo}; logging to a new run", stacklevel=2)
+            self.run = aim.Run(**kwargs)
         self.run_id = self.run.hash
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.run["hparams"] = params
+        name = params.get("train", {}).get("name")
+        if name:  # the run's (or sweep trial's) name, as shown in the Aim UI
+            self.run.name = name
 
     def log_metrics(self, metrics, step, epoch=None, subset="train"):
         for name, value in metrics.items():
@@ -63,6 +63,20 @@ class AimTracker(Tracker):
 
     def close(self) -> None:
         self.run.close()
+
+
+def ensure_aim_repo(repo: str) -> None:
+    """Create a local Aim repo (Aim's convention: `repo` is the directory holding `.aim`). A sweep
+    does this once before its trials start, which would otherwise race to create it."""
+    if repo.startswith("aim://"):
+        return
+    Path(repo).mkdir(parents=True, exist_ok=True)
+    if not (Path(repo) / ".aim").exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import aim
+
+        aim.Repo.from_path(repo, init=True)
 
 
 def open_tracker(backend: str, repo: str, experiment: str, run_id: str | None = None) -> Tracker:

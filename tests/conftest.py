@@ -46,7 +46,8 @@ def ray_session(tmp_path_factory):
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
-            include_dashboard=False,
+            include_dashboard=True,  # `ray job submit` needs it; bound to loopback
+            dashboard_host="127.0.0.1",
             _temp_dir=str(tmp_path_factory.mktemp("ray")),
             log_to_driver=False,
             configure_logging=False,

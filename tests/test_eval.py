@@ -8,14 +8,18 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from rayeq.config import load_config
+from rayeq.config import ConfigError, load_config
 from rayeq.data.pipeline import norm_stats
 from rayeq.data.schema import DataError, read_meta
-from rayeq.eval.features import extract_features
+from rayeq.eval.features import extract_features, extract_features_ray, load_checkpoint
 from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, regression
 from rayeq.eval.run import evaluate, markdown_table, write_outputs
 from rayeq.methods import build_method
 
+# per-protocol settings, small enough for a test (eval.fast still applies its caps and step floor)
+PROBE_FAST = ["eval.linear.epochs=5", "eval.rotation.epochs=5", "eval.color.epochs=4", "eval.transforms.epochs=5",
+              "eval.rotation.hidden_dim=64", "eval.color.hidden_dim=32", "eval.transforms.hidden_dim=64",
+              "eval.fast.min_steps=300"]  # fmt: skip
 FAST = ProtocolSettings(epochs=60, lr=1e-3, batch_size=64, hidden_dim=256, min_steps=1500)
 
 
@@ -97,7 +101,7 @@ def test_linear_and_knn_reach_100_percent_on_separable_features():
 def _checkpoint(tmp_path, data, *overrides):
     """A checkpoint in the format of rayeq.train.loop (without running Ray Train)."""
     base = [f"data.path={data}", "data.image_size=16", "model.stem=compact", "model.projector=[64,64]",
-            "method.decoder.width=16", "track.backend=none", "eval.epochs=5", "eval.hidden_dim=64",
+            "method.decoder.width=16", "track.backend=none", *PROBE_FAST,
             f"train.storage_path={tmp_path}"]  # fmt: skip
     cfg = load_config(None, [*base, *overrides])
     torch.manual_seed(0)
@@ -129,7 +133,10 @@ def test_eval_on_a_run_writes_json_markdown_and_reuses_cached_features(reg_data,
     )
     for key in keys:
         assert key in m and np.isfinite(m[key]), key
-    assert res["settings"]["epochs"] == 5 and res["settings"]["fast"] is True and res["settings"]["min_steps"] == 1500
+    st = res["settings"]
+    assert res["fast"] is True and st["extractor"] == "local"
+    assert (st["linear"]["epochs"], st["color"]["epochs"], st["color"]["hidden_dim"]) == (5, 4, 32)
+    assert st["rotation"]["min_steps"] == 300 and st["knn"] == {"k": 20, "temperature": 0.07}
     path = write_outputs(res, None, overwrite=False)
     assert json.loads(path.read_text())["metrics"] == m
     assert "| rotation/full/r2 |" in path.with_suffix(".md").read_text()
@@ -138,6 +145,8 @@ def test_eval_on_a_run_writes_json_markdown_and_reuses_cached_features(reg_data,
     again = evaluate(run, fast=True, protocols=["linear"], log=logs.append)
     assert any("cached" in line for line in logs)  # features are not re-encoded
     assert again["metrics"]["linear/full/top1"] == pytest.approx(m["linear/full/top1"])
+    other = evaluate(run, fast=True, protocols=["knn"], overrides=["eval.knn.k=1"], log=logs.append)
+    assert other["settings"]["knn"]["k"] == 1 and "linear" not in other["settings"]
     out = tmp_path / "mine.json"
     out.write_text("{}")
     with pytest.raises(DataError, match="--overwrite"):
@@ -153,6 +162,27 @@ def test_eval_refuses_protocols_the_data_cannot_serve(reg_data, tmp_path):
         evaluate(run, protocols=["transforms"], fast=True, log=lambda *a: 0)
     with pytest.raises(DataError, match="no checkpoint"):
         evaluate(tmp_path, fast=True, log=lambda *a: 0)
+    with pytest.raises(ConfigError, match="model.inv_dim"):  # the encoder is fixed by its checkpoint
+        evaluate(run, overrides=["model.inv_dim=8"], log=lambda *a: 0)
+    with pytest.raises(ConfigError, match="eval.rotation.epochz"):
+        evaluate(run, overrides=["eval.rotation.epochz=3"], log=lambda *a: 0)
+    with pytest.raises(ConfigError, match="rotaton"):
+        evaluate(run, protocols=["rotaton"], log=lambda *a: 0)
+
+
+def test_ray_data_extraction_matches_local_extraction(reg_data, tmp_path, ray_session):
+    """The cluster path (Parquet reads -> encoder actors) gives the same features, in the same order."""
+    run = _checkpoint(tmp_path, reg_data)
+    loaded = load_checkpoint(run)
+    mean, std = loaded.norm_stats(reg_data)
+    local = extract_features(loaded.encoder(), reg_data, "val", 16, mean, std, pairs_per_object=2, seed=0)
+    remote = extract_features_ray(loaded, reg_data, "val", pairs=2, seed=0, batch_size=32, log=lambda *a: 0)
+    assert remote.r1.shape == local.r1.shape == (8 * 3 * 2, loaded.cfg.model.feature_dim)
+    assert torch.equal(remote.label, local.label)
+    for t in local.targets:
+        assert torch.allclose(remote.targets[t], local.targets[t]), t
+    assert torch.allclose(remote.r1, local.r1, atol=1e-4) and torch.allclose(remote.r2, local.r2, atol=1e-4)
+    assert not torch.allclose(local.r1, local.r2, atol=1e-3)  # two different views per pair
 
 
 def test_transform_protocol_on_images(tmp_path):

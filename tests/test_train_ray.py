@@ -8,6 +8,7 @@ import torch
 
 from rayeq.config import ConfigError, load_config
 from rayeq.train.driver import run_training
+from rayeq.train.probes import reported_metric_names
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,9 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
                 "val/rot_r2_per_dim", "val/color_r2", "images_per_sec", "lr"):  # fmt: skip
         assert key in res.metrics, key
     assert 0 <= res.metrics["val/top1"] <= 1 and res.metrics["images_per_sec"] > 0
+    # what sweeps are allowed to tune against is what training reports
+    missing = set(reported_metric_names(three_d=True, has_val=True)) - set(res.metrics)
+    assert not missing, missing
     assert (res.run_dir / "config.yaml").is_file()
     ckpts = _checkpoints(res.run_dir)
     assert 1 <= len(ckpts) <= cfg.train.keep_checkpoints + 1  # the best K, plus the latest

@@ -32,7 +32,7 @@ def resolve_data_dir(cfg: ExperimentConfig, build: bool = True) -> Path:
     if cfg.data.path is None and cfg.data.source == "synth3d":
         from rayeq.quickstart import builtin_data_dir, ensure_data
 
-        return ensure_data() if build else builtin_data_dir()
+        return ensure_data(name=cfg.data.builtin) if build else builtin_data_dir(cfg.data.builtin)
     if cfg.data.path is None:
         raise DataError(
             f"data.path is not set for data.source={cfg.data.source!r}: make a data set first "
@@ -82,12 +82,12 @@ def _path_column(shard: Path, n: int) -> pa.Array:
     return pa.array([str(shard)] * n, pa.string())
 
 
-def build_ray_dataset(cfg: ExperimentConfig, split: str = "train"):
-    """The Ray Data pipeline of paired uint8 views for `split` (needs ray.init() first)."""
+def read_split(shards: list[Path], split: str, shuffle: str | None = None, include_paths: bool = True):
+    """A Ray Dataset of one split's stored rows (objects or images); with `include_paths`, the
+    shard's path in a `path` column."""
     import pyarrow.dataset as pads
     import ray
 
-    meta, shards = check_data(cfg, split)
     # Ray 2.60's V2 Parquet reader adds a ListFiles task that always asks for a whole CPU; next to
     # the train workers and the pair actors on a small machine it can never be scheduled and the
     # run hangs without an error. The V1 reader has no such task, honours num_cpus and pushes the
@@ -96,15 +96,23 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train"):
     previous = ctx.use_datasource_v2
     ctx.use_datasource_v2 = False
     try:
-        ds = ray.data.read_parquet(
+        return ray.data.read_parquet(
             [str(s) for s in shards],
-            include_paths=True,  # a corrupt image's error names its shard
+            include_paths=include_paths,  # a corrupt image's error names its shard
             num_cpus=READ_CPUS,
-            shuffle="files",
+            shuffle=shuffle,
             filter=pads.field("split") == split,
         )
     finally:
         ctx.use_datasource_v2 = previous
+
+
+def build_ray_dataset(cfg: ExperimentConfig, split: str = "train"):
+    """The Ray Data pipeline of paired uint8 views for `split` (needs ray.init() first)."""
+    import ray
+
+    meta, shards = check_data(cfg, split)
+    ds = read_split(shards, split, shuffle="files")
     d = cfg.data
     n = d.num_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
     return ds.map_batches(

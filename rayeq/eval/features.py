@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rayeq.config import ExperimentConfig
+from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.schema import DataError, decode_image, open_dataset
 from rayeq.data.targets import relative_color, relative_rotation_quaternion
 from rayeq.methods import build_method
@@ -71,7 +73,10 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
 def load_checkpoint(path: str | Path, which: str = "latest") -> LoadedCheckpoint:
     ckpt = find_checkpoint(path, which)
     state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    cfg = ExperimentConfig.model_validate(state["config"])
+    try:
+        cfg = from_dict(upgrade_stored_config(state["config"]))
+    except ConfigError as exc:
+        raise DataError(f"checkpoint {str(ckpt)!r} holds a config this rayeq cannot read: {exc}") from exc
     return LoadedCheckpoint(ckpt, ckpt.parent, cfg, state)
 
 
@@ -94,20 +99,96 @@ class Features:
         return cls(d["r1"], d["r2"], d["label"], d["targets"])
 
 
-def _pairs_for_split(shards: list[Path], split: str, pairs_per_object: int, seed: int):
-    """Deterministic (object row, view i, view j) triples of a 3D split."""
-    g = np.random.default_rng(np.random.SeedSequence([seed, 7]))
-    for shard in shards:
-        table = pq.read_table(shard)
-        table = table.filter(pa.compute.equal(table["split"], split))
-        for row in table.to_pylist():
-            n = len(row["images"])
-            for _ in range(pairs_per_object):
-                i, j = g.choice(n, 2, replace=False)
-                yield row, int(i), int(j)
+def object_view_pairs(object_id: str, n_views: int, pairs: int, seed: int) -> list[tuple[int, int]]:
+    """The fixed (i, j) view pairs of one object: seeded by the object's id, so that any reader, in
+    any order and on any worker, picks the same pairs."""
+    g = np.random.default_rng([seed, 7, zlib.crc32(object_id.encode())])
+    return [tuple(int(v) for v in g.choice(n_views, 2, replace=False)) for _ in range(pairs)]
 
 
-@torch.no_grad()
+class BatchEncoder:
+    """Stored rows (a pyarrow table of objects or images) -> features as numpy columns. The one code
+    path of local and Ray extraction. `encoder` is a module with `encode(images) -> (B, C)`, or a
+    callable `encoder(images, batch) -> (B, C)` (tests' hand-made encoders)."""
+
+    def __init__(self, encoder, image_size: int, mean, std, pairs_per_object: int = 2, seed: int = 0,
+                 batch_size: int = 256, device: str = "cpu"):  # fmt: skip
+        self.encoder, self.size, self.pairs, self.seed = encoder, image_size, pairs_per_object, seed
+        self.batch_size, self.device = batch_size, device
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def _encode(self, images: list[np.ndarray], batch: dict[str, torch.Tensor]) -> np.ndarray:
+        from rayeq.data.augment import resize
+
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i : i + self.batch_size]
+            x = torch.stack([resize(torch.from_numpy(im).permute(2, 0, 1), self.size) for im in chunk])
+            x = ((x.float() / 255.0 - self.mean) / self.std).to(self.device)
+            if hasattr(self.encoder, "encode"):
+                out.append(self.encoder.encode(x).float().cpu())
+            else:
+                out.append(self.encoder(x, {k: v[i : i + self.batch_size] for k, v in batch.items()}).float())
+        return torch.cat(out).numpy()
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        if "images" in table.column_names:  # 3D objects -> fixed pairs of views
+            img1, img2, keys, index, labels, lat1, lat2 = [], [], [], [], [], [], []
+            for row in table.select(["object_id", "label", "images", "latents"]).to_pylist():
+                for k, (i, j) in enumerate(object_view_pairs(row["object_id"], len(row["images"]), self.pairs,
+                                                             self.seed)):  # fmt: skip
+                    img1.append(decode_image(row["images"][i]))
+                    img2.append(decode_image(row["images"][j]))
+                    keys.append(row["object_id"])
+                    index.append(k)
+                    labels.append(row["label"])
+                    lat1.append(row["latents"][i])
+                    lat2.append(row["latents"][j])
+            l1 = torch.tensor(np.array(lat1, dtype=np.float32).reshape(-1, 7))
+            l2 = torch.tensor(np.array(lat2, dtype=np.float32).reshape(-1, 7))
+            both = {"latent1": l1, "latent2": l2}
+            return {
+                "key": np.array(keys, dtype=object),
+                "index": np.array(index, dtype=np.int64),
+                "label": np.array(labels, dtype=np.int64),
+                "r1": self._encode(img1, {"latent": l1, **both}),
+                "r2": self._encode(img2, {"latent": l2, **both}),
+                "lat1": l1.numpy(),
+                "lat2": l2.numpy(),
+            }
+        rows = table.select(["image", "label", "path"]).to_pylist()  # path: the image's source, unique
+        images = [decode_image(r["image"]) for r in rows]
+        return {
+            "key": np.array([r["path"] for r in rows], dtype=object),
+            "index": np.zeros(len(rows), dtype=np.int64),
+            "label": np.array([r["label"] for r in rows], dtype=np.int64),
+            "r1": self._encode(images, {}),
+        }
+
+
+def assemble_features(parts: list[dict[str, np.ndarray]]) -> Features:
+    """Concatenate encoded batches, in (key, index) order whatever order they arrived in."""
+    parts = [p for p in parts if len(p["label"])]
+    if not parts:
+        raise DataError("the split has no rows to encode")
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.lexsort((cols["index"], cols["key"].astype(str)))
+    cols = {k: v[order] for k, v in cols.items()}
+    r2 = torch.from_numpy(np.ascontiguousarray(cols["r2"])) if "r2" in cols else None
+    targets = {}
+    if "lat1" in cols:
+        l1, l2 = cols["lat1"], cols["lat2"]
+        targets = {
+            "rel_rotation": torch.from_numpy(relative_rotation_quaternion(l1[:, :3], l2[:, :3])),
+            "rel_rotation_canonical": torch.from_numpy(relative_rotation_quaternion(l1[:, :3], l2[:, :3], True)),
+            "rel_color": torch.from_numpy(relative_color(l1, l2, "sie")),
+            "rel_color_cos_sin": torch.from_numpy(relative_color(l1, l2, "cos_sin")),
+        }
+    return Features(torch.from_numpy(np.ascontiguousarray(cols["r1"])), r2, torch.from_numpy(cols["label"]), targets)
+
+
 def extract_features(
     encoder,
     data_dir: str | Path,
@@ -120,86 +201,106 @@ def extract_features(
     batch_size: int = 256,
     device: str = "cpu",
 ) -> Features:
-    """Encode a split with a frozen encoder (a module with `encode(images) -> (B, C)`, or a callable
-    `encoder(images, batch) -> (B, C)` for tests). Images are resized to `image_size` and normalised."""
-    from rayeq.data.augment import resize
-
-    data_dir = Path(data_dir)
-    meta, shards = open_dataset(data_dir, split)
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    encode = encoder.encode if hasattr(encoder, "encode") else encoder
-
-    def run(images: list[np.ndarray], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = torch.stack([resize(torch.from_numpy(im).permute(2, 0, 1), image_size) for im in images])
-        x = ((x.float() / 255.0 - m) / s).to(device)
-        return encode(x, batch).cpu() if not hasattr(encoder, "encode") else encode(x).float().cpu()
-
-    r1s, r2s, labels, lat1, lat2 = [], [], [], [], []
-    if meta["format"] == "rayeq-objects/1":
-        buf: list = []
-
-        def flush():
-            if not buf:
-                return
-            l1 = torch.tensor(np.array([b[3] for b in buf]), dtype=torch.float32)
-            l2 = torch.tensor(np.array([b[4] for b in buf]), dtype=torch.float32)
-            batch = {"latent1": l1, "latent2": l2}
-            r1s.append(run([b[0] for b in buf], {"latent": l1, **batch}))
-            r2s.append(run([b[1] for b in buf], {"latent": l2, **batch}))
-            labels.extend(b[2] for b in buf)
-            lat1.append(l1)
-            lat2.append(l2)
-            buf.clear()
-
-        for row, i, j in _pairs_for_split(shards, split, pairs_per_object, seed):
-            buf.append((decode_image(row["images"][i]), decode_image(row["images"][j]), row["label"],
-                        row["latents"][i], row["latents"][j]))  # fmt: skip
-            if len(buf) == batch_size:
-                flush()
-        flush()
-        l1, l2 = torch.cat(lat1).numpy(), torch.cat(lat2).numpy()
-        targets = {
-            "rel_rotation": torch.from_numpy(relative_rotation_quaternion(l1[:, :3], l2[:, :3])),
-            "rel_rotation_canonical": torch.from_numpy(relative_rotation_quaternion(l1[:, :3], l2[:, :3], True)),
-            "rel_color": torch.from_numpy(relative_color(l1, l2, "sie")),
-            "rel_color_cos_sin": torch.from_numpy(relative_color(l1, l2, "cos_sin")),
-        }
-        return Features(torch.cat(r1s), torch.cat(r2s), torch.tensor(labels), targets)
-
-    images, labs = [], []
+    """Encode a split in this process. Images are resized to `image_size` and normalised."""
+    _, shards = open_dataset(Path(data_dir), split)
+    enc = BatchEncoder(encoder, image_size, mean, std, pairs_per_object, seed, batch_size, device)
+    rows_per_call = max(1, batch_size // (2 * pairs_per_object))
+    parts = []
     for shard in shards:
-        table = pq.read_table(shard, columns=["image", "label", "split"])
-        for row in table.filter(pa.compute.equal(table["split"], split)).to_pylist():
-            images.append(decode_image(row["image"]))
-            labs.append(row["label"])
-            if len(images) == batch_size:
-                r1s.append(run(images, {}))
-                images.clear()
-    if images:
-        r1s.append(run(images, {}))
-    return Features(torch.cat(r1s), None, torch.tensor(labs), {})
+        table = pq.read_table(shard)
+        table = table.filter(pa.compute.equal(table["split"], split))
+        for b in table.to_batches(max_chunksize=rows_per_call):
+            parts.append(enc(pa.Table.from_batches([b])))
+    return assemble_features(parts)
+
+
+class _RayBatchEncoder(BatchEncoder):
+    """A Ray Data actor: rebuilds the frozen encoder from the checkpoint's config and weights."""
+
+    def __init__(self, cfg: dict, weights: dict, threads: int, use_gpu: bool, **kwargs):
+        torch.set_num_threads(max(1, threads))
+        method = build_method(ExperimentConfig.model_validate(cfg))
+        method.load_state_dict(weights)
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        super().__init__(method.eval().to(device), device=device, **kwargs)
+
+
+def ray_extract_plan(ray, actors: int | None) -> dict[str, Any]:
+    """Actors and resources for extraction on the connected cluster: one actor per GPU, else CPU
+    actors of up to 4 threads each, leaving room for the Parquet reads."""
+    total = ray.cluster_resources()
+    gpus, cpus = int(total.get("GPU", 0)), total.get("CPU", 1)
+    if gpus:
+        return {"actors": actors or gpus, "num_gpus": 1, "num_cpus": 1, "threads": 4, "use_gpu": True}
+    per = int(min(4, max(1, cpus - 1)))
+    n = actors or max(1, int((cpus - 0.5) // per))
+    return {"actors": n, "num_gpus": 0, "num_cpus": per, "threads": per, "use_gpu": False}
+
+
+def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, pairs: int, seed: int,
+                         batch_size: int = 256, actors: int | None = None, log=print) -> Features:  # fmt: skip
+    """Encode a split with Ray Data: Parquet reads -> encoder actors on the cluster's GPUs (else CPUs)."""
+    import ray
+
+    from rayeq.data.pipeline import read_split
+
+    _, shards = open_dataset(data_dir, split)
+    plan = ray_extract_plan(ray, actors)
+    mean, std = loaded.norm_stats(data_dir)
+    weights = {k[len("method.") :]: v for k, v in loaded.state["model"].items() if k.startswith("method.")}
+    where = "1 GPU each" if plan["use_gpu"] else f"{plan['num_cpus']} CPU(s) each"
+    log(f"  features ({split}): Ray Data, up to {plan['actors']} encoder actor(s), {where}")
+    ds = read_split(shards, split, include_paths=False).map_batches(
+        _RayBatchEncoder,
+        fn_constructor_kwargs={
+            "cfg": loaded.cfg.to_dict(),
+            "weights": weights,
+            "threads": plan["threads"],
+            "use_gpu": plan["use_gpu"],
+            "image_size": loaded.cfg.data.image_size,
+            "mean": mean,
+            "std": std,
+            "pairs_per_object": pairs,
+            "seed": seed,
+            "batch_size": batch_size,
+        },  # fmt: skip
+        batch_size=max(1, batch_size // (2 * pairs)),
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
+        num_cpus=plan["num_cpus"],
+        num_gpus=plan["num_gpus"],
+    )
+    return assemble_features(list(ds.iter_batches(batch_size=None, batch_format="numpy")))
 
 
 def cache_key(ckpt: Path | None, data_dir: Path, split: str, image_size: int, pairs: int, seed: int) -> str:
     meta = (data_dir / "meta.json").read_text()
-    blob = json.dumps([str(ckpt), str(data_dir.resolve()), meta, split, image_size, pairs, seed])
+    blob = json.dumps(["pairs-by-object-id", str(ckpt), str(data_dir.resolve()), meta, split, image_size, pairs, seed])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, pairs: int, seed: int, log=print):
-    """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made."""
-    cfg = loaded.cfg
-    mean, std = loaded.norm_stats(data_dir)
-    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, pairs, seed)
+def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ray: bool = False, log=print):
+    """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made;
+    else encoded in this process (its GPU if any) or, with `use_ray`, by Ray Data actors."""
+    cfg, e = loaded.cfg, loaded.cfg.eval
+    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.pairs_per_object, e.feature_seed)
     cache = loaded.path / "eval_cache" / f"{split}-{key}.pt"
     if cache.is_file():
         log(f"  features ({split}): cached {cache}")
         return Features.load(cache)
-    log(f"  features ({split}): encoding with the frozen encoder ...")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    feats = extract_features(loaded.encoder().to(device), data_dir, split, cfg.data.image_size, mean, std,
-                             pairs, seed, device=device)  # fmt: skip
+    t0 = time.perf_counter()
+    if use_ray:
+        feats = extract_features_ray(loaded, data_dir, split, e.pairs_per_object, e.feature_seed,
+                                     e.extract_batch_size, e.extract_actors, log)  # fmt: skip
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log(f"  features ({split}): encoding in this process ({device}) ...")
+        mean, std = loaded.norm_stats(data_dir)
+        feats = extract_features(loaded.encoder().to(device), data_dir, split, cfg.data.image_size, mean, std,
+                                 e.pairs_per_object, e.feature_seed, e.extract_batch_size, device)  # fmt: skip
+    n = len(feats.label) * (1 if feats.r2 is None else 2)
+    dt = time.perf_counter() - t0
+    log(f"  features ({split}): {n} images in {dt:.1f} s ({n / max(dt, 1e-9):.0f} images/s)")
     cache.parent.mkdir(exist_ok=True)
     feats.save(cache)
     return feats

@@ -23,16 +23,26 @@ from rayeq.train.probes import regression_mlp
 
 @dataclass
 class ProtocolSettings:
+    """One probe's optimisation. SIE's 300 epochs are ~49k steps on 3DIEBench but a few hundred on a
+    small set: with min_steps a probe runs at least that many optimiser steps whatever the data size."""
+
     epochs: int = 300
     lr: float = 1e-3
     batch_size: int = 256
     hidden_dim: int = 1024
-    knn_k: int = 20
-    knn_temperature: float = 0.07
     seed: int = 0
-    # SIE's 300 epochs are ~49k steps on 3DIEBench but a few hundred on a small set: with min_steps
-    # a probe runs at least that many optimiser steps whatever the data size
     min_steps: int = 0
+
+    @classmethod
+    def from_config(cls, probe, fast=None) -> ProtocolSettings:
+        """From an `eval.<protocol>` section; `fast` (an `eval.fast` section) caps epochs and width."""
+        s = cls(probe.epochs, probe.lr, probe.batch_size, getattr(probe, "hidden_dim", 0), probe.seed,
+                probe.min_steps)  # fmt: skip
+        if fast is not None:
+            s.epochs = min(s.epochs, fast.max_epochs)
+            s.hidden_dim = min(s.hidden_dim, fast.max_hidden_dim)
+            s.min_steps = max(s.min_steps, fast.min_steps)
+        return s
 
 
 def part(r: torch.Tensor, name: str, inv_dim: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from rayeq.config import ConfigError, ExperimentConfig, from_dict
+from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.pipeline import check_data, norm_stats
 
 CONFIG_FILE = "config.yaml"
@@ -48,7 +48,7 @@ def check_run_dir(cfg: ExperimentConfig, force: bool) -> Path:
     run_dir = run_dir_of(cfg)
     saved = run_dir / CONFIG_FILE
     if saved.is_file():
-        old = from_dict(yaml.safe_load(saved.read_text()))
+        old = from_dict(upgrade_stored_config(yaml.safe_load(saved.read_text())))
         if old.fingerprint() != cfg.fingerprint():
             from rayeq.config import OPERATIONAL_KEYS
 
@@ -120,6 +120,25 @@ def run_training(
     _fail_at_epoch: int | None = None,
 ) -> TrainResult:
     t0 = time.perf_counter()
+    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, _fail_at_epoch=_fail_at_epoch)
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    ckpt = result.checkpoint.path if result.checkpoint else None
+    return TrainResult(run_dir, metrics, ckpt, time.perf_counter() - t0, track_repo)
+
+
+def build_trainer(
+    cfg: ExperimentConfig,
+    address: str | None = None,
+    force: bool = False,
+    log=print,
+    callbacks: list | tuple = (),
+    extra_params: dict[str, Any] | None = None,
+    _fail_at_epoch: int | None = None,
+):
+    """Check everything, connect to Ray and build the TorchTrainer of a run (not started). `callbacks`
+    go on Train's RunConfig (a sweep's TuneReportCallback); `extra_params` are logged to the run's
+    Aim hparams next to the config (a sweep's name, trial and sampled values)."""
     meta, _ = check_data(cfg, "train")
     n_train = meta["splits"]["train"]
     has_val = meta["splits"].get("val", 0) > 0
@@ -155,6 +174,7 @@ def run_training(
         "n_train": n_train, "has_val": has_val, "num_classes": len(meta["classes"]), "regress": regress,
         "mean": mean, "std": std, "config_hash": cfg.fingerprint(), "force": force, "run_dir": str(run_dir),
         "track_repo": track_repo, "score_attribute": score, "fail_at_epoch": _fail_at_epoch,
+        "extra_params": extra_params or {},
     }  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -168,15 +188,13 @@ def run_training(
             ),
             failure_config=FailureConfig(max_failures=t.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # rayeq prints its own progress
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
     log(f"training {cfg.method.name} on {meta['source']} ({n_train} train objects/images) with "
         f"{t.num_workers} worker(s) x {resources}; run dir {run_dir}")  # fmt: skip
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
-    ckpt = result.checkpoint.path if result.checkpoint else None
-    return TrainResult(run_dir, metrics, ckpt, time.perf_counter() - t0, track_repo)
+    return trainer, run_dir, track_repo
 
 
 def summary(res: TrainResult, cfg: ExperimentConfig) -> str:

@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     method = build_method(cfg)
     probes = OnlineProbes(
-        method.feature_dim, cfg.model.inv_dim, info["num_classes"], info["regress"], cfg.eval.hidden_dim
+        method.feature_dim, cfg.model.inv_dim, info["num_classes"], info["regress"], cfg.eval.rotation.hidden_dim
     )
     module = TrainModule(method, probes)
     if on_gpu and world > 1 and cfg.train.sync_batchnorm:
@@ -133,7 +133,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         tracker = open_tracker(cfg.track.backend, info["track_repo"], cfg.track.experiment or cfg.train.name, run_id)
         if not resumed:
-            tracker.log_params(cfg.to_dict())
+            tracker.log_params({**cfg.to_dict(), **info.get("extra_params", {})})
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     fail_at = info.get("fail_at_epoch")
     epochs = cfg.train.epochs
@@ -184,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 terms = " ".join(f"{k}={float(v.detach()):.3f}" for k, v in out.losses.items() if k != "total")
                 say(f"epoch {epoch + 1}/{epochs} step {n_steps}/{steps_per_epoch} loss {float(out.total.detach()):.4f} "
                     f"({terms}) {ips:.0f} img/s ETA {_fmt(eta)}")  # fmt: skip
-                tracker.log_metrics({f"loss/{k}": float(v) for k, v in out.losses.items()}, step, epoch)
+                tracker.log_metrics({f"loss/{k}": float(v.detach()) for k, v in out.losses.items()}, step, epoch)
         if n_steps == 0:
             raise RuntimeError(
                 f"worker {rank} got no full batch of {per_worker_batch} in epoch {epoch + 1}: "
@@ -221,7 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "probe_optimizer": probe_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
                     "config_hash": info["config_hash"], "config": cfg.to_dict(),
-                    "tracker_run_id": tracker.run_id, "metrics": metrics,
+                    "tracker_run_id": tracker.run_id, "track_repo": info["track_repo"], "metrics": metrics,
                     "data": {"mean": info["mean"], "std": info["std"], "num_classes": info["num_classes"]},
                 }  # fmt: skip
                 torch.save(state, Path(tmp) / STATE_FILE)

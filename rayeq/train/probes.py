@@ -69,9 +69,18 @@ class ProbeMetrics:
         for acc in (self.top1, self.top1_inv, *self.r2.values()):
             acc.all_reduce()
         out = {f"{prefix}/top1": self.top1.compute(), f"{prefix}/top1_inv": self.top1_inv.compute()}
-        names = {"rel_rotation": "rot_r2", "rel_color": "color_r2"}
         for k, acc in self.r2.items():
             r2 = acc.compute()
-            out[f"{prefix}/{names.get(k, k)}"] = r2["global"]  # SIE's definition
-            out[f"{prefix}/{names.get(k, k)}_per_dim"] = r2["per_dim"]
+            out[f"{prefix}/{R2_NAMES.get(k, k)}"] = r2["global"]  # SIE's definition
+            out[f"{prefix}/{R2_NAMES.get(k, k)}_per_dim"] = r2["per_dim"]
         return out
+
+
+R2_NAMES = {"rel_rotation": "rot_r2", "rel_color": "color_r2"}
+
+
+def reported_metric_names(three_d: bool, has_val: bool) -> list[str]:
+    """The probe and throughput metrics every training report holds (what sweeps may tune against)."""
+    probe = ["top1", "top1_inv"] + [f"{n}{s}" for n in R2_NAMES.values() for s in ("", "_per_dim")] * three_d
+    prefixes = ["train", "val"] if has_val else ["train"]
+    return [f"{p}/{m}" for p in prefixes for m in probe] + ["images_per_sec", "epoch_images_per_sec"]
