@@ -25,7 +25,7 @@ STEM_STRIDES = {"imagenet": 32, "compact": 16, "small": 8}
 OPERATIONAL_KEYS = (
     "train.epochs", "train.name", "train.storage_path", "train.log_every_steps", "train.val_every_epochs",
     "train.max_failures", "train.keep_checkpoints", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
-    "train.gpus_per_worker", "train.precision", "train.compile", "train.channels_last",
+    "train.gpus_per_worker", "train.precision", "train.compile", "train.channels_last", "train.torch_threads",
     "data.path", "data.num_actors", "data.cpus_per_actor", "data.rows_per_batch", "data.skip_corrupt",
     "eval", "track",
 )  # fmt: skip
@@ -171,6 +171,7 @@ class TrainConfig(Section):
     gpus_per_worker: float = Field(1.0, ge=0.0)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     channels_last: bool = True
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; None = Ray's (its CPUs)")
     compile: bool = False
     sync_batchnorm: bool = True
     seed: int = Field(0, ge=0)

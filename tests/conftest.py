@@ -56,3 +56,13 @@ def ray_session(tmp_path_factory):
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def tiny_builtin(tmp_path, monkeypatch):
+    """The built-in data set, made tiny (3 classes x 10 objects x 3 views) in a private cache."""
+    import rayeq.quickstart as qs
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(qs, "DATA", dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
+    return tmp_path

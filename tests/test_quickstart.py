@@ -8,13 +8,6 @@ from rayeq.data.pipeline import check_data
 from rayeq.train.driver import check_resources
 
 
-@pytest.fixture
-def tiny_builtin(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(qs, "DATA", dict(classes=3, objects_per_class=5, views=3, size=32, seed=0))
-    return tmp_path
-
-
 def test_builtin_data_is_built_once_then_reused(tiny_builtin):
     logs = []
     path = qs.ensure_data(log=logs.append)

@@ -43,6 +43,27 @@ class TrainModule(nn.Module):
         return out, probe_loss, probe_out
 
 
+def build_module(cfg: ExperimentConfig, num_classes: int, regress: dict[str, int]) -> TrainModule:
+    method = build_method(cfg)
+    probes = OnlineProbes(method.feature_dim, cfg.model.inv_dim, num_classes, regress, cfg.eval.rotation.hidden_dim)
+    return TrainModule(method, probes)
+
+
+def train_step(train_module, module: TrainModule, batch, optimizer, probe_optimizer, scheduler, cfg, autocast):
+    """One optimisation step of the method and its probes (the Ray loop's and `rayeq bench`'s)."""
+    with autocast:
+        out, probe_loss, probe_out = train_module(batch)
+    optimizer.zero_grad(set_to_none=True)
+    probe_optimizer.zero_grad(set_to_none=True)
+    (out.total + probe_loss).backward()
+    if cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(module.method.parameters(), cfg.optim.grad_clip)
+    optimizer.step()
+    probe_optimizer.step()
+    scheduler.step()
+    return out, probe_out
+
+
 class CheckpointMismatch(RuntimeError):
     pass
 
@@ -88,11 +109,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_train_console()
     say = _write if is_main else (lambda *a, **k: None)
 
-    method = build_method(cfg)
-    probes = OnlineProbes(
-        method.feature_dim, cfg.model.inv_dim, info["num_classes"], info["regress"], cfg.eval.rotation.hidden_dim
-    )
-    module = TrainModule(method, probes)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    module = build_module(cfg, info["num_classes"], info["regress"])
     if on_gpu and world > 1 and cfg.train.sync_batchnorm:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if cfg.train.channels_last:
@@ -157,16 +176,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if t_first is None:
                 t_first = time.perf_counter()
             batch = to_model_batch(raw, info["mean"], info["std"], device, cfg.train.channels_last)
-            with autocast:
-                out, probe_loss, probe_out = train_module(batch)
-            optimizer.zero_grad(set_to_none=True)
-            probe_optimizer.zero_grad(set_to_none=True)
-            (out.total + probe_loss).backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(_unwrap(module).method.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            probe_optimizer.step()
-            scheduler.step()
+            out, probe_out = train_step(train_module, _unwrap(module), batch, optimizer, probe_optimizer, scheduler,
+                                        cfg, autocast)  # fmt: skip
             step += 1
             n_steps += 1
             metrics_acc.update(probe_out)

@@ -1,0 +1,247 @@
+"""`rayeq bench`: the figures a user checks before trusting rayeq with their compute.
+
+throughput: steady-state training images/s of (a) a plain single-process PyTorch loop fed by the
+same pair/augment code and (b) rayeq's real path (Ray Train TorchTrainer + Ray Data, 1 worker), with
+the same model, data, batch, image size and torch thread count; their ratio; for xrecon the step
+time against its base SSL method alone (the reconstruction overhead); on a GPU the same under bf16
+autocast and channels_last, with the memory peak.
+
+data: synth3d render images/s, and the pair pipeline's pairs/s on its own (Ray Data, and the plain
+single-process maker), against the pairs/s that training consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
+
+# the CPU-sized model of the quickstart (compact stem, 32 px views of the built-in set)
+BENCH_OVERRIDES = [
+    "data.source=synth3d", "data.num_actors=1", "data.cpus_per_actor=0.4",
+    "model.stem=compact", "model.projector=[512,512]", "method.decoder.width=64", "method.decoder.recon_size=32",
+    "loss.sim_weight=10", "loss.std_weight=10", "loss.cov_weight=1",
+    "optim.lr=0.002", "optim.scale_lr=false", "optim.warmup_epochs=0",
+    "train.num_workers=1", "train.log_every_steps=1000", "track.backend=none",
+]  # fmt: skip
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "spread_pct": 100 * (max(values) - min(values)) / statistics.median(values) if values else 0.0,
+        "repeats": values,
+    }
+
+
+def bench_config(method: str, size: int, batch: int, threads: int, overrides: list[str] = ()) -> ExperimentConfig:
+    return load_config(None, [*BENCH_OVERRIDES, f"method.name={method}", f"data.image_size={size}",
+                              f"train.batch_size={batch}", f"train.cpus_per_worker={threads}",
+                              f"train.torch_threads={threads}", *overrides])  # fmt: skip
+
+
+def _setup(cfg: ExperimentConfig, device: str, amp: bool):
+    from rayeq.data.pipeline import check_data, norm_stats
+    from rayeq.train.loop import build_module
+    from rayeq.train.optim import build_optimizer, build_scheduler
+
+    meta, _ = check_data(cfg, "train")
+    regress = {"rel_rotation": 4, "rel_color": 2}
+    torch.manual_seed(0)
+    module = build_module(cfg, len(meta["classes"]), regress).to(device)
+    if amp:
+        module = module.to(memory_format=torch.channels_last)
+    opt = build_optimizer(list(module.method.parameters()), cfg)
+    popt = torch.optim.AdamW(module.probes.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = build_scheduler(opt, cfg, 10_000)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    return meta, norm_stats(meta), module, opt, popt, sched, autocast
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu", amp: bool = False) -> dict:
+    """(a) Single process: the same pair maker (`iter_pairs`), the same module and step, no Ray.
+    Each repeat is timed like the Ray loop's epochs: from the first batch to the last."""
+    from rayeq.data.pipeline import iter_pairs, to_model_batch
+    from rayeq.train.loop import train_step
+
+    _, (mean, std), module, opt, popt, sched, autocast = _setup(cfg, device, amp)
+    module.train()
+    pairs = iter_pairs(cfg, "train", batch_size=cfg.train.batch_size, epochs=10_000)
+    rates = []
+    for r in range(repeats + 1):  # the first repeat warms up (allocator, caches, first batches)
+        t_first = None
+        for n in range(steps):
+            batch = to_model_batch(next(pairs), mean, std, device, amp)
+            if n == 0:
+                _sync(device)
+                t_first = time.perf_counter()
+            train_step(module, module, batch, opt, popt, sched, cfg, autocast)
+        _sync(device)
+        if r:
+            rates.append(2 * cfg.train.batch_size * (steps - 1) / (time.perf_counter() - t_first))
+    return _stats(rates)
+
+
+def ray_path(cfg: ExperimentConfig, repeats: int, log=print) -> dict:
+    """(b) rayeq's real training path, 1 worker: its per-epoch steady images/s, first epoch excluded."""
+    from rayeq.train.driver import run_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={repeats + 1}", "train.val_every_epochs=1000",
+                                                        f"train.storage_path={tmp}", "train.name=bench",
+                                                        "train.keep_checkpoints=1"]))  # fmt: skip
+        run_training(run, log=log)
+        rows = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
+    return _stats([r["images_per_sec"] for r in rows[1:]])
+
+
+def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu", amp: bool = False) -> dict:
+    """Median seconds per training step on one fixed real batch (no data loading in the timing)."""
+    from rayeq.data.pipeline import iter_pairs, to_model_batch
+    from rayeq.train.loop import train_step
+
+    _, (mean, std), module, opt, popt, sched, autocast = _setup(cfg, device, amp)
+    module.train()
+    batch = to_model_batch(next(iter_pairs(cfg, "train", batch_size=cfg.train.batch_size)), mean, std, device, amp)
+    times = []
+    for r in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(module, module, batch, opt, popt, sched, cfg, autocast)
+        _sync(device)
+        if r:
+            times.append((time.perf_counter() - t0) / steps)
+    return _stats(times)
+
+
+def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, steps: int | None = None,
+                     repeats: int = 3, threads: int | None = None, skip_ray: bool = False,
+                     out: str | None = None, log=print) -> dict[str, Any]:  # fmt: skip
+    from rayeq.data.pipeline import check_data, resolve_data_dir
+
+    threads = threads or max(1, (os.cpu_count() or 2) - 1)
+    cfg = bench_config(method, size, batch, threads)
+    resolve_data_dir(cfg)
+    meta, _ = check_data(cfg, "train")
+    steps = steps or max(2, meta["splits"]["train"] // batch)  # one Ray epoch's worth
+    torch.set_num_threads(threads)
+    res: dict[str, Any] = {
+        "method": method, "image_size": size, "batch": batch, "steps_per_repeat": steps, "repeats": repeats,
+        "torch_threads": threads, "cpus": os.cpu_count(), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }  # fmt: skip
+    log(f"bench throughput: {method}, {size} px, batch {batch}, {threads} torch thread(s), {steps} steps x "
+        f"{repeats} repeats (+1 warm-up) on {res['device']}")  # fmt: skip
+    res["plain"] = plain_loop(cfg, steps, repeats)
+    log(f"  (a) plain PyTorch loop:   {_rate(res['plain'], 'img/s')}")
+    if not skip_ray:
+        res["ray"] = ray_path(cfg, repeats, log=lambda m: None)
+        res["ray_over_plain_ratio"] = res["ray"]["median"] / res["plain"]["median"]
+        log(f"  (b) Ray Train + Ray Data: {_rate(res['ray'], 'img/s')}")
+        log(f"  ratio (b)/(a):            {res['ray_over_plain_ratio']:.3f}  (target >= 0.90)")
+    if method == "xrecon":
+        base = bench_config(cfg.method.base, size, batch, threads)
+        tx = step_time(cfg, min(steps, 10), repeats)
+        tb = step_time(base, min(steps, 10), repeats)
+        res["step_time_s"] = {"xrecon": tx, cfg.method.base: tb}
+        res["recon_overhead_pct"] = 100 * (tx["median"] / tb["median"] - 1)
+        log(f"  step time xrecon {1000 * tx['median']:.1f} ms vs {cfg.method.base} alone {1000 * tb['median']:.1f} ms: "
+            f"reconstruction overhead {res['recon_overhead_pct']:.1f} %  (target <= 15 %)")  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        gpu = {"plain_bf16_channels_last": plain_loop(cfg, steps, repeats, "cuda", amp=True)}
+        gpu["memory_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if method == "xrecon":
+            tx = step_time(cfg, 20, repeats, "cuda", amp=True)
+            tb = step_time(bench_config(cfg.method.base, size, batch, threads), 20, repeats, "cuda", amp=True)
+            gpu["recon_overhead_pct"] = 100 * (tx["median"] / tb["median"] - 1)
+        if not skip_ray:
+            gcfg = bench_config(method, size, batch, threads, ["train.use_gpu=true", "train.precision=bf16",
+                                                               "train.channels_last=true"])  # fmt: skip
+            gpu["ray_bf16"] = ray_path(gcfg, repeats, log=lambda m: None)
+            gpu["ray_over_plain_ratio"] = gpu["ray_bf16"]["median"] / gpu["plain_bf16_channels_last"]["median"]
+        res["gpu"] = gpu
+        log(f"  GPU bf16 + channels_last: plain {gpu['plain_bf16_channels_last']['median']:.0f} img/s, "
+            f"memory peak {gpu['memory_peak_gib']:.2f} GiB" + (f", Ray {gpu['ray_bf16']['median']:.0f} img/s"
+                                                               if "ray_bf16" in gpu else ""))  # fmt: skip
+    _write(res, out, log)
+    return res
+
+
+def bench_data(size: int = 32, batch: int = 32, seconds: float = 20.0, out: str | None = None,
+               log=print) -> dict[str, Any]:  # fmt: skip
+    from rayeq.data.pipeline import build_ray_dataset, check_data, iter_pairs, resolve_data_dir
+    from rayeq.data.synth3d import generate
+    from rayeq.train.driver import connect_ray
+
+    res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        n = 5 * 10 * 12  # enough that the render processes' start-up (pybullet) is a small part
+        t0 = time.perf_counter()
+        generate(Path(tmp) / "set", classes=5, objects_per_class=10, views=12, size=64, seed=0, log=lambda *a: None)
+        res["render_images_per_sec"] = n / (time.perf_counter() - t0)
+    log(f"bench data: synth3d renders {res['render_images_per_sec']:.0f} images/s (64 px, {os.cpu_count()} processes)")
+    cfg = bench_config("xrecon", size, batch, max(1, (os.cpu_count() or 2) - 1))
+    resolve_data_dir(cfg)
+    meta, _ = check_data(cfg, "train")
+    # the plain, single-process pair maker (what `rayeq bench throughput`'s loop (a) is fed by)
+    it, t0, pairs = iter_pairs(cfg, "train", batch_size=batch, epochs=1000), time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds / 4:
+        pairs += len(next(it)["view1"])
+    res["plain_pairs_per_sec"] = pairs / (time.perf_counter() - t0)
+    log(f"  plain pair maker (1 process):   {res['plain_pairs_per_sec']:.0f} pairs/s")
+    ray = connect_ray(None, log=lambda m: None)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = build_ray_dataset(cfg, "train")
+    epoch_rates = []
+    for _ in range(3):  # the first pass includes the actor pool's start
+        t_first, pairs = None, 0
+        for b in ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True):
+            t_first = t_first or time.perf_counter()
+            pairs += len(b["view1"])
+        epoch_rates.append((pairs - batch) / (time.perf_counter() - t_first))
+    res["ray_data_pairs_per_sec"] = _stats(epoch_rates[1:])
+    log(f"  Ray Data pair pipeline:         {_rate(res['ray_data_pairs_per_sec'], 'pairs/s')}, "
+        f"{cfg.data.num_actors} actor(s) x {cfg.data.cpus_per_actor} CPU (first pass, with start-up: "
+        f"{epoch_rates[0]:.0f})")  # fmt: skip
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    t = step_time(cfg, 5, 2)
+    res["training_pairs_per_sec"] = batch / t["median"]
+    res["data_over_training_ratio"] = res["ray_data_pairs_per_sec"]["median"] / res["training_pairs_per_sec"]
+    log(f"  training consumes:              {res['training_pairs_per_sec']:.0f} pairs/s (xrecon step on a fixed batch)")
+    log(f"  data / training:                {res['data_over_training_ratio']:.1f}x  (target >= 2)")
+    _write(res, out, log)
+    return res
+
+
+def _rate(st: dict, unit: str) -> str:
+    return f"{st['median']:.1f} {unit} (median of {len(st['repeats'])}, spread {st['spread_pct']:.0f} %)"
+
+
+def check_out(out: str | None, overwrite: bool) -> None:
+    """Refuse to replace an existing --out before any measuring starts."""
+    if out and Path(out).exists() and not overwrite:
+        raise ConfigError(f"{out!r} exists; pass --overwrite to replace it")
+
+
+def _write(res: dict, out: str | None, log) -> None:
+    if out:
+        Path(out).write_text(json.dumps(res, indent=2) + "\n")
+        log(f"wrote {out}")

@@ -1,0 +1,33 @@
+"""`rayeq bench` runs end to end on a tiny built-in set and reports every figure it promises (the
+figures themselves are measured by the command, not asserted against targets here)."""
+
+import json
+import math
+
+import pytest
+
+from rayeq import bench
+from rayeq.config import ConfigError
+
+
+def test_bench_throughput_plain_loop_and_reconstruction_overhead(tiny_builtin):
+    out = tiny_builtin / "bench.json"
+    res = bench.bench_throughput("xrecon", size=32, batch=8, steps=3, repeats=2, threads=1, skip_ray=True,
+                                 out=str(out), log=lambda *a: None)  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["plain"]["median"] == pytest.approx(res["plain"]["median"]) and res["plain"]["median"] > 0
+    assert len(saved["plain"]["repeats"]) == 2 and saved["torch_threads"] == 1
+    tx, tb = saved["step_time_s"]["xrecon"]["median"], saved["step_time_s"]["vicreg"]["median"]
+    assert tx > 0 and tb > 0 and math.isclose(saved["recon_overhead_pct"], 100 * (tx / tb - 1))
+    with pytest.raises(ConfigError, match="--overwrite"):
+        bench.check_out(str(out), overwrite=False)
+    bench.check_out(str(out), overwrite=True)
+
+
+def test_bench_ray_path_and_data(tiny_builtin, ray_session):
+    res = bench.ray_path(bench.bench_config("vicreg", 32, 8, 1), repeats=1, log=lambda *a: None)
+    assert len(res["repeats"]) == 1 and res["median"] > 0
+    data = bench.bench_data(size=32, batch=8, seconds=2, log=lambda *a: None)
+    for key in ("render_images_per_sec", "plain_pairs_per_sec", "training_pairs_per_sec", "data_over_training_ratio"):
+        assert data[key] > 0, key
+    assert data["ray_data_pairs_per_sec"]["median"] > 0
