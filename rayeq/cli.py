@@ -109,9 +109,21 @@ def cmd_sweep(args) -> int:
     from rayeq.sweep.run import run_sweep
 
     out = run_sweep(args.sweep, resume=args.resume, address=args.address, storage_path=args.storage_path,
-                    overrides=args.set)  # fmt: skip
+                    overrides=args.set, autoscaling=args.autoscaling)  # fmt: skip
     print(f"sweep finished in {out['seconds']:.0f}s; results in {out['sweep_dir']}")
     return 130 if out["interrupted"] else 0
+
+
+def cmd_bench(args) -> int:
+    from rayeq import bench
+
+    bench.check_out(args.out, args.overwrite)
+    if args.bench_command == "throughput":
+        bench.bench_throughput(args.method, args.size, args.batch, args.steps, args.repeats, args.threads,
+                               args.skip_ray, args.out)  # fmt: skip
+    else:
+        bench.bench_data(args.size, args.batch, args.seconds, args.out)
+    return 0
 
 
 def _add_data_parser(sub) -> None:
@@ -209,7 +221,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a base config key for every trial, e.g. track.repo=/abs/aim (repeatable)",
     )
+    p.add_argument("--autoscaling", action="store_true", help="the cluster adds nodes on demand: skip the check "
+                   "that a node can hold a trial; run max_concurrent (else num_samples) trials at once")  # fmt: skip
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    b = bsub.add_parser("throughput", help="training images/s: plain PyTorch loop vs Ray Train + Ray Data")
+    b.add_argument("--method", choices=["xrecon", "vicreg", "simclr", "sie"], default="xrecon")
+    b.add_argument("--size", type=int, default=32, help="image side (the built-in set is resized)")
+    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--steps", type=int, default=None, help="steps per repeat (default: one epoch of the data)")
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
+    b.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: CPUs - 1)")
+    b.add_argument("--skip-ray", action="store_true", help="only the plain loop and the overhead")
+    b.add_argument("--out", default=None, help="write every figure as JSON")
+    b.add_argument("--overwrite", action="store_true")
+    b = bsub.add_parser("data", help="render images/s and the pair pipeline's pairs/s against training's needs")
+    b.add_argument("--size", type=int, default=32)
+    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--seconds", type=float, default=20.0, help="time spent on the plain pair maker x 4")
+    b.add_argument("--out", default=None)
+    b.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="validate or print a resolved experiment config")
     p.add_argument("action", choices=["show", "check"], help="show: print the resolved YAML; check: validate")

@@ -105,6 +105,7 @@ def test_concurrency_follows_the_cluster_and_impossible_resources_are_refused(tm
     with pytest.raises(ConfigError, match="no node"):
         check_cluster(gpu, gbase, _FakeRay([{"CPU": 8}]))
     assert check_cluster(gpu, gbase, _FakeRay([{"CPU": 8, "GPU": 2}])) == 1
+    assert check_cluster(gpu, gbase, _FakeRay([{"CPU": 8}]), autoscaling=True) == 2  # GPU nodes come on demand
     big, bbase = _check(_sweep(tmp_path, resources={"workers": 4, "cpus_per_worker": 1}))
     with pytest.raises(ConfigError, match="more than the cluster"):
         check_cluster(big, bbase, _FakeRay([{"CPU": 2}, {"CPU": 2}]))

@@ -47,8 +47,12 @@ def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0}
 
 
-def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray) -> int:
-    """Refuse resources no node can hold; return how many trials run at once."""
+def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool = False) -> int:
+    """Refuse resources no node can hold; return how many trials run at once. On an autoscaling
+    cluster the nodes that would hold the trials may not exist yet: no check, and as many trials at
+    once as max_concurrent (else num_samples) says; the autoscaler adds nodes for them."""
+    if autoscaling:
+        return spec.max_concurrent or spec.num_samples
     t = cfg.train
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     per_worker = {"CPU": t.cpus_per_worker, "GPU": t.gpus_per_worker if t.use_gpu else 0.0}
@@ -128,6 +132,7 @@ def run_sweep(
     address: str | None = None,
     storage_path: str | None = None,
     overrides: list[str] = (),
+    autoscaling: bool = False,
     log=print,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -169,7 +174,7 @@ def run_sweep(
     from rayeq.train.driver import connect_ray
 
     ray = connect_ray(address, log)
-    concurrency = check_cluster(spec, base, ray)
+    concurrency = check_cluster(spec, base, ray, autoscaling)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(yaml.safe_dump(record, sort_keys=False))
     if base.track.backend == "aim":

@@ -1,0 +1,29 @@
+"""The cluster launcher config passes Ray's own validation offline, and the image builds from
+files that exist."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+
+def test_cluster_yaml_is_valid_for_ray_up():
+    cfg = yaml.safe_load(Path("cluster/aws-gpu.yaml").read_text())
+    full = fillout_defaults(cfg)
+    validate_config(full)
+    assert full["head_node_type"] == "head" and full["available_node_types"]["gpu_worker"]["max_workers"] >= 1
+    assert any("--dashboard-host=127.0.0.1" in c for c in full["head_start_ray_commands"])  # dashboard on loopback
+    broken = dict(cfg, head_node_type="nohead")
+    with pytest.raises(ValueError, match="head_node_type"):
+        validate_config(fillout_defaults(broken))
+
+
+def test_dockerfile_copies_what_exists_and_pins_the_stack():
+    lines = Path("cluster/Dockerfile").read_text().splitlines()
+    assert lines[[i for i, line in enumerate(lines) if line.startswith("FROM")][0]].endswith("ray:2.60.0-py311-gpu")
+    for line in lines:
+        if line.startswith("COPY"):
+            for src in line.split()[2:-1]:
+                assert Path(src).exists(), src
+    assert any("-c constraints.txt" in line for line in lines)
