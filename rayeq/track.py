@@ -30,7 +30,7 @@ class Tracker:
 
 
 class AimTracker(Tracker):
-    def __init__(self, repo: str, experiment: str, run_id: str | None = None):
+    def __init__(self, repo: str, experiment: str, run_id: str | None = None, must_exist: bool = False):
         with warnings.catch_warnings():  # aim imports SQLAlchemy APIs that warn under -W error
             warnings.simplefilter("ignore")
             from aim.sdk.errors import MissingRunError
@@ -41,7 +41,9 @@ class AimTracker(Tracker):
         kwargs = dict(repo=repo, experiment=experiment, system_tracking_interval=None, capture_terminal_logs=False)
         try:
             self.run = aim.Run(run_hash=run_id, **kwargs)
-        except MissingRunError:  # the repo moved or was cleared: go on in a new run
+        except MissingRunError:  # the repo moved or was cleared: go on in a new run (training)
+            if must_exist:
+                raise
             warnings.warn(f"Aim run {run_id} is not in {repo}; logging to a new run", stacklevel=2)
             self.run = aim.Run(**kwargs)
         self.run_id = self.run.hash
@@ -79,11 +81,13 @@ def ensure_aim_repo(repo: str) -> None:
         aim.Repo.from_path(repo, init=True)
 
 
-def open_tracker(backend: str, repo: str, experiment: str, run_id: str | None = None) -> Tracker:
+def open_tracker(
+    backend: str, repo: str, experiment: str, run_id: str | None = None, must_exist: bool = False
+) -> Tracker:
     if backend == "none":
         return Tracker()
     if backend == "aim":
-        return AimTracker(repo, experiment, run_id)
+        return AimTracker(repo, experiment, run_id, must_exist)
     raise ValueError(f"unknown tracker backend {backend!r}; choose aim or none")
 
 

@@ -166,7 +166,7 @@ def _log_to_aim(loaded: LoadedCheckpoint, metrics: dict[str, float], log) -> Non
 
         # the repo the run was trained with (a relative track.repo resolved where training ran)
         repo = loaded.state.get("track_repo") or resolve_track_repo(cfg)
-        tracker = open_tracker("aim", repo, cfg.track.experiment or cfg.train.name, run_id)
+        tracker = open_tracker("aim", repo, cfg.track.experiment or cfg.train.name, run_id, must_exist=True)
         tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=loaded.state["step"],
                             epoch=loaded.state["epoch"], subset="eval")  # fmt: skip
         tracker.close()
