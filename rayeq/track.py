@@ -33,9 +33,8 @@ class AimTracker(Tracker):
     def __init__(self, repo: str, experiment: str, run_id: str | None = None, must_exist: bool = False):
         with warnings.catch_warnings():  # aim imports SQLAlchemy APIs that warn under -W error
             warnings.simplefilter("ignore")
-            from aim.sdk.errors import MissingRunError
-
             import aim
+            from aim.sdk.errors import MissingRunError
         self._aim = aim
         ensure_aim_repo(repo)
         kwargs = dict(repo=repo, experiment=experiment, system_tracking_interval=None, capture_terminal_logs=False)
