@@ -244,17 +244,20 @@ def run_sweep(
 
 
 def collect_rows(grid, spec: SweepSpec, base: ExperimentConfig) -> list[dict[str, Any]]:
+    # Tune's own trial states tell an ASHA stop (TERMINATED early) from an interruption (RUNNING,
+    # PENDING or PAUSED when the sweep was stopped)
+    states = {str(t): t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
     rows = []
     for result in grid:
         m = result.metrics or {}
         path = Path(result.path) if result.path else None
         name = path.name if path else "?"
         epochs = int(m.get("epoch", 0) or 0)
-        if not m:  # never reported: interrupted before its first epoch, or failed at start
-            failed = result.error is not None and not isinstance(result.error, FileNotFoundError)
-            status = "error" if failed else "not run"
-        elif result.error is not None:
+        state = states.get(name, "TERMINATED")
+        if state == "ERROR" or (result.error is not None and not isinstance(result.error, FileNotFoundError)):
             status = "error"
+        elif state in ("RUNNING", "PENDING", "PAUSED") or epochs == 0:
+            status = "interrupted" if epochs else "not run"
         elif epochs >= base.train.epochs:
             status = "complete"
         else:
@@ -319,9 +322,10 @@ def write_results(rows, spec: SweepSpec, base: ExperimentConfig, sweep_dir: Path
     log(f"\nsweep {spec.name}: {len(rows)} trials, sorted by {first.metric} ({first.mode})\n{table}")
     out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "interrupted": False}
     complete = [r for r in ordered if r["status"] == "complete"]
-    if len(complete) + sum(r["status"] in ("stopped early", "error") for r in rows) < spec.num_samples:
+    finished = [r for r in rows if r["status"] in ("complete", "stopped early", "error")]
+    if len(finished) < spec.num_samples:
         out["interrupted"] = True
-        log(f"\nthe sweep did not finish ({len(rows)} of {spec.num_samples} trials recorded); "
+        log(f"\nthe sweep did not finish ({len(finished)} of {spec.num_samples} trials finished); "
             "run the same command with --resume to continue it")  # fmt: skip
     # the best and the front come from trials that ran their full budget (ASHA-stopped trials report
     # early values); if none did, from every scored trial
