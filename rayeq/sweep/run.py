@@ -114,6 +114,9 @@ class _Progress:
             def __init__(self):
                 self.t0, self.done = time.perf_counter(), 0
 
+            def setup(self, **info):  # each session, including a --resume (the callback is restored)
+                self.t0, self.done = time.perf_counter(), 0
+
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self.done += 1
                 r = trial.last_result or {}
