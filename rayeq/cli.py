@@ -227,22 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    b = bsub.add_parser("throughput", help="training images/s: plain PyTorch loop vs Ray Train + Ray Data")
+    common = argparse.ArgumentParser(add_help=False)  # what both benchmarks take
+    common.add_argument("--size", type=int, default=32, help="image side (the built-in set is resized)")
+    common.add_argument("--batch", type=int, default=32)
+    common.add_argument("--out", default=None, help="write every figure as JSON")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    b = bsub.add_parser("throughput", parents=[common],
+                        help="training images/s: plain PyTorch loop vs Ray Train + Ray Data")  # fmt: skip
     b.add_argument("--method", choices=["xrecon", "vicreg", "simclr", "sie"], default="xrecon")
-    b.add_argument("--size", type=int, default=32, help="image side (the built-in set is resized)")
-    b.add_argument("--batch", type=int, default=32)
     b.add_argument("--steps", type=int, default=None, help="steps per repeat (default: one epoch of the data)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     b.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: CPUs - 1)")
     b.add_argument("--skip-ray", action="store_true", help="only the plain loop and the overhead")
-    b.add_argument("--out", default=None, help="write every figure as JSON")
-    b.add_argument("--overwrite", action="store_true")
-    b = bsub.add_parser("data", help="render images/s and the pair pipeline's pairs/s against training's needs")
-    b.add_argument("--size", type=int, default=32)
-    b.add_argument("--batch", type=int, default=32)
+    b = bsub.add_parser("data", parents=[common],
+                        help="render images/s and the pair pipeline's pairs/s against training's needs")  # fmt: skip
     b.add_argument("--seconds", type=float, default=20.0, help="time spent on the plain pair maker x 4")
-    b.add_argument("--out", default=None)
-    b.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="validate or print a resolved experiment config")

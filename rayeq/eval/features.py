@@ -44,10 +44,13 @@ class LoadedCheckpoint:
 
         return norm_stats(read_meta(data_dir))
 
+    def method_weights(self) -> dict[str, torch.Tensor]:
+        """The method's state dict (the checkpoint also holds the online probes)."""
+        return {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
+
     def encoder(self) -> torch.nn.Module:
         method = build_method(self.cfg)
-        weights = {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
-        method.load_state_dict(weights)
+        method.load_state_dict(self.method_weights())
         return method.eval()
 
 
@@ -247,14 +250,13 @@ def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, p
     _, shards = open_dataset(data_dir, split)
     plan = ray_extract_plan(ray, actors)
     mean, std = loaded.norm_stats(data_dir)
-    weights = {k[len("method.") :]: v for k, v in loaded.state["model"].items() if k.startswith("method.")}
     where = "1 GPU each" if plan["use_gpu"] else f"{plan['num_cpus']} CPU(s) each"
     log(f"  features ({split}): Ray Data, up to {plan['actors']} encoder actor(s), {where}")
     ds = read_split(shards, split, include_paths=False).map_batches(
         _RayBatchEncoder,
         fn_constructor_kwargs={
             "cfg": loaded.cfg.to_dict(),
-            "weights": weights,
+            "weights": loaded.method_weights(),
             "threads": plan["threads"],
             "use_gpu": plan["use_gpu"],
             "image_size": loaded.cfg.data.image_size,
