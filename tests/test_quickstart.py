@@ -48,3 +48,37 @@ def test_quickstart_trains_xrecon_with_two_cpu_workers(tiny_builtin, monkeypatch
             return {"CPU": 2.0}
 
     check_resources(cfg, TwoCores())  # fits a 2-core machine with room for the data actor
+
+
+def test_summary_shows_the_probes_beside_their_floors(tmp_path):
+    """The closing summary: each held-out probe metric beside the untrained encoder's and the mean
+    predictor's, marked when it does not beat them."""
+    from rayeq.config import load_config
+    from rayeq.train.driver import TrainResult, summary
+
+    m = {"epoch": 4, "val/epoch": 4, "train/total": 1.5, "val/top1": 0.30, "val/floor/top1": 0.10,
+         "val/rot_r2": 0.20, "val/floor/rot_r2": 0.22, "val/rot_r2_mean_predictor": 0.24,
+         "val/rot_r2_per_dim": 0.05, "val/floor/rot_r2_per_dim": -0.2,
+         "val/color_r2": 0.93, "val/floor/color_r2": 0.95, "val/color_r2_mean_predictor": 0.0}  # fmt: skip
+    cfg = load_config(None, ["track.backend=none", "train.name=x"])
+    text = summary(TrainResult(tmp_path, m, None, 10.0, "aim"), cfg)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.strip().startswith("val/")}
+    assert rows["val/top1"].split()[1:3] == ["0.3000", "0.1000"] and "▼" not in rows["val/top1"]
+    assert rows["val/rot_r2"].split()[1:4] == ["0.2000", "0.2200", "0.2400"] and rows["val/rot_r2"].endswith("▼")
+    assert rows["val/rot_r2_per_dim"].split()[1:4] == ["0.0500", "-0.2000", "0.0000"]
+    assert "▼" not in rows["val/rot_r2_per_dim"]
+    assert rows["val/color_r2"].endswith("▼")  # below the untrained encoder: colour was thrown away
+    assert "untrained" in text
+
+
+def test_a_cached_set_made_with_other_settings_is_kept_aside_and_rebuilt(tiny_builtin, monkeypatch):
+    path = qs.ensure_data(log=lambda *a: 0)
+    monkeypatch.setattr(qs, "DATA", {**qs.DATA, "views": 4})  # e.g. a newer rayeq's built-in set
+    logs = []
+    assert qs.ensure_data(log=logs.append) == path
+    assert any("other settings" in m for m in logs) and any("building" in m for m in logs)
+    import json
+
+    assert json.loads((path / "meta.json").read_text())["views_per_object"] == 4
+    aside = list(path.parent.glob(f"{path.name}.broken-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "meta.json").read_text())["views_per_object"] == 3

@@ -4,6 +4,11 @@ ShapeNet is not available offline, so each class is a small shape grammar over m
 random proportions and optional parts per instance. Every part has a colour slot (0..2); the colours
 themselves are drawn per object, independently of the class, so colour never gives the label away.
 Objects are centred and scaled to a bounding-box diagonal of 1, like ShapeNet.
+
+Every class has one canonical frame (z up, its "front" towards +x), as ShapeNet's aligned categories
+do, and every class carries a part that breaks its rotational symmetries in that frame (a bottle's
+label patch, a rocket's hatch, a table's drawer): a relative rotation is only learnable from images
+when each pose looks different. docs/DATA.md has the measurements behind this (generator synth3d-2).
 """
 
 from __future__ import annotations
@@ -176,7 +181,12 @@ def put(mesh: Mesh, offset=(0, 0, 0), euler=(0, 0, 0), slot: int | None = None) 
 
 def mug(g):
     r, h = g.uniform(0.3, 0.5), g.uniform(0.6, 1.1)
-    parts = [cylinder(r, h, r * g.uniform(0.85, 1.15), slot=0)]
+    rt, wall = r * g.uniform(0.85, 1.15), 0.04
+    # open at the top (outer wall up, rim, inner wall down to the bottom): upside down it looks different
+    radii = [0.0, r, rt, rt - wall, rt - wall, 0.0]
+    heights = np.array([0.0, 0.0, h, h, 0.12 * h, 0.12 * h]) - h / 2
+    parts = [lathe(radii, heights, 20, slot=0)]
+    parts.append(put(cylinder(rt - wall, 0.01, slot=2, segments=20), (0, 0, h * 0.3)))  # the drink inside
     hr = h * g.uniform(0.25, 0.4)
     parts.append(put(torus(hr, g.uniform(0.04, 0.08), arc=np.pi, slot=g.integers(0, 2)), (r, 0, 0), (0, np.pi / 2, 0)))
     if g.random() < 0.4:  # saucer
@@ -199,6 +209,9 @@ def table(g):
             parts.append(put(lg, (sx * ix, sy * iy, 0)))
     if g.random() < 0.4:
         parts.append(put(box(2 * ix, leg * 0.6, leg * 0.6, slot=1), (0, 0, -h / 4)))
+    # a drawer under the top on the +x side breaks the table's 2- (or 4-) fold symmetry
+    dw = g.uniform(0.25, 0.4) * d
+    parts.append(put(box(0.16, dw * 2, 0.12, slot=2), (ix - 0.02, 0, h / 2 - t / 2 - 0.06)))
     return parts
 
 
@@ -223,13 +236,12 @@ def lamp(g):
     parts = [cylinder(base_r, 0.06, slot=1)]
     parts.append(put(cylinder(0.025, pole_h, slot=1, segments=8), (0, 0, pole_h / 2)))
     shade_h = g.uniform(0.25, 0.45)
-    bent = g.random() < 0.5
-    tip = (0.0, 0.0, pole_h)
-    if bent:  # an arm reaching sideways, shade tilted down
-        arm = g.uniform(0.25, 0.5)
-        parts.append(put(cylinder(0.02, arm, slot=1, segments=8), (arm / 2, 0, pole_h), (0, np.pi / 2, 0)))
-        tip = (arm, 0.0, pole_h - shade_h / 2)
+    # an arm reaching towards +x holds the shade (a straight lamp would be a body of revolution)
+    arm = g.uniform(0.25, 0.5)
+    parts.append(put(cylinder(0.02, arm, slot=1, segments=8), (arm / 2, 0, pole_h), (0, np.pi / 2, 0)))
+    tip = (arm, 0.0, pole_h - shade_h / 2)
     parts.append(put(cylinder(g.uniform(0.2, 0.35), shade_h, g.uniform(0.06, 0.15), slot=0), tip))
+    parts.append(put(box(0.08, 0.06, 0.05, slot=2), (-base_r * 0.6, 0, 0.05)))  # a switch on the base
     return parts
 
 
@@ -240,8 +252,10 @@ def bottle(g):
     parts.append(put(cylinder(r, 0.15, neck_r, slot=0), (0, 0, h / 2 + 0.075)))
     parts.append(put(cylinder(neck_r, neck_h, slot=0), (0, 0, h / 2 + 0.15 + neck_h / 2)))
     parts.append(put(cylinder(neck_r * 1.15, 0.06, slot=1), (0, 0, h / 2 + 0.15 + neck_h)))
-    if g.random() < 0.5:  # a label band
-        parts.append(put(cylinder(r * 1.02, h * 0.35, slot=2), (0, 0, g.uniform(-0.1, 0.1))))
+    # a label patch on the +x side: without it a bottle is a body of revolution and its turn about
+    # its axis cannot be seen
+    lh = h * g.uniform(0.3, 0.5)
+    parts.append(put(box(0.05, r * 1.2, lh, slot=2), (r, 0, g.uniform(-0.1, 0.1))))
     return parts
 
 
@@ -254,10 +268,9 @@ def vase(g):
     r = neck + (bulge - neck) * np.exp(-(((np.linspace(0, 1, k) - pos) / 0.28) ** 2))
     r[0] = max(r[0], 0.12)
     parts = [lathe(r, z, 18, slot=0)]
-    for side in range(int(g.integers(0, 3))):  # 0-2 handles break the symmetry
-        parts.append(
-            put(torus(0.12, 0.025, np.pi, slot=1), ((-1) ** side * r[-3], 0, z[-3]), (0, np.pi / 2 * (-1) ** side, 0))
-        )
+    # one handle on the -x side and a spout lip on +x: a jug-like vase whose turn about its axis shows
+    parts.append(put(torus(0.12, 0.025, np.pi, slot=1), (-r[-3], 0, z[-3]), (0, -np.pi / 2, 0)))
+    parts.append(put(box(0.12, 0.08, 0.04, slot=1), (r[-1] + 0.05, 0, z[-1] - 0.02)))
     return parts
 
 
@@ -269,8 +282,9 @@ def bowl(g):
     r = np.concatenate([[0.0], outer_r, [rad + 0.05], inner_r])
     z = np.concatenate([[0.0], outer_z, [depth + 0.01], inner_z])
     parts = [lathe(r, z, 20, slot=0)]
-    if g.random() < 0.5:  # a spout or handle makes it asymmetric
-        parts.append(put(box(0.18, 0.06, 0.05, slot=1), (rad + 0.12, 0, depth * 0.8)))
+    # a spout on +x and a small tab on -y make every turn visible
+    parts.append(put(box(0.18, 0.06, 0.05, slot=1), (rad + 0.12, 0, depth * 0.8)))
+    parts.append(put(box(0.05, 0.1, 0.04, slot=2), (0, -rad - 0.08, depth * 0.9)))
     return parts
 
 
@@ -293,7 +307,8 @@ def car(g):
     ln, w, h = g.uniform(1.0, 1.5), g.uniform(0.5, 0.7), g.uniform(0.2, 0.3)
     parts = [put(box(ln, w, h), (0, 0, 0))]
     cab = ln * g.uniform(0.35, 0.6)
-    parts.append(put(box(cab, w * 0.9, h * g.uniform(0.7, 1.1), slot=1), (g.uniform(-0.15, 0.1), 0, h * 0.9)))
+    # the cab sits towards the rear (-x), so front and back differ
+    parts.append(put(box(cab, w * 0.9, h * g.uniform(0.7, 1.1), slot=1), (-ln * g.uniform(0.08, 0.2), 0, h * 0.9)))
     wr = g.uniform(0.1, 0.15)
     for sx in (-1, 1):
         for sy in (-1, 1):
@@ -313,23 +328,21 @@ def rocket(g):
     for i in range(n_fins):
         a = TAU * i / n_fins
         parts.append(put(extrude(fin, 0.02, slot=2), (r * np.cos(a), r * np.sin(a), -h / 2 + 0.12), (0, 0, a)))
+    # a hatch on the +x side and a side booster on -y break the fins' 3- or 4-fold symmetry
+    parts.append(put(box(0.06, r * 0.9, h * 0.2, slot=2), (r, 0, h * 0.15)))
+    parts.append(put(cylinder(r * 0.35, h * 0.5, slot=1, segments=8), (0, -r * 1.3, -h * 0.15)))
     return parts
 
 
-def tree(g):
-    trunk_h = g.uniform(0.3, 0.6)
-    parts = [put(cylinder(g.uniform(0.05, 0.1), trunk_h, slot=1, segments=8), (0, 0, trunk_h / 2))]
-    if g.random() < 0.5:  # conifer: stacked cones
-        z = trunk_h
-        for i in range(int(g.integers(2, 4))):
-            rr = g.uniform(0.3, 0.5) * (1 - 0.2 * i)
-            hh = g.uniform(0.35, 0.5)
-            parts.append(put(cylinder(rr, hh, 0.0, slot=0), (0, 0, z + hh / 2)))
-            z += hh * 0.55
-    else:  # broadleaf: 1-3 blobs
-        for _ in range(int(g.integers(1, 4))):
-            rr = g.uniform(0.25, 0.4)
-            parts.append(put(sphere(rr, slot=0), (g.uniform(-0.15, 0.15), g.uniform(-0.15, 0.15), trunk_h + rr * 0.8)))
+def laptop(g):
+    w, d = g.uniform(0.8, 1.2), g.uniform(0.55, 0.8)
+    t = g.uniform(0.03, 0.06)
+    parts = [put(box(d, w, t, slot=0), (0, 0, 0))]  # base, its hinge along y at -x
+    parts.append(put(box(d * 0.45, w * 0.85, 0.01, slot=1), (d * 0.12, 0, t / 2 + 0.005)))  # keyboard
+    parts.append(put(box(d * 0.25, w * 0.3, 0.01, slot=2), (d * 0.38, 0, t / 2 + 0.005)))  # touchpad, at the front
+    open_angle = g.uniform(0.15, 0.6)  # screen tilted back from vertical
+    screen = put(box(0.03, w, d * g.uniform(0.8, 1.0), slot=0), (0, 0, d * 0.45), (0, -open_angle, 0))
+    parts.append(put(screen, (-d / 2, 0, t / 2)))
     return parts
 
 
@@ -339,34 +352,36 @@ def house(g):
     rh = g.uniform(0.25, 0.5)
     roof = extrude(np.array([[-w / 2 - 0.05, 0], [w / 2 + 0.05, 0], [0, rh]]), d + 0.1, slot=1)
     parts.append(put(roof, (0, 0, h), (0, 0, 0)))
-    if g.random() < 0.6:
-        parts.append(put(box(0.12, 0.12, rh, slot=2), (w * 0.25, d * 0.2, h + rh * 0.6)))
+    parts.append(put(box(0.12, 0.12, rh, slot=2), (w * 0.25, d * 0.2, h + rh * 0.6)))  # chimney
     parts.append(put(box(0.02, 0.18, 0.3, slot=2), (w / 2, 0, 0.15)))  # door
     return parts
 
 
 def mushroom(g):
     sh, sr = g.uniform(0.3, 0.6), g.uniform(0.06, 0.12)
-    tilt = g.uniform(-0.3, 0.3)
+    tilt = g.uniform(0.15, 0.4)  # the cap always leans towards -x
     parts = [put(cylinder(sr, sh, sr * 1.2, slot=1), (0, 0, sh / 2))]
     cap = sphere(g.uniform(0.25, 0.45), slot=0, top=0.5)
-    parts.append(put(cap, (np.sin(tilt) * 0.05, 0, sh), (tilt, 0, 0)))
-    if g.random() < 0.4:  # a second, smaller one
-        parts.append(put(cylinder(sr * 0.6, sh * 0.5, slot=1), (0.25, 0.1, sh * 0.25)))
-        parts.append(put(sphere(0.15, slot=0, top=0.5), (0.25, 0.1, sh * 0.5)))
+    parts.append(put(cap, (-np.sin(tilt) * 0.05, 0, sh), (0, -tilt, 0)))
+    # a second, smaller mushroom at +x (and often a third at -y) fix the cluster's pose
+    parts.append(put(cylinder(sr * 0.6, sh * 0.5, slot=1), (0.25, 0.0, sh * 0.25)))
+    parts.append(put(sphere(0.15, slot=2, top=0.5), (0.25, 0.0, sh * 0.5)))
+    if g.random() < 0.6:
+        parts.append(put(cylinder(sr * 0.4, sh * 0.3, slot=1), (0.0, -0.22, sh * 0.15)))
+        parts.append(put(sphere(0.09, slot=2, top=0.5), (0.0, -0.22, sh * 0.3)))
     return parts
 
 
-def dumbbell(g):
-    bar = g.uniform(0.6, 1.1)
-    parts = [put(cylinder(0.035, bar, slot=1, segments=8), (0, 0, 0), (0, np.pi / 2, 0))]
-    wr, wt = g.uniform(0.12, 0.25), g.uniform(0.06, 0.15)
-    spheres = g.random() < 0.4
-    for sx in (-1, 1):
-        for k in range(int(g.integers(1, 3))):
-            x = sx * (bar / 2 - wt / 2 - k * wt * 1.1)
-            weight = sphere(wr, slot=0) if spheres else cylinder(wr * (1 - 0.2 * k), wt, segments=14, slot=0)
-            parts.append(put(weight, (x, 0, 0), (0, np.pi / 2, 0)))
+def pistol(g):
+    ln, hb = g.uniform(0.6, 0.9), g.uniform(0.1, 0.16)
+    parts = [put(box(ln, 0.07, hb, slot=0), (0, 0, 0))]  # slide and frame, muzzle towards +x
+    parts.append(put(cylinder(0.03, 0.08, slot=1, segments=8), (ln / 2 + 0.03, 0, hb * 0.2), (0, np.pi / 2, 0)))
+    grip_h, rake = g.uniform(0.3, 0.45), g.uniform(0.2, 0.4)
+    grip = box(0.13, 0.08, grip_h, slot=1)
+    parts.append(put(grip, (-ln / 2 + 0.1 + np.sin(rake) * grip_h / 2, 0, -hb / 2 - grip_h / 2 + 0.02), (0, -rake, 0)))
+    parts.append(put(torus(0.06, 0.012, np.pi, slot=2), (-ln / 2 + 0.28, 0, -hb / 2), (np.pi, 0, 0)))  # trigger guard
+    if g.random() < 0.5:  # a sight on top
+        parts.append(put(box(0.05, 0.03, 0.04, slot=2), (ln / 2 - 0.06, 0, hb / 2 + 0.02)))
     return parts
 
 
@@ -375,8 +390,9 @@ def hammer(g):
     parts = [put(cylinder(0.035, hl, slot=1, segments=8), (0, 0, 0))]
     head_w = g.uniform(0.3, 0.45)
     parts.append(put(box(head_w, g.uniform(0.08, 0.12), g.uniform(0.08, 0.12), slot=0), (0, 0, hl / 2)))
-    if g.random() < 0.5:  # claw
-        parts.append(put(box(0.15, 0.05, 0.05, slot=0), (-head_w / 2 - 0.05, 0, hl / 2 - 0.03), (0, -0.5, 0)))
+    # a round striking face on +x and a claw on -x: the head's two ends differ
+    parts.append(put(cylinder(0.07, 0.08, slot=0, segments=10), (head_w / 2 + 0.04, 0, hl / 2), (0, np.pi / 2, 0)))
+    parts.append(put(box(0.15, 0.05, 0.05, slot=0), (-head_w / 2 - 0.05, 0, hl / 2 - 0.03), (0, -0.5, 0)))
     parts.append(put(cylinder(0.045, 0.2, slot=2, segments=8), (0, 0, -hl / 2 + 0.1)))  # grip
     return parts
 
@@ -401,6 +417,7 @@ def bookshelf(g):
     n = int(g.integers(2, 6))
     for i in range(n + 1):
         parts.append(put(box(w, d, t, slot=0), (0, 0, -h / 2 + i * h / n)))
+    parts.append(put(box(w + 0.04, d + 0.02, 0.12, slot=1), (0, 0, -h / 2 - 0.06)))  # plinth: top and bottom differ
     for i in range(n):  # some books
         if g.random() < 0.6:
             bw = g.uniform(0.2, w * 0.8)
@@ -417,7 +434,11 @@ def guitar(g):
     neck = g.uniform(0.5, 0.7)
     top = lower + upper * 1.4
     parts.append(put(box(0.06, 0.04, neck, slot=1), (0, 0, top + neck / 2)))
-    parts.append(put(box(0.1, 0.04, 0.14, slot=2), (0, 0, top + neck + 0.07), (0, g.uniform(-0.3, 0.3), 0)))
+    parts.append(put(box(0.1, 0.04, 0.14, slot=2), (0, 0, top + neck + 0.07), (0, g.uniform(0.1, 0.3), 0)))
+    # sound hole and bridge on the front (-y) face: front and back differ
+    hole = cylinder(upper * 0.45, 0.02, slot=2, segments=12)
+    parts.append(put(hole, (0, -lower * 0.36, lower * 0.55), (np.pi / 2, 0, 0)))
+    parts.append(put(box(0.16, 0.04, 0.04, slot=1), (0, -lower * 0.36, -lower * 0.35)))
     return parts
 
 
@@ -440,12 +461,28 @@ def snowman(g):
     r = g.uniform(0.28, 0.38)
     z = 0.0
     parts = []
+    radii, centres = [], []
     for _ in range(n):
         parts.append(put(sphere(r, slot=0), (0, 0, z + r)))
+        radii.append(r)
+        centres.append(z + r)
         z += r * 1.7
         r *= g.uniform(0.65, 0.8)
-    head = z - r * 1.7 / 0.72 + r
-    parts.append(put(cylinder(0.025, 0.15, 0.0, slot=2, segments=8), (r * 1.2, 0, head + 0.05), (0, np.pi / 2, 0)))
+    head_r, head_z = radii[-1], centres[-1]
+    # a long carrot nose towards +x and stick arms to -y and +y (at different heights) fix the pose
+    nose = g.uniform(0.15, 0.25)
+    parts.append(
+        put(cylinder(0.04, nose, 0.0, slot=2, segments=8), (head_r + nose / 2 - 0.02, 0, head_z), (0, np.pi / 2, 0))
+    )
+    body_r, body_z = radii[-2], centres[-2]
+    for side, lift in ((-1, 0.05), (1, 0.18)):
+        parts.append(
+            put(
+                cylinder(0.02, 0.35, slot=1, segments=6),
+                (0, side * (body_r + 0.12), body_z + lift),
+                (side * -1.2, 0, 0),
+            )
+        )
     if g.random() < 0.6:  # hat
         parts.append(put(cylinder(r * 0.7, r * 0.8, slot=1), (0, 0, z + r * 0.2)))
         parts.append(put(cylinder(r * 1.0, 0.03, slot=1), (0, 0, z - r * 0.2)))
@@ -456,9 +493,10 @@ def umbrella(g):
     pole = g.uniform(0.8, 1.2)
     parts = [put(cylinder(0.02, pole, slot=1, segments=8), (0, 0, pole / 2))]
     r, h = g.uniform(0.4, 0.6), g.uniform(0.12, 0.3)
-    tilt = g.uniform(-0.5, 0.5)
+    tilt = g.uniform(0.1, 0.5)  # the canopy always leans the same way
     parts.append(put(cylinder(r, h, 0.02, segments=int(g.integers(6, 12)), slot=0), (0, 0, pole), (tilt * 0.3, 0, 0)))
-    parts.append(put(torus(0.08, 0.02, np.pi, slot=1), (0.08, 0, 0), (0, 0, 0)))  # J handle
+    parts.append(put(torus(0.08, 0.02, np.pi, slot=1), (0.08, 0, 0), (0, 0, 0)))  # J handle, hooked towards +x
+    parts.append(put(box(0.1, 0.04, 0.05, slot=2), (0, -0.05, pole * 0.35)))  # the runner's catch, on -y
     return parts
 
 
@@ -476,11 +514,13 @@ def cactus(g):
     h = g.uniform(0.8, 1.3)
     parts = [put(cylinder(0.12, h, slot=0, segments=10), (0, 0, h / 2))]
     parts.append(put(sphere(0.12, slot=0, top=0.5), (0, 0, h)))
-    for side in (-1, 1):
-        if g.random() < 0.75:
-            z0, ln = g.uniform(0.3, 0.6) * h, g.uniform(0.2, 0.4)
-            parts.append(put(cylinder(0.07, 0.22, slot=0, segments=8), (side * 0.2, 0, z0), (0, np.pi / 2, 0)))
-            parts.append(put(cylinder(0.07, ln, slot=0, segments=8), (side * 0.3, 0, z0 + ln / 2)))
+    # a long arm high on +x, a short one low on -x (or none): the two sides differ
+    for side, (lo, hi), short in ((1, (0.5, 0.7), 1.0), (-1, (0.25, 0.4), 0.5)):
+        if side < 0 and g.random() < 0.3:
+            continue
+        z0, ln = g.uniform(lo, hi) * h, g.uniform(0.2, 0.4) * short
+        parts.append(put(cylinder(0.07, 0.22, slot=0, segments=8), (side * 0.2, 0, z0), (0, np.pi / 2, 0)))
+        parts.append(put(cylinder(0.07, ln, slot=0, segments=8), (side * 0.3, 0, z0 + ln / 2)))
     parts.append(put(cylinder(0.2, 0.25, 0.25, slot=1), (0, 0, -0.05)))  # pot
     return parts
 
@@ -488,8 +528,8 @@ def cactus(g):
 CLASSES: dict[str, Callable[[np.random.Generator], list[Mesh]]] = {
     f.__name__: f
     for f in (
-        airplane, bed, bookshelf, bottle, bowl, boat, cactus, car, chair, dumbbell, guitar,
-        hammer, house, lamp, mug, mushroom, rocket, snowman, table, teapot, tree, umbrella, vase,
+        airplane, bed, bookshelf, bottle, bowl, boat, cactus, car, chair, guitar, hammer, house,
+        lamp, laptop, mug, mushroom, pistol, rocket, snowman, table, teapot, umbrella, vase,
     )
 }  # fmt: skip
 

@@ -26,7 +26,7 @@ from rayeq.data.schema import (
 )
 from rayeq.data.shapes import CLASSES, make_object
 
-GENERATOR_VERSION = "synth3d-1"
+GENERATOR_VERSION = "synth3d-2"
 VAL_FRACTION = 0.2
 
 _renderer = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial.transform import Rotation
 
 FLOOR_HUE, LIGHT_HUE = 3, 6  # latent indices (3DIEBench order)
@@ -37,3 +38,18 @@ def relative_color(latent1: np.ndarray, latent2: np.ndarray, mode: str = "sie") 
         a = 2 * np.pi * d
         return np.stack([np.cos(a[:, 0]), np.sin(a[:, 0]), np.cos(a[:, 1]), np.sin(a[:, 1])], 1).astype(np.float32)
     raise ValueError(f"unknown colour target {mode!r}; choose 'sie' or 'cos_sin'")
+
+
+def rotation_matrix_xyz(euler: torch.Tensor) -> torch.Tensor:
+    """(B, 3) extrinsic xyz Euler angles (3DIEBench's, scipy's "xyz") -> (B, 3, 3) rotation matrices
+    R = Rz(c) Ry(b) Rx(a), in torch so that methods can build per-view pose targets on their device."""
+    a, b, c = euler.unbind(-1)
+    ca, sa, cb, sb, cc, sc = a.cos(), a.sin(), b.cos(), b.sin(), c.cos(), c.sin()
+    return torch.stack(
+        [
+            torch.stack([cc * cb, cc * sb * sa - sc * ca, cc * sb * ca + sc * sa], -1),
+            torch.stack([sc * cb, sc * sb * sa + cc * ca, sc * sb * ca - cc * sa], -1),
+            torch.stack([-sb, cb * sa, cb * ca], -1),
+        ],
+        -2,
+    )
