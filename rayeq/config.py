@@ -48,8 +48,8 @@ class DataConfig(Section):
     path: str | None = Field(None, description="data directory (Parquet shards + meta.json); None = built-in cache")
     builtin: Literal["standard", "tiny"] = Field(
         "standard",
-        description="synth3d without a path: the standard built-in set (12,000 views, 64 px) or a tiny one "
-        "(1,600 views, 32 px, for smoke tests)",
+        description="synth3d without a path: the standard built-in set (34,500 objects x 4 views, 64 px; "
+        "rendered once, about 5 minutes on 2 cores) or a tiny one (1,600 views, 32 px, for smoke tests)",
     )
     image_size: int = Field(64, ge=16, le=512, description="side of the square views fed to the encoder")
     rotation_target: Literal["sie", "canonical"] = Field(
@@ -128,14 +128,21 @@ class SIEConfig(Section):
     bias: bool = Field(False, description="bias in the hypernetwork (SIE: off)")
 
 
+class SupervisedConfig(Section):
+    hidden_dim: int = Field(1024, ge=1, description="width of the rotation and colour heads (as the eval probes)")
+
+
 class MethodConfig(Section):
-    name: Literal["vicreg", "simclr", "sie", "xrecon"] = "xrecon"
+    name: Literal["vicreg", "simclr", "sie", "xrecon", "supervised"] = Field(
+        "xrecon", description="supervised: the ceiling, trained with the labels the probes ask for (not SSL)"
+    )
     base: Literal["vicreg", "simclr"] = Field("vicreg", description="SSL loss of xrecon's invariant part")
     target_view: Literal[1, 2] = Field(1, description="xrecon: which view is reconstructed")
     symmetric: bool = Field(False, description="xrecon: reconstruct both views (average of the two losses)")
     xattn: XAttnConfig = XAttnConfig()
     decoder: DecoderConfig = DecoderConfig()
     sie: SIEConfig = SIEConfig()
+    supervised: SupervisedConfig = SupervisedConfig()
 
 
 # --------------------------------------------------------------------------- loss
@@ -146,6 +153,10 @@ class LossConfig(Section):
     temperature: float = Field(0.1, gt=0.0, le=10.0, description="SimCLR NT-Xent temperature")
     equi_weight: float = Field(4.5, ge=0.0, description="SIE: weight of the equivariant prediction term")
     recon_weight: float = Field(1.0, ge=0.0, le=100.0, description="xrecon: weight of the reconstruction loss")
+    rotation_weight: float = Field(1.0, ge=0.0, description="supervised: relative-rotation MSE")
+    color_weight: float = Field(1.0, ge=0.0, description="supervised: colour-change MSE")
+    class_weight: float = Field(1.0, ge=0.0, description="supervised: classification cross-entropy")
+    pose_weight: float = Field(1.0, ge=0.0, description="supervised: each view's own rotation matrix, MSE")
 
 
 # --------------------------------------------------------------------------- optimiser
@@ -165,6 +176,9 @@ class TrainConfig(Section):
     storage_path: str = Field("runs", description="runs live in storage_path/name")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=2, description="global batch (split across workers)")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="cap on steps per epoch; None = one pass (one pair per train object)"
+    )
     num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = run in the driver process")
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0.0)
@@ -179,6 +193,11 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(10, ge=1)
     val_every_epochs: int = Field(1, ge=1, description="probe the val split every N epochs (and at the end)")
+    floor_probes: bool = Field(
+        True,
+        description="train the same online probes on a frozen copy of the untrained encoder too (train/floor/*, "
+        "val/floor/*): the floor every online probe number is read against",
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -224,7 +243,16 @@ class EvalConfig(Section):
     color: RegressionProbeConfig = RegressionProbeConfig()
     transforms: RegressionProbeConfig = RegressionProbeConfig()
     fast: FastEvalConfig = FastEvalConfig()
-    pairs_per_object: int = Field(2, ge=1, description="3D: fixed view pairs per object in the feature set")
+    pairs_per_object: int = Field(
+        10,
+        ge=1,
+        description="3D: fixed view pairs per object on which the rotation and colour probes are scored "
+        "(held-out objects, and train objects for the train-pair R²); training pairs are drawn afresh every "
+        "epoch, one per train object, as in SIE's protocol",
+    )
+    views_per_object: int | None = Field(
+        None, ge=2, description="3D: encode only the first N views of each object (None = all)"
+    )
     feature_seed: int = Field(0, ge=0, description="seed of the view pairs (3D) and the transformations (images)")
     extract_batch_size: int = Field(256, ge=1)
     extractor: Literal["auto", "local", "ray"] = Field(
@@ -299,9 +327,10 @@ def _cross_field_problems(cfg: ExperimentConfig):
             f"model.inv_dim={m.inv_dim} must lie in [1, {c - 1}] for method.name={meth.name!r}: "
             f"{m.backbone} has {c} channels, split into invariant and equivariant parts"
         )
-    if meth.name == "sie" and cfg.data.source == "folder":
+    if meth.name in ("sie", "supervised") and cfg.data.source == "folder":
+        needs = "per-pair rotation targets" if meth.name == "sie" else "rotation, colour and pose labels"
         yield (
-            "method.name='sie' needs per-pair rotation targets, which only 3D sources give: "
+            f"method.name={meth.name!r} needs {needs}, which only 3D sources give: "
             "set data.source to 'synth3d' or '3diebench'"
         )
     stride = STEM_STRIDES[m.stem]

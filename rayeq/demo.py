@@ -1,6 +1,8 @@
 """A few optimisation steps of a method on a tiny generated batch, in-process: a smoke test a new
 user can read. Pairs are smooth random images and a transformed copy (90-degree rotation and a
-brightness shift), with the rotation as a quaternion so SIE runs too."""
+brightness shift), with the rotation as a quaternion so SIE runs too, and the quarter-turn count as a
+class label, the shift as a colour change and the turns as per-view poses so the supervised ceiling
+runs too."""
 
 from __future__ import annotations
 
@@ -25,12 +27,17 @@ def toy_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     rel_rotation = torch.stack(
         [torch.zeros_like(angle), torch.zeros_like(angle), torch.sin(angle / 2), torch.cos(angle / 2)], dim=1
     )  # (B, 4) quaternion (x, y, z, w) about z
-    return {"view1": view1, "view2": view2, "rel_rotation": rel_rotation}
+    latent1 = torch.zeros(batch, 7)
+    latent2 = torch.zeros(batch, 7)
+    latent2[:, 2] = angle  # view 2 turned about z (3DIEBench's latent order: rot x, y, z, ...)
+    rel_color = torch.cat([shift.view(batch, 1), torch.zeros(batch, 1)], dim=1)  # (B, 2)
+    return {"view1": view1, "view2": view2, "rel_rotation": rel_rotation, "rel_color": rel_color,
+            "label": k, "latent1": latent1, "latent2": latent2}  # fmt: skip
 
 
 def run_demo(cfg: ExperimentConfig, steps: int = 20, batch: int = 16, log=print) -> list[dict[str, float]]:
     torch.manual_seed(cfg.train.seed)
-    method = build_method(cfg)
+    method = build_method(cfg, num_classes=4)  # toy labels: quarter turns 0..3
     n_params = sum(p.numel() for p in method.parameters())
     log(
         f"demo: method={cfg.method.name} backbone={cfg.model.backbone} stem={cfg.model.stem} "

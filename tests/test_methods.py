@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from rayeq.config import ConfigError
 from rayeq.losses import resize_target
 from rayeq.methods import SIE, JointEmbedding, MissingTargetError, XRecon, build_method
 
@@ -180,3 +181,73 @@ def test_100_steps_on_a_fixed_batch_lower_the_loss(fast_cfg, name):
     assert hist[-1] <= 0.6 * hist[0], (hist[0], hist[-1])
     if name == "xrecon":
         assert recon[-1] <= 0.5 * recon[0], (recon[0], recon[-1])
+
+
+def _labelled_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    from rayeq.data.targets import relative_color, relative_rotation_quaternion
+
+    g = torch.Generator().manual_seed(seed)
+    pairs = smooth_pairs(batch, size, seed)
+    lat1, lat2 = torch.rand(batch, 7, generator=g) * 2 - 1, torch.rand(batch, 7, generator=g) * 2 - 1
+    pairs["rel_rotation"] = torch.from_numpy(relative_rotation_quaternion(lat1[:, :3].numpy(), lat2[:, :3].numpy()))
+    pairs["rel_color"] = torch.from_numpy(relative_color(lat1.numpy(), lat2.numpy()))
+    pairs.update(latent1=lat1, latent2=lat2, label=torch.arange(batch) % 3)
+    return pairs
+
+
+def test_supervised_heads_read_the_right_views_and_targets(fast_cfg):
+    """Each loss term is the MSE/CE of its head on the right inputs: the pair in order (view 1, view 2)
+    for the relative targets, each view's own latent for its pose."""
+    from rayeq.data.targets import rotation_matrix_xyz
+
+    torch.manual_seed(0)
+    m = build_method(fast_cfg("method.name=supervised"), num_classes=3).eval()
+    batch = _labelled_pairs(6, 32)
+    out = m(batch)
+    with torch.no_grad():
+        _, r1 = m.backbone(batch["view1"])
+        _, r2 = m.backbone(batch["view2"])
+        pair, both = torch.cat([r1, r2], 1), torch.cat([r1, r2])
+        rot = torch.nn.functional.mse_loss(m.rotation_head(pair), batch["rel_rotation"])
+        color = torch.nn.functional.mse_loss(m.color_head(pair), batch["rel_color"])
+        poses = rotation_matrix_xyz(torch.cat([batch["latent1"][:, :3], batch["latent2"][:, :3]])).flatten(1)
+        pose = torch.nn.functional.mse_loss(m.pose_head(both), poses)
+        cls = torch.nn.functional.cross_entropy(m.classifier(both), torch.cat([batch["label"]] * 2))
+    for name, want in (("rotation", rot), ("color", color), ("pose", pose), ("class", cls)):
+        torch.testing.assert_close(out.losses[name], want, rtol=1e-5, atol=1e-6, msg=name)
+    # the pair is read in order: swapping the views changes the relative terms
+    swapped = m({**batch, "view1": batch["view2"], "view2": batch["view1"]})
+    assert abs(swapped.losses["rotation"].item() - out.losses["rotation"].item()) > 1e-4
+    w = build_method(fast_cfg("method.name=supervised", "loss.pose_weight=0", "loss.class_weight=2"), num_classes=3)
+    w.load_state_dict(m.state_dict())
+    weighted = w.eval()(batch)
+    assert weighted.losses["pose"].item() == 0.0
+    torch.testing.assert_close(weighted.losses["class"], 2 * out.losses["class"])
+
+
+def test_supervised_learns_its_targets_on_a_fixed_batch(fast_cfg):
+    torch.manual_seed(0)
+    m = build_method(fast_cfg("method.name=supervised", size=16), num_classes=3)
+    batch = _labelled_pairs(16, 16, seed=1)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    first = None
+    for _ in range(60):
+        out = m(batch)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        first = first or {k: v.item() for k, v in out.losses.items()}
+    for k in ("rotation", "color", "pose", "class"):
+        assert out.losses[k].item() < 0.5 * first[k], (k, first[k], out.losses[k].item())
+
+
+def test_supervised_refuses_data_without_labels(fast_cfg):
+    m = build_method(fast_cfg("method.name=supervised"), num_classes=3)
+    batch = _labelled_pairs(4, 32)
+    del batch["rel_color"], batch["latent2"]
+    with pytest.raises(MissingTargetError, match=r"supervised.*missing \['rel_color', 'latent2'\].*3D source"):
+        m(batch)
+    with pytest.raises(ConfigError, match="method.name='supervised' needs rotation, colour and pose labels"):
+        fast_cfg("method.name=supervised", "data.source=folder")
+    with pytest.raises(ValueError, match="num_classes"):
+        build_method(fast_cfg("method.name=supervised"))

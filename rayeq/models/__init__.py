@@ -2,7 +2,7 @@
 
 from rayeq.models.backbone import ResNetBackbone, split_features, to_tokens
 from rayeq.models.decoder import ConvDecoder
-from rayeq.models.heads import HyperPredictor, Projector
+from rayeq.models.heads import HyperPredictor, Projector, mlp
 from rayeq.models.xattn import CrossAttention
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "HyperPredictor",
     "Projector",
     "ResNetBackbone",
+    "mlp",
     "split_features",
     "to_tokens",
 ]

@@ -45,3 +45,10 @@ class HyperPredictor(nn.Module):
     def forward(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         w = self.hypernet(params).view(-1, self.dim, self.dim)  # (B, d_out, d_in)
         return torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)  # (B, d)
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """SIE's regression head: in -> hidden -> hidden -> out with ReLUs."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+    )
