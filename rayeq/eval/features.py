@@ -1,8 +1,10 @@
 """Frozen encoders and their features, cached per checkpoint so that several protocols encode once.
 
-A 3D split gives, per object, `pairs_per_object` fixed pairs of distinct views (seeded), so that
-classification, rotation and colour protocols all read one feature file: per pair the two
-representations, the label and the targets. An image split gives one (clean, centre) view per image.
+A 3D split gives the representation of every view of every object (or of its first
+`eval.views_per_object`), with the view's latents: classification reads each view as a sample, and the
+rotation and colour probes draw pairs of views from these (fresh pairs every epoch on train objects,
+as SIE's protocol does; fixed seeded pairs on held-out objects). An image split gives one (clean)
+view per image.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ import torch
 
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.schema import DataError, decode_image, open_dataset
-from rayeq.data.targets import relative_color, relative_rotation_quaternion
 from rayeq.methods import build_method
 from rayeq.train.loop import STATE_FILE
 
@@ -48,8 +48,12 @@ class LoadedCheckpoint:
         """The method's state dict (the checkpoint also holds the online probes)."""
         return {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
 
+    @property
+    def num_classes(self) -> int | None:
+        return self.state.get("data", {}).get("num_classes")
+
     def encoder(self) -> torch.nn.Module:
-        method = build_method(self.cfg)
+        method = build_method(self.cfg, self.num_classes)
         method.load_state_dict(self.method_weights())
         return method.eval()
 
@@ -85,44 +89,43 @@ def load_checkpoint(path: str | Path, which: str = "latest") -> LoadedCheckpoint
 
 @dataclass
 class Features:
-    """r1, r2: (N, C) representations of the two views (images: r2 is None); label (N,);
-    targets: name -> (N, d) (3D: rel_rotation, rel_rotation_canonical, rel_color, rel_color_cos_sin)."""
+    """One row per encoded image. r: (M, C) representations; label: (M,).
+    3D data adds, with rows grouped by object and in view order: obj (M,) the object's index in the
+    split (0..O-1, objects sorted by id) and latent (M, 7) the view's latents."""
 
-    r1: torch.Tensor
-    r2: torch.Tensor | None
+    r: torch.Tensor
     label: torch.Tensor
-    targets: dict[str, torch.Tensor]
+    obj: torch.Tensor | None = None
+    latent: torch.Tensor | None = None
+
+    @property
+    def n_objects(self) -> int:
+        return int(self.obj.max()) + 1 if self.obj is not None and len(self.obj) else 0
 
     def save(self, path: Path) -> None:
-        torch.save({"r1": self.r1, "r2": self.r2, "label": self.label, "targets": self.targets}, path)
+        torch.save({"r": self.r, "label": self.label, "obj": self.obj, "latent": self.latent}, path)
 
     @classmethod
     def load(cls, path: Path) -> Features:
         d = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(d["r1"], d["r2"], d["label"], d["targets"])
-
-
-def object_view_pairs(object_id: str, n_views: int, pairs: int, seed: int) -> list[tuple[int, int]]:
-    """The fixed (i, j) view pairs of one object: seeded by the object's id, so that any reader, in
-    any order and on any worker, picks the same pairs."""
-    g = np.random.default_rng([seed, 7, zlib.crc32(object_id.encode())])
-    return [tuple(int(v) for v in g.choice(n_views, 2, replace=False)) for _ in range(pairs)]
+        return cls(d["r"], d["label"], d["obj"], d["latent"])
 
 
 class BatchEncoder:
     """Stored rows (a pyarrow table of objects or images) -> features as numpy columns. The one code
     path of local and Ray extraction. `encoder` is a module with `encode(images) -> (B, C)`, or a
-    callable `encoder(images, batch) -> (B, C)` (tests' hand-made encoders)."""
+    callable `encoder(images, batch) -> (B, C)` (tests' hand-made encoders), where batch holds per
+    image its `latent` (3D), `label`, `object_id` and `split`."""
 
-    def __init__(self, encoder, image_size: int, mean, std, pairs_per_object: int = 2, seed: int = 0,
+    def __init__(self, encoder, image_size: int, mean, std, views_per_object: int | None = None,
                  batch_size: int = 256, device: str = "cpu"):  # fmt: skip
-        self.encoder, self.size, self.pairs, self.seed = encoder, image_size, pairs_per_object, seed
+        self.encoder, self.size, self.views = encoder, image_size, views_per_object
         self.batch_size, self.device = batch_size, device
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     @torch.no_grad()
-    def _encode(self, images: list[np.ndarray], batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def _encode(self, images: list[np.ndarray], batch: dict[str, Any]) -> np.ndarray:
         from rayeq.data.augment import resize
 
         out = []
@@ -137,37 +140,38 @@ class BatchEncoder:
         return torch.cat(out).numpy()
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        if "images" in table.column_names:  # 3D objects -> fixed pairs of views
-            img1, img2, keys, index, labels, lat1, lat2 = [], [], [], [], [], [], []
-            for row in table.select(["object_id", "label", "images", "latents"]).to_pylist():
-                for k, (i, j) in enumerate(object_view_pairs(row["object_id"], len(row["images"]), self.pairs,
-                                                             self.seed)):  # fmt: skip
-                    img1.append(decode_image(row["images"][i]))
-                    img2.append(decode_image(row["images"][j]))
+        if "images" in table.column_names:  # 3D objects -> every view (or the first views_per_object)
+            images, keys, index, labels, lats, splits = [], [], [], [], [], []
+            for row in table.select(["object_id", "label", "split", "images", "latents"]).to_pylist():
+                n = len(row["images"]) if self.views is None else min(self.views, len(row["images"]))
+                for i in range(n):
+                    images.append(decode_image(row["images"][i]))
                     keys.append(row["object_id"])
-                    index.append(k)
+                    index.append(i)
                     labels.append(row["label"])
-                    lat1.append(row["latents"][i])
-                    lat2.append(row["latents"][j])
-            l1 = torch.tensor(np.array(lat1, dtype=np.float32).reshape(-1, 7))
-            l2 = torch.tensor(np.array(lat2, dtype=np.float32).reshape(-1, 7))
-            both = {"latent1": l1, "latent2": l2}
+                    lats.append(row["latents"][i])
+                    splits.append(row["split"])
+            latent = np.array(lats, dtype=np.float32).reshape(-1, 7)
+            label = np.array(labels, dtype=np.int64)
+            info = {"latent": torch.from_numpy(latent), "label": torch.from_numpy(label), "object_id": keys,
+                    "split": splits}  # fmt: skip
             return {
                 "key": np.array(keys, dtype=object),
                 "index": np.array(index, dtype=np.int64),
-                "label": np.array(labels, dtype=np.int64),
-                "r1": self._encode(img1, {"latent": l1, **both}),
-                "r2": self._encode(img2, {"latent": l2, **both}),
-                "lat1": l1.numpy(),
-                "lat2": l2.numpy(),
+                "label": label,
+                "r": self._encode(images, info),
+                "latent": latent,
             }
-        rows = table.select(["image", "label", "path"]).to_pylist()  # path: the image's source, unique
+        rows = table.select(["image", "label", "path", "split"]).to_pylist()  # path: the image's source, unique
         images = [decode_image(r["image"]) for r in rows]
+        label = np.array([r["label"] for r in rows], dtype=np.int64)
+        info = {"label": torch.from_numpy(label), "object_id": [r["path"] for r in rows],
+                "split": [r["split"] for r in rows]}  # fmt: skip
         return {
             "key": np.array([r["path"] for r in rows], dtype=object),
             "index": np.zeros(len(rows), dtype=np.int64),
-            "label": np.array([r["label"] for r in rows], dtype=np.int64),
-            "r1": self._encode(images, {}),
+            "label": label,
+            "r": self._encode(images, info),
         }
 
 
@@ -177,19 +181,15 @@ def assemble_features(parts: list[dict[str, np.ndarray]]) -> Features:
     if not parts:
         raise DataError("the split has no rows to encode")
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.lexsort((cols["index"], cols["key"].astype(str)))
+    keys = cols["key"].astype(str)
+    order = np.lexsort((cols["index"], keys))
     cols = {k: v[order] for k, v in cols.items()}
-    r2 = torch.from_numpy(np.ascontiguousarray(cols["r2"])) if "r2" in cols else None
-    targets = {}
-    if "lat1" in cols:
-        l1, l2 = cols["lat1"], cols["lat2"]
-        targets = {
-            "rel_rotation": torch.from_numpy(relative_rotation_quaternion(l1[:, :3], l2[:, :3])),
-            "rel_rotation_canonical": torch.from_numpy(relative_rotation_quaternion(l1[:, :3], l2[:, :3], True)),
-            "rel_color": torch.from_numpy(relative_color(l1, l2, "sie")),
-            "rel_color_cos_sin": torch.from_numpy(relative_color(l1, l2, "cos_sin")),
-        }
-    return Features(torch.from_numpy(np.ascontiguousarray(cols["r1"])), r2, torch.from_numpy(cols["label"]), targets)
+    r = torch.from_numpy(np.ascontiguousarray(cols["r"]))
+    label = torch.from_numpy(cols["label"])
+    if "latent" not in cols:
+        return Features(r, label)
+    _, obj = np.unique(keys[order], return_inverse=True)  # keys are sorted: objects are contiguous runs
+    return Features(r, label, torch.from_numpy(obj.astype(np.int64)), torch.from_numpy(cols["latent"]))
 
 
 def extract_features(
@@ -199,15 +199,14 @@ def extract_features(
     image_size: int,
     mean: list[float],
     std: list[float],
-    pairs_per_object: int = 2,
-    seed: int = 0,
+    views_per_object: int | None = None,
     batch_size: int = 256,
     device: str = "cpu",
 ) -> Features:
     """Encode a split in this process. Images are resized to `image_size` and normalised."""
     _, shards = open_dataset(Path(data_dir), split)
-    enc = BatchEncoder(encoder, image_size, mean, std, pairs_per_object, seed, batch_size, device)
-    rows_per_call = max(1, batch_size // (2 * pairs_per_object))
+    enc = BatchEncoder(encoder, image_size, mean, std, views_per_object, batch_size, device)
+    rows_per_call = max(1, batch_size // (views_per_object or 8))
     parts = []
     for shard in shards:
         table = pq.read_table(shard)
@@ -220,9 +219,9 @@ def extract_features(
 class _RayBatchEncoder(BatchEncoder):
     """A Ray Data actor: rebuilds the frozen encoder from the checkpoint's config and weights."""
 
-    def __init__(self, cfg: dict, weights: dict, threads: int, use_gpu: bool, **kwargs):
+    def __init__(self, cfg: dict, weights: dict, num_classes: int | None, threads: int, use_gpu: bool, **kwargs):
         torch.set_num_threads(max(1, threads))
-        method = build_method(ExperimentConfig.model_validate(cfg))
+        method = build_method(ExperimentConfig.model_validate(cfg), num_classes)
         method.load_state_dict(weights)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         super().__init__(method.eval().to(device), device=device, **kwargs)
@@ -240,7 +239,7 @@ def ray_extract_plan(ray, actors: int | None) -> dict[str, Any]:
     return {"actors": n, "num_gpus": 0, "num_cpus": per, "threads": per, "use_gpu": False}
 
 
-def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, pairs: int, seed: int,
+def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, views_per_object: int | None = None,
                          batch_size: int = 256, actors: int | None = None, log=print) -> Features:  # fmt: skip
     """Encode a split with Ray Data: Parquet reads -> encoder actors on the cluster's GPUs (else CPUs)."""
     import ray
@@ -257,16 +256,16 @@ def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, p
         fn_constructor_kwargs={
             "cfg": loaded.cfg.to_dict(),
             "weights": loaded.method_weights(),
+            "num_classes": loaded.num_classes,
             "threads": plan["threads"],
             "use_gpu": plan["use_gpu"],
             "image_size": loaded.cfg.data.image_size,
             "mean": mean,
             "std": std,
-            "pairs_per_object": pairs,
-            "seed": seed,
+            "views_per_object": views_per_object,
             "batch_size": batch_size,
         },  # fmt: skip
-        batch_size=max(1, batch_size // (2 * pairs)),
+        batch_size=max(1, batch_size // (views_per_object or 8)),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
         num_cpus=plan["num_cpus"],
@@ -275,9 +274,9 @@ def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, p
     return assemble_features(list(ds.iter_batches(batch_size=None, batch_format="numpy")))
 
 
-def cache_key(ckpt: Path | None, data_dir: Path, split: str, image_size: int, pairs: int, seed: int) -> str:
+def cache_key(ckpt: Path | None, data_dir: Path, split: str, image_size: int, views: int | None) -> str:
     meta = (data_dir / "meta.json").read_text()
-    blob = json.dumps(["pairs-by-object-id", str(ckpt), str(data_dir.resolve()), meta, split, image_size, pairs, seed])
+    blob = json.dumps(["every-view", str(ckpt), str(data_dir.resolve()), meta, split, image_size, views])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -285,22 +284,22 @@ def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ra
     """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made;
     else encoded in this process (its GPU if any) or, with `use_ray`, by Ray Data actors."""
     cfg, e = loaded.cfg, loaded.cfg.eval
-    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.pairs_per_object, e.feature_seed)
+    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.views_per_object)
     cache = loaded.path / "eval_cache" / f"{split}-{key}.pt"
     if cache.is_file():
         log(f"  features ({split}): cached {cache}")
         return Features.load(cache)
     t0 = time.perf_counter()
     if use_ray:
-        feats = extract_features_ray(loaded, data_dir, split, e.pairs_per_object, e.feature_seed,
-                                     e.extract_batch_size, e.extract_actors, log)  # fmt: skip
+        feats = extract_features_ray(loaded, data_dir, split, e.views_per_object, e.extract_batch_size,
+                                     e.extract_actors, log)  # fmt: skip
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         log(f"  features ({split}): encoding in this process ({device}) ...")
         mean, std = loaded.norm_stats(data_dir)
         feats = extract_features(loaded.encoder().to(device), data_dir, split, cfg.data.image_size, mean, std,
-                                 e.pairs_per_object, e.feature_seed, e.extract_batch_size, device)  # fmt: skip
-    n = len(feats.label) * (1 if feats.r2 is None else 2)
+                                 e.views_per_object, e.extract_batch_size, device)  # fmt: skip
+    n = len(feats.label)
     dt = time.perf_counter() - t0
     log(f"  features ({split}): {n} images in {dt:.1f} s ({n / max(dt, 1e-9):.0f} images/s)")
     cache.parent.mkdir(exist_ok=True)

@@ -46,7 +46,12 @@ class R2Accumulator:
         grand_mean = s.sum() / (n * s.numel())
         tot_global = ss.sum() - 2 * grand_mean * s.sum() + n * s.numel() * grand_mean**2
         per_dim = 1 - res / tot_dim.clamp(min=1e-12)
-        return {"global": float(1 - res.sum() / tot_global.clamp(min=1e-12)), "per_dim": float(per_dim.mean())}
+        return {
+            "global": float(1 - res.sum() / tot_global.clamp(min=1e-12)),
+            "per_dim": float(per_dim.mean()),
+            # what predicting each dimension's mean scores under the global definition (0 per dimension)
+            "global_mean_predictor": float(1 - tot_dim.sum() / tot_global.clamp(min=1e-12)),
+        }
 
 
 def r2_global(pred: torch.Tensor, target: torch.Tensor) -> float:

@@ -1,7 +1,15 @@
-"""`rayeq eval`: frozen-encoder protocols on a run or checkpoint -> JSON, Markdown and Aim."""
+"""`rayeq eval`: frozen-encoder protocols on a run or checkpoint -> JSON, Markdown and Aim.
+
+Every result stands beside its floors, measured with the same protocols, pairs and settings:
+- `random_init`: an untrained encoder of the same architecture (the run's config, `train.seed`),
+  evaluated once per data set, architecture and eval settings and cached in `$RAYEQ_CACHE/floors/`;
+- `mean_predictor`: predicting the train targets' mean (R²) or the most frequent train class (top-1).
+A metric at or below either floor is listed in `at_or_below_floor` and marked in every table.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,12 +20,22 @@ import torch
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
 from rayeq.data.schema import DataError, read_meta
 from rayeq.eval.features import Features, LoadedCheckpoint, cached_features, load_checkpoint
-from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, part, regression
+from rayeq.eval.metrics import r2_global
+from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression, part
+from rayeq.methods import USES_LABELS, build_method, method_label
 
 PROTOCOLS_3D = ("linear", "knn", "rotation", "color")
 PROTOCOLS_IMAGES = ("linear", "knn", "transforms")
 PARTS = ("full", "inv", "equi")
 PROBES = ("linear", "rotation", "color", "transforms")  # the protocols that train a probe
+# protocol -> (target, metric tag) pairs it scores
+REGRESSIONS = {
+    "rotation": (("rel_rotation", ""), ("rel_rotation_canonical", "_canonical")),
+    "color": (("rel_color", ""), ("rel_color_cos_sin", "_cos_sin")),
+}
+PER_CLASS_METRIC = "rotation/full/r2"  # scored per class too: symmetric classes cap rotation R²
+FLOOR_MARK = "▼"  # marks a metric at or below a floor in the tables
+FLOORS_VERSION = "floors-1"
 
 
 def settings_for(cfg: ExperimentConfig, fast: bool) -> dict[str, ProtocolSettings]:
@@ -79,83 +97,237 @@ def evaluate(
         from rayeq.train.driver import connect_ray
 
         connect_ray(address, log)
-    log(f"eval {loaded.path} ({cfg.method.name}, epoch {loaded.state['epoch']}) on {data_dir}: {wanted}"
-        f"{' (fast)' if fast else ''}")  # fmt: skip
-    metrics: dict[str, float] = {}
-    inv_dim = cfg.model.inv_dim
-    num_classes = len(meta["classes"])
-    knn = cfg.eval.knn
-    if any(p in wanted for p in ("linear", "knn", "rotation", "color")):
-        tr = cached_features(loaded, data_dir, "train", use_ray, log)
-        va = cached_features(loaded, data_dir, "val", use_ray, log)
-        for name in PARTS:
-            xtr, ytr = _single_views(tr, name, inv_dim)
-            xva, yva = _single_views(va, name, inv_dim)
-            if "linear" in wanted:
-                res = linear_probe(xtr, ytr, xva, yva, num_classes, settings["linear"])
-                metrics[f"linear/{name}/top1"] = res["top1"]
-                log(f"  linear/{name}: top-1 {res['top1']:.4f} (train {res['train_top1']:.4f})")
-            if "knn" in wanted:
-                metrics[f"knn/{name}/top1"] = knn_top1(xtr, ytr, xva, yva, num_classes, knn.k, knn.temperature)
-                log(f"  knn/{name}: top-1 {metrics[f'knn/{name}/top1']:.4f}")
-            for proto, targets in (("rotation", ("rel_rotation", "rel_rotation_canonical")),
-                                   ("color", ("rel_color", "rel_color_cos_sin"))):  # fmt: skip
-                if proto not in wanted:
-                    continue
-                ptr, pva = _pairs(tr, name, inv_dim), _pairs(va, name, inv_dim)
-                for t in targets:
-                    res = regression(ptr, tr.targets[t], pva, va.targets[t], settings[proto])
-                    tag = {"rel_rotation": "", "rel_rotation_canonical": "_canonical", "rel_color": "",
-                           "rel_color_cos_sin": "_cos_sin"}[t]  # fmt: skip
-                    metrics[f"{proto}{tag}/{name}/r2"] = res["r2"]
-                    metrics[f"{proto}{tag}/{name}/r2_per_dim"] = res["r2_per_dim"]
-                    metrics[f"{proto}{tag}/r2_mean_baseline"] = res["r2_mean_baseline"]
-                    r2, r2d, b = res["r2"], res["r2_per_dim"], res["r2_mean_baseline"]
-                    log(f"  {proto}{tag}/{name}: R² {r2:.4f} (SIE, global mean; a mean predictor scores {b:.4f}), "
-                        f"{r2d:.4f} (per dim)")  # fmt: skip
-    if "transforms" in wanted:
-        from rayeq.eval.transforms import transform_regression
-
-        metrics.update(transform_regression(loaded, data_dir, settings["transforms"], log))
+    log(f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state['epoch']}) on {data_dir}: "
+        f"{wanted}{' (fast)' if fast else ''}")  # fmt: skip
+    scores = measure(loaded, data_dir, meta, wanted, settings, use_ray, log)
+    random_init = random_init_floor(loaded, data_dir, meta, wanted, settings, use_ray, log)
+    floors = {"random_init": random_init["metrics"], "mean_predictor": scores["mean_predictor"]}
+    metrics = scores["metrics"]
+    per_class = scores["per_class"]
+    for name, row in per_class.items():
+        row["random_init"] = random_init["per_class"].get(name, {}).get("value")
     result = {
         "checkpoint": str(loaded.path),
         "run_dir": str(loaded.run_dir),
         "run": loaded.run_dir.name,
         "method": cfg.method.name,
+        "uses_labels": USES_LABELS.get(cfg.method.name),
         "epoch": loaded.state["epoch"],
         "data": str(data_dir),
         "protocols": wanted,
         "fast": fast,
         "settings": {
             **{p: settings[p].__dict__ for p in PROBES if p in wanted},
-            **({"knn": knn.model_dump()} if "knn" in wanted else {}),
+            **({"knn": cfg.eval.knn.model_dump()} if "knn" in wanted else {}),
             "pairs_per_object": cfg.eval.pairs_per_object,
+            "views_per_object": cfg.eval.views_per_object,
             "feature_seed": cfg.eval.feature_seed,
             "extractor": "ray" if use_ray else "local",
         },
         "r2_definitions": {
-            "r2": "SIE: 1 - SS_res / SS_tot around one mean over all target entries",
-            "r2_per_dim": "per target dimension, then averaged (sklearn's uniform average)",
+            "r2": "SIE: 1 - SS_res / SS_tot around one mean over all target entries, on held-out objects' pairs",
+            "r2_per_dim": "per target dimension, then averaged (sklearn's uniform average), held-out pairs",
+            "r2_train": "SIE's global R² on pairs of the train objects the probe was fitted on",
         },  # fmt: skip
         "metrics": metrics,
+        "floors": floors,
+        "at_or_below_floor": at_or_below_floor(metrics, floors),
+        "per_class": {"metric": PER_CLASS_METRIC, "classes": per_class} if per_class else {},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    _log_to_aim(loaded, metrics, log)
+    _log_to_aim(loaded, metrics, floors, log)
     return result
 
 
-def _single_views(f: Features, name: str, inv_dim: int):
-    """Each view is a sample for classification."""
-    if f.r2 is None:
-        return part(f.r1, name, inv_dim), f.label
-    return torch.cat([part(f.r1, name, inv_dim), part(f.r2, name, inv_dim)]), torch.cat([f.label, f.label])
+def measure(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, wanted: list[str],
+            settings: dict[str, ProtocolSettings], use_ray: bool, log) -> dict[str, Any]:  # fmt: skip
+    """Every wanted protocol on one encoder: {"metrics", "mean_predictor", "per_class"}."""
+    cfg = loaded.cfg
+    metrics: dict[str, float] = {}
+    mean: dict[str, float] = {}
+    per_class: dict[str, dict[str, Any]] = {}
+    inv_dim = cfg.model.inv_dim
+    classes = meta["classes"]
+    knn, pairs, seed = cfg.eval.knn, cfg.eval.pairs_per_object, cfg.eval.feature_seed
+    if any(p in wanted for p in PROTOCOLS_3D):
+        tr = cached_features(loaded, data_dir, "train", use_ray, log)
+        va = cached_features(loaded, data_dir, "val", use_ray, log)
+        chance = majority_top1(tr.label, va.label)
+        for name in PARTS:
+            xtr, xva = part(tr.r, name, inv_dim), part(va.r, name, inv_dim)
+            if "linear" in wanted:
+                res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"])
+                metrics[f"linear/{name}/top1"], mean[f"linear/{name}/top1"] = res["top1"], chance
+                log(f"  linear/{name}: top-1 {res['top1']:.4f} (train {res['train_top1']:.4f}; "
+                    f"majority class {chance:.4f})")  # fmt: skip
+            if "knn" in wanted:
+                metrics[f"knn/{name}/top1"] = knn_top1(xtr, tr.label, xva, va.label, len(classes), knn.k,
+                                                       knn.temperature)  # fmt: skip
+                mean[f"knn/{name}/top1"] = chance
+                log(f"  knn/{name}: top-1 {metrics[f'knn/{name}/top1']:.4f}")
+            for proto, targets in REGRESSIONS.items():
+                if proto not in wanted or tr.latent is None:
+                    continue
+                for target, tag in targets:
+                    res = pair_regression(xtr, tr.obj, tr.latent, xva, va.obj, va.latent, target, settings[proto],
+                                          pairs, seed)  # fmt: skip
+                    key = f"{proto}{tag}/{name}"
+                    for k in ("r2", "r2_per_dim", "r2_train"):
+                        metrics[f"{key}/{k}"], mean[f"{key}/{k}"] = res[k], res["mean"][k]
+                    log(f"  {key}: R² {res['r2']:.4f} held-out, {res['r2_train']:.4f} train pairs (SIE, global; a "
+                        f"mean predictor scores {res['mean']['r2']:.4f}), {res['r2_per_dim']:.4f} per dim")  # fmt: skip
+                    if f"{key}/r2" == PER_CLASS_METRIC:
+                        per_class = _per_class(res, va, classes)
+    if "transforms" in wanted:
+        from rayeq.eval.transforms import transform_regression
+
+        got, base = transform_regression(loaded, data_dir, settings["transforms"], log)
+        metrics.update(got)
+        mean.update(base)
+    return {"metrics": metrics, "mean_predictor": mean, "per_class": per_class}
 
 
-def _pairs(f: Features, name: str, inv_dim: int) -> torch.Tensor:
-    return torch.cat([part(f.r1, name, inv_dim), part(f.r2, name, inv_dim)], dim=1)  # (N, 2d)
+def _per_class(res: dict, va: Features, classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Held-out rotation R² (SIE, global) per class, beside what the train mean scores there."""
+    labels = va.label[res["rows"]]
+    out = {}
+    for c, name in enumerate(classes):
+        m = labels == c
+        if int(m.sum()) < 2:
+            continue
+        y = res["target"][m]
+        out[name] = {"value": r2_global(res["pred"][m], y), "pairs": int(m.sum()),
+                     "mean_predictor": r2_global(res["mean_value"].expand_as(y), y)}  # fmt: skip
+    return out
 
 
-def _log_to_aim(loaded: LoadedCheckpoint, metrics: dict[str, float], log) -> None:
+def _protocol_of(metric: str) -> str:
+    head = metric.split("/")[0]
+    return head.removesuffix("_canonical").removesuffix("_cos_sin")
+
+
+def floor_dir(cfg: ExperimentConfig, data_dir: Path, norm) -> Path:
+    """Where an untrained encoder's features and floors live: one folder per data set, architecture,
+    seed, input size and normalisation (not the method: every method builds its backbone first)."""
+    from rayeq.quickstart import cache_dir
+
+    blob = json.dumps([
+        FLOORS_VERSION, (data_dir / "meta.json").read_text(), str(data_dir.resolve()), cfg.model.model_dump(),
+        cfg.data.image_size, cfg.train.seed, list(norm), cfg.eval.views_per_object,
+    ], sort_keys=True, default=str)  # fmt: skip
+    return cache_dir() / "floors" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def protocol_key(cfg: ExperimentConfig, protocol: str, settings: dict[str, ProtocolSettings]) -> str:
+    """What one protocol's scores depend on besides the features: its settings (and the pairs)."""
+    e = cfg.eval
+    own = e.knn.model_dump() if protocol == "knn" else settings[protocol].__dict__
+    blob = json.dumps([protocol, own, e.pairs_per_object, e.feature_seed], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def random_init_floor(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, wanted: list[str],
+                      settings: dict[str, ProtocolSettings], use_ray: bool, log) -> dict:  # fmt: skip
+    """The same protocols on an untrained encoder of the run's architecture (its config, `train.seed`):
+    {"metrics", "per_class"}. Each protocol's floor is measured once per data set and settings and
+    cached in `$RAYEQ_CACHE/floors/`."""
+    cfg = loaded.cfg
+    norm = loaded.norm_stats(data_dir)
+    where = floor_dir(cfg, data_dir, norm)
+    files = {p: where / f"{p}-{protocol_key(cfg, p, settings)}.json" for p in wanted}
+    floor: dict[str, dict] = {"metrics": {}, "per_class": {}}
+    todo = [p for p in wanted if not files[p].is_file()]
+    for p in wanted:
+        if p not in todo:
+            cached = json.loads(files[p].read_text())
+            floor["metrics"].update(cached["metrics"])
+            floor["per_class"].update(cached["per_class"])
+    if not todo:
+        log(f"  floor: untrained {cfg.model.backbone} (seed {cfg.train.seed}), cached in {where}")
+        return floor
+    log(f"  floor: evaluating an untrained {cfg.model.backbone} ({cfg.model.stem} stem, seed {cfg.train.seed}) "
+        f"with the same protocols {todo} (once per data set and settings) ...")  # fmt: skip
+    torch.manual_seed(cfg.train.seed)
+    method = build_method(cfg, loaded.num_classes)
+    state = {
+        "model": {f"method.{k}": v for k, v in method.state_dict().items()},
+        "epoch": 0,
+        "step": 0,
+        "config": cfg.to_dict(),
+        "data": {**loaded.state.get("data", {}), "mean": norm[0], "std": norm[1]},
+    }
+    where.mkdir(parents=True, exist_ok=True)
+    untrained = LoadedCheckpoint(where, where, cfg, state)
+    scores = measure(untrained, data_dir, meta, todo, settings, use_ray, lambda msg: log(f"  (floor) {msg.strip()}"))
+    for p in todo:
+        mine = {k: v for k, v in scores["metrics"].items() if _protocol_of(k) == p}
+        per_class = scores["per_class"] if p == _protocol_of(PER_CLASS_METRIC) else {}
+        floor["metrics"].update(mine)
+        floor["per_class"].update(per_class)
+        tmp = files[p].with_suffix(".tmp")
+        tmp.write_text(json.dumps({"metrics": mine, "per_class": per_class, "backbone": cfg.model.backbone,
+                                   "stem": cfg.model.stem, "seed": cfg.train.seed}, indent=2) + "\n")  # fmt: skip
+        tmp.replace(files[p])
+    return floor
+
+
+def floor_of(key: str, floors: dict[str, dict[str, float]]) -> float | None:
+    """The highest floor a metric has (random init or mean predictor), None when it has none."""
+    values = [f[key] for f in floors.values() if key in f]
+    return max(values) if values else None
+
+
+def at_or_below_floor(metrics: dict[str, float], floors: dict[str, dict[str, float]]) -> list[str]:
+    return [k for k, v in metrics.items() if (f := floor_of(k, floors)) is not None and v <= f]
+
+
+def _single_floor_set(results: list[dict[str, Any]]) -> bool:
+    return all(r.get("floors") == results[0].get("floors") for r in results)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One column per run, then the floors (one set when the runs share them, else one per run);
+    a metric at or below a floor is marked. The supervised ceiling and SIE are labelled as using labels."""
+    keys = sorted({k for r in results for k in r["metrics"]})
+    shared = _single_floor_set(results)
+    floor_cols: list[tuple[str, dict[str, float]]] = []
+    for i, r in enumerate(results):
+        if shared and i > 0:
+            break
+        suffix = "" if shared else f" ({r['run']})"
+        for name, title in (("random_init", "untrained encoder"), ("mean_predictor", "mean predictor")):
+            floor_cols.append((title + suffix, r.get("floors", {}).get(name, {})))
+    head = ["metric", *(f"{r['run']} ({method_label(r['method'])}, ep {r['epoch']})" for r in results),
+            *(t for t, _ in floor_cols)]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for k in keys:
+        vals = []
+        for r in results:
+            v = r["metrics"].get(k)
+            mark = f" {FLOOR_MARK}" if k in r.get("at_or_below_floor", []) else ""
+            vals.append("" if v is None else f"{v:.4f}{mark}")
+        vals += ["" if k not in f else f"{f[k]:.4f}" for _, f in floor_cols]
+        lines.append(f"| {k} | " + " | ".join(vals) + " |")
+    lines.append("")
+    lines.append(f"{FLOOR_MARK}: at or below a floor (the untrained encoder of the same architecture, or the mean "
+                 "predictor / majority class). R²: `r2` SIE's global definition on held-out objects, `r2_per_dim` "
+                 "per dimension, `r2_train` on the train objects' pairs.")  # fmt: skip
+    for r in results:
+        pc = r.get("per_class", {})
+        if pc.get("classes"):
+            lines += ["", f"{pc['metric']} per class, {r['run']} ({method_label(r['method'])}):", "",
+                      "| class | value | untrained encoder | mean predictor | pairs |",
+                      "| --- | --- | --- | --- | --- |"]  # fmt: skip
+            for name, row in sorted(pc["classes"].items(), key=lambda kv: -kv[1]["value"]):
+                ri = row.get("random_init")
+                floor = max(x for x in (ri, row["mean_predictor"]) if x is not None)
+                mark = f" {FLOOR_MARK}" if row["value"] <= floor else ""
+                lines.append(f"| {name} | {row['value']:.4f}{mark} | {'' if ri is None else f'{ri:.4f}'} | "
+                             f"{row['mean_predictor']:.4f} | {row['pairs']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _log_to_aim(loaded: LoadedCheckpoint, metrics: dict[str, float], floors: dict[str, dict[str, float]], log):
     cfg = loaded.cfg
     run_id = loaded.state.get("tracker_run_id")
     if cfg.track.backend != "aim" or not run_id:
@@ -167,23 +339,14 @@ def _log_to_aim(loaded: LoadedCheckpoint, metrics: dict[str, float], log) -> Non
         # the repo the run was trained with (a relative track.repo resolved where training ran)
         repo = loaded.state.get("track_repo") or resolve_track_repo(cfg)
         tracker = open_tracker("aim", repo, cfg.track.experiment or cfg.train.name, run_id, must_exist=True)
-        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=loaded.state["step"],
-                            epoch=loaded.state["epoch"], subset="eval")  # fmt: skip
+        values = {f"eval/{k}": v for k, v in metrics.items()}
+        for name, floor in floors.items():
+            values.update({f"eval_floor/{name}/{k}": v for k, v in floor.items()})
+        tracker.log_metrics(values, step=loaded.state["step"], epoch=loaded.state["epoch"], subset="eval")
         tracker.close()
         log(f"  logged to Aim run {run_id}")
     except Exception as exc:  # the results are in the JSON either way
         log(f"  (could not log to Aim: {exc})")
-
-
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One column per run, one row per metric."""
-    keys = sorted({k for r in results for k in r["metrics"]})
-    head = "| metric | " + " | ".join(f"{r['run']} ({r['method']}, ep {r['epoch']})" for r in results) + " |"
-    lines = [head, "|" + " --- |" * (len(results) + 1)]
-    for k in keys:
-        vals = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for r in results]
-        lines.append(f"| {k} | " + " | ".join(vals) + " |")
-    return "\n".join(lines)
 
 
 def write_outputs(result: dict[str, Any], out: str | Path | None, overwrite: bool) -> Path:

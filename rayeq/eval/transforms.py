@@ -71,7 +71,8 @@ def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
     return {f: (torch.stack(x), torch.stack(y).float()) for f, (x, y) in feats.items()}
 
 
-def transform_regression(loaded, data_dir, s: ProtocolSettings, log=print, encoder=None) -> dict[str, float]:
+def transform_regression(loaded, data_dir, s: ProtocolSettings, log=print, encoder=None):
+    """-> (metrics, what a mean predictor scores under the same keys)."""
     cfg = loaded.cfg
     size = cfg.data.image_size
     mean, std = loaded.norm_stats(data_dir)
@@ -79,12 +80,14 @@ def transform_regression(loaded, data_dir, s: ProtocolSettings, log=print, encod
     log("  transforms: encoding original and transformed images ...")
     tr = _encode_split(encoder, data_dir, "train", size, mean, std, s.seed)
     va = _encode_split(encoder, data_dir, "val", size, mean, std, s.seed + 1)
-    out, r2s = {}, []
+    out, base, r2s, base_r2s = {}, {}, [], []
     for fam in FAMILIES:
         res = regression(tr[fam][0], tr[fam][1], va[fam][0], va[fam][1], s)
-        out[f"transforms/{fam}/r2"] = res["r2"]
-        out[f"transforms/{fam}/r2_per_dim"] = res["r2_per_dim"]
+        for k in ("r2", "r2_per_dim"):
+            out[f"transforms/{fam}/{k}"], base[f"transforms/{fam}/{k}"] = res[k], res["mean"][k]
         r2s.append(res["r2"])
-        log(f"  transforms/{fam}: R² {res['r2']:.4f} (global), {res['r2_per_dim']:.4f} (per dim)")
-    out["transforms/mean/r2"] = float(np.mean(r2s))
-    return out
+        base_r2s.append(res["mean"]["r2"])
+        log(f"  transforms/{fam}: R² {res['r2']:.4f} (global), {res['r2_per_dim']:.4f} (per dim); "
+            f"a mean predictor scores {res['mean']['r2']:.4f}")  # fmt: skip
+    out["transforms/mean/r2"], base["transforms/mean/r2"] = float(np.mean(r2s)), float(np.mean(base_r2s))
+    return out, base
