@@ -60,7 +60,7 @@ def _setup(cfg: ExperimentConfig, device: str, amp: bool):
     if amp:
         module = module.to(memory_format=torch.channels_last)
     opt = build_optimizer(list(module.method.parameters()), cfg)
-    popt = torch.optim.AdamW(module.probes.parameters(), lr=1e-3, weight_decay=0.0)
+    popt = torch.optim.AdamW(module.probe_parameters(), lr=1e-3, weight_decay=0.0)
     sched = build_scheduler(opt, cfg, 10_000)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
     return meta, norm_stats(meta), module, opt, popt, sched, autocast

@@ -61,7 +61,7 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
         assert key in res.metrics, key
     assert 0 <= res.metrics["val/top1"] <= 1 and res.metrics["images_per_sec"] > 0
     # what sweeps are allowed to tune against is what training reports
-    missing = set(reported_metric_names(three_d=True, has_val=True)) - set(res.metrics)
+    missing = set(reported_metric_names(three_d=True, has_val=True, floor=True)) - set(res.metrics)
     assert not missing, missing
     assert (res.run_dir / "config.yaml").is_file()
     ckpts = _checkpoints(res.run_dir)
@@ -69,6 +69,20 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
     state = torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 3 and state["config_hash"] == cfg.fingerprint()
     assert {"model", "optimizer", "scheduler", "scaler", "step", "tracker_run_id"} <= set(state)
+    # the floor probes read the encoder as it was initialised: frozen, BatchNorm statistics included
+    from rayeq.methods import build_method
+
+    torch.manual_seed(cfg.train.seed)
+    init = build_method(cfg, 4).backbone.state_dict()
+
+    def weights(prefix):
+        return {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+    floor, trained = weights("floor.backbone."), weights("method.backbone.")
+    assert floor.keys() == init.keys() == trained.keys()
+    assert all(torch.equal(floor[k], init[k]) for k in init)
+    assert not all(torch.equal(trained[k], init[k]) for k in init)
+    assert 0 <= res.metrics["val/floor/top1"] <= 1 and "val/floor/rot_r2" in res.metrics
 
 
 def test_aim_run_holds_metrics_and_an_image(first_run):
@@ -128,3 +142,21 @@ def test_without_failures_allowed_the_crash_fails_the_run(ray_session, train_dat
     cfg = _cfg(train_data, tmp_path, "crash0", "train.max_failures=0", "train.epochs=2")
     with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker death in its own error type
         run_training(cfg, log=lambda *a: None, _fail_at_epoch=1)
+
+
+def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):
+    """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its terms fall;
+    its checkpoint loads as an encoder for `rayeq eval`."""
+    from rayeq.eval.features import load_checkpoint
+
+    cfg = _cfg(train_data, tmp_path, "ceiling", "method.name=supervised", "method.supervised.hidden_dim=64",
+               "train.epochs=4")  # fmt: skip
+    res = run_training(cfg, log=lambda *a: None)
+    rows = _epochs(res.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    for term in ("train/rotation", "train/pose", "train/class"):
+        assert rows[-1][term] < rows[0][term], (term, [r[term] for r in rows])
+    loaded = load_checkpoint(res.run_dir)
+    assert loaded.cfg.method.name == "supervised" and loaded.num_classes == 4
+    x = torch.zeros(2, 3, 32, 32)
+    assert loaded.encoder().encode(x).shape == (2, 512)

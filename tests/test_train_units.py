@@ -75,8 +75,11 @@ def test_probes_see_detached_features_and_report_metrics():
     m = ProbeMetrics({"rel_rotation": 4}, "cpu")
     m.update(out)
     res = m.compute("val")
-    assert set(res) == {"val/top1", "val/top1_inv", "val/rot_r2", "val/rot_r2_per_dim"}
+    assert set(res) == {"val/top1", "val/top1_inv", "val/rot_r2", "val/rot_r2_per_dim", "val/rot_r2_mean_predictor"}
     assert 0 <= res["val/top1"] <= 1
+    # the mean predictor's floor: SIE's global R² of predicting each dimension's own mean
+    y = batch["rel_rotation"]
+    assert res["val/rot_r2_mean_predictor"] == pytest.approx(r2_global(y.mean(0).expand_as(y), y), abs=1e-6)
 
 
 def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_config(tmp_path):

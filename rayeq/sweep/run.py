@@ -153,7 +153,9 @@ def run_sweep(
                                                       f"track.repo={resolve_track_repo(base)}"]))  # fmt: skip
     meta, _ = check_data(base, "train")
     has_val = meta["splits"].get("val", 0) > 0
-    check_metrics(spec, base, reported_metric_names(meta["format"] == "rayeq-objects/1", has_val))
+    check_metrics(
+        spec, base, reported_metric_names(meta["format"] == "rayeq-objects/1", has_val, base.train.floor_probes)
+    )
 
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     record = {"fingerprint": spec.fingerprint(), "sweep": spec.model_dump(), "base_overrides": used_overrides,

@@ -197,14 +197,36 @@ def build_trainer(
     return trainer, run_dir, track_repo
 
 
+SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim")
+
+
 def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
+    """The run's final online probes on held-out objects beside their floors: the same probes trained
+    on the untrained encoder (`val/floor/*`) and, for R², what predicting the mean scores."""
+    from rayeq.methods import method_label
     from rayeq.track import aim_up_command
 
     m = res.metrics
-    keys = ["epoch", "train/total", "images_per_sec", "train/top1", "val/top1", "val/top1_inv", "val/rot_r2",
-            "val/rot_r2_per_dim", "val/color_r2", "val/color_r2_per_dim"]  # fmt: skip
-    lines = [f"run {cfg.train.name}: {res.seconds:.0f}s, run dir {res.run_dir}"]
-    lines += [f"  {k:22s} {m[k]:.4f}" if isinstance(m[k], float) else f"  {k:22s} {m[k]}" for k in keys if k in m]
+    lines = [f"run {cfg.train.name} ({method_label(cfg.method.name)}): {res.seconds:.0f}s, run dir {res.run_dir}"]
+    for k in ("epoch", "train/total", "images_per_sec"):
+        if k in m:
+            lines.append(f"  {k:22s} {m[k]:.4f}" if isinstance(m[k], float) else f"  {k:22s} {m[k]}")
+    split = "val" if "val/top1" in m else "train"
+    rows = [k for k in SUMMARY_KEYS if f"{split}/{k}" in m]
+    if rows:
+        lines.append(f"  online probes on {'held-out' if split == 'val' else 'train'} objects "
+                     f"(epoch {m.get(f'{split}/epoch', m.get('epoch'))}):")  # fmt: skip
+        lines.append(f"  {'metric':22s} {'encoder':>10s} {'untrained':>10s} {'mean pred.':>10s}")
+        for k in rows:
+            value, floor = m[f"{split}/{k}"], m.get(f"{split}/floor/{k}")
+            mean = m.get(f"{split}/{k}_mean_predictor") if not k.endswith("per_dim") else (0.0 if "r2" in k else None)
+            floors = [f for f in (floor, mean) if f is not None]
+            mark = " ▼" if floors and value <= max(floors) else ""
+            show = lambda v: f"{v:10.4f}" if v is not None else f"{'':>10s}"  # noqa: E731
+            lines.append(f"  {split + '/' + k:22s} {value:10.4f} {show(floor)} {show(mean)}{mark}")
+        lines.append("  ▼: not above a floor (the untrained encoder's probes, or the mean predictor)")
+        if not any(f"{split}/floor/{k}" in m for k in rows):
+            lines.append("  (train.floor_probes is off: `rayeq eval RUN --fast` gives every metric with its floors)")
     if res.checkpoint_path:
         lines.append(f"  latest checkpoint      {res.checkpoint_path}")
     if cfg.track.backend == "aim":

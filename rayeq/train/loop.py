@@ -25,28 +25,40 @@ from rayeq.config import ExperimentConfig
 from rayeq.data.pipeline import to_model_batch
 from rayeq.methods import build_method
 from rayeq.train.optim import build_optimizer, build_scheduler
-from rayeq.train.probes import OnlineProbes, ProbeMetrics
+from rayeq.train.probes import FloorProbes, OnlineProbes, ProbeMetrics
 
 STATE_FILE = "state.pt"
 
 
 class TrainModule(nn.Module):
-    """The method and its online probes in one module, so that DDP synchronises both."""
+    """The method, its online probes and (optionally) the floor probes on the untrained encoder, in one
+    module so that DDP synchronises them all."""
 
-    def __init__(self, method: nn.Module, probes: OnlineProbes):
+    def __init__(self, method: nn.Module, probes: OnlineProbes, floor: FloorProbes | None = None):
         super().__init__()
-        self.method, self.probes = method, probes
+        self.method, self.probes, self.floor = method, probes, floor
+
+    def probe_parameters(self) -> list[nn.Parameter]:
+        floor = list(self.floor.probes.parameters()) if self.floor is not None else []
+        return [*self.probes.parameters(), *floor]
 
     def forward(self, batch):
         out = self.method(batch)
         probe_loss, probe_out = self.probes(*out.representations, batch)
+        if self.floor is not None:
+            floor_loss, probe_out["floor"] = self.floor(batch)
+            probe_loss = probe_loss + floor_loss
         return out, probe_loss, probe_out
 
 
 def build_module(cfg: ExperimentConfig, num_classes: int, regress: dict[str, int]) -> TrainModule:
-    method = build_method(cfg)
-    probes = OnlineProbes(method.feature_dim, cfg.model.inv_dim, num_classes, regress, cfg.eval.rotation.hidden_dim)
-    return TrainModule(method, probes)
+    method = build_method(cfg, num_classes)
+
+    def probes():
+        return OnlineProbes(method.feature_dim, cfg.model.inv_dim, num_classes, regress, cfg.eval.rotation.hidden_dim)
+
+    floor = FloorProbes(method.backbone, probes()) if cfg.train.floor_probes else None  # before any step
+    return TrainModule(method, probes(), floor)
 
 
 def train_step(train_module, module: TrainModule, batch, optimizer, probe_optimizer, scheduler, cfg, autocast):
@@ -119,8 +131,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     per_worker_batch = cfg.train.batch_size // world
     steps_per_epoch = max(1, (info["n_train"] // world) // per_worker_batch)
+    if cfg.train.steps_per_epoch:  # a cap, the same on every rank (DDP needs equal step counts)
+        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
     optimizer = build_optimizer(list(module.method.parameters()), cfg)
-    probe_optimizer = torch.optim.AdamW(module.probes.parameters(), lr=1e-3, weight_decay=0.0)
+    probe_optimizer = torch.optim.AdamW(module.probe_parameters(), lr=1e-3, weight_decay=0.0)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for the checkpoint format
 
@@ -163,6 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, epochs):
         module.train()
         metrics_acc = ProbeMetrics(info["regress"], device)
+        floor_acc = ProbeMetrics(info["regress"], device) if cfg.train.floor_probes else None
         sums: dict[str, float] = {}
         n_steps, t_epoch = 0, time.perf_counter()
         t_first = None  # steady-state throughput is timed from the first batch's arrival
@@ -173,6 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=max(4 * per_worker_batch, 256),  # mix rows of different blocks
         )  # fmt: skip
         for raw in batches:
+            if n_steps >= steps_per_epoch:
+                break
             if t_first is None:
                 t_first = time.perf_counter()
             batch = to_model_batch(raw, info["mean"], info["std"], device, cfg.train.channels_last)
@@ -181,6 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             step += 1
             n_steps += 1
             metrics_acc.update(probe_out)
+            if floor_acc is not None:
+                floor_acc.update(probe_out["floor"])
             for k, v in out.losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             last = (batch, out)
@@ -206,6 +225,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         steady = 2 * cfg.train.batch_size * (n_steps - 1) / max(t_end - t_first, 1e-9) if n_steps > 1 else 0.0
         metrics: dict[str, float] = {f"train/{k}": v / n_steps for k, v in sums.items()}
         metrics.update(metrics_acc.compute("train"))
+        if floor_acc is not None:
+            metrics.update(floor_acc.compute("train/floor"))
         # validate every N epochs, at the end, and in the first epoch of a session (so that the val
         # metrics, the checkpoint score among them, are in every report)
         if info["has_val"] and ((epoch + 1) % cfg.train.val_every_epochs == 0 or epoch + 1 == epochs or not last_val):
@@ -263,6 +284,7 @@ def _validate(module: TrainModule, shard, cfg: ExperimentConfig, info, device, a
     """Probes on the val split (their training continues only on train pairs)."""
     module.eval()
     acc = ProbeMetrics(info["regress"], device)
+    floor_acc = ProbeMetrics(info["regress"], device) if module.floor is not None else None
     per_worker = max(1, cfg.train.batch_size // max(1, world))
     for raw in shard.iter_torch_batches(batch_size=per_worker, drop_last=False):
         batch = to_model_batch(raw, info["mean"], info["std"], device, cfg.train.channels_last)
@@ -270,9 +292,11 @@ def _validate(module: TrainModule, shard, cfg: ExperimentConfig, info, device, a
             _, r1 = module.method.backbone(batch["view1"])
             _, r2 = module.method.backbone(batch["view2"])
             _, outputs = module.probes(r1, r2, batch)
+            if floor_acc is not None:
+                floor_acc.update(module.floor(batch)[1])
         acc.update(outputs)
     module.train()
-    return acc.compute("val")
+    return {**acc.compute("val"), **(floor_acc.compute("val/floor") if floor_acc is not None else {})}
 
 
 def _inject_failure(info, rank: int, epoch: int) -> None:

@@ -5,22 +5,26 @@ Each head starts with a non-affine BatchNorm, so it sees standardised features w
 - linear classifiers on the full pooled representation and on its invariant part (top-1);
 - for 3D data, MLPs (2C -> h -> h -> out) on the two views' concatenated representations that
   regress the relative rotation quaternion and the colour change (R², both definitions).
+
+`FloorProbes` trains the same heads on a frozen copy of the encoder as it was initialised: the floor
+(`*/floor/*` metrics) that every online probe number is read against.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
+from rayeq.models import mlp
 
 
 def regression_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.BatchNorm1d(in_dim, affine=False),  # probes must not depend on the features' scale
-        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim),
-    )  # fmt: skip
+    # probes must not depend on the features' scale
+    return nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), *mlp(in_dim, hidden, out_dim))
 
 
 def linear_probe(in_dim: int, num_classes: int) -> nn.Sequential:
@@ -52,6 +56,26 @@ class OnlineProbes(nn.Module):
         return loss, outputs
 
 
+class FloorProbes(nn.Module):
+    """The online probes on a frozen, untrained copy of the backbone (taken before any step)."""
+
+    def __init__(self, backbone: nn.Module, probes: OnlineProbes):
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone).eval().requires_grad_(False)
+        self.probes = probes
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: its BatchNorm statistics stay those of the initialisation
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        with torch.no_grad():
+            _, r1 = self.backbone(batch["view1"])
+            _, r2 = self.backbone(batch["view2"])
+        return self.probes(r1, r2, batch)
+
+
 class ProbeMetrics:
     """Epoch accumulators for the probes' outputs; exact across ranks after all_reduce()."""
 
@@ -73,14 +97,18 @@ class ProbeMetrics:
             r2 = acc.compute()
             out[f"{prefix}/{R2_NAMES.get(k, k)}"] = r2["global"]  # SIE's definition
             out[f"{prefix}/{R2_NAMES.get(k, k)}_per_dim"] = r2["per_dim"]
+            out[f"{prefix}/{R2_NAMES.get(k, k)}_mean_predictor"] = r2["global_mean_predictor"]
         return out
 
 
 R2_NAMES = {"rel_rotation": "rot_r2", "rel_color": "color_r2"}
 
 
-def reported_metric_names(three_d: bool, has_val: bool) -> list[str]:
-    """The probe and throughput metrics every training report holds (what sweeps may tune against)."""
+def reported_metric_names(three_d: bool, has_val: bool, floor: bool = False) -> list[str]:
+    """The probe and throughput metrics every training report holds (what sweeps may tune against);
+    with `floor`, also the untrained encoder's (`train/floor/top1`, ...)."""
     probe = ["top1", "top1_inv"] + [f"{n}{s}" for n in R2_NAMES.values() for s in ("", "_per_dim")] * three_d
     prefixes = ["train", "val"] if has_val else ["train"]
+    if floor:
+        prefixes += [f"{p}/floor" for p in prefixes]
     return [f"{p}/{m}" for p in prefixes for m in probe] + ["images_per_sec", "epoch_images_per_sec"]
