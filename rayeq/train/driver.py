@@ -200,6 +200,10 @@ def build_trainer(
 SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim")
 
 
+def _cell(v: float | None) -> str:
+    return f"{v:10.4f}" if v is not None else " " * 10
+
+
 def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
     """The run's final online probes on held-out objects beside their floors: the same probes trained
     on the untrained encoder (`val/floor/*`) and, for R², what predicting the mean scores."""
@@ -219,11 +223,11 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
         lines.append(f"  {'metric':22s} {'encoder':>10s} {'untrained':>10s} {'mean pred.':>10s}")
         for k in rows:
             value, floor = m[f"{split}/{k}"], m.get(f"{split}/floor/{k}")
-            mean = m.get(f"{split}/{k}_mean_predictor") if not k.endswith("per_dim") else (0.0 if "r2" in k else None)
+            # per dimension, predicting the mean scores R² 0 by definition; top-1 has no mean predictor here
+            mean = 0.0 if k.endswith("_per_dim") else m.get(f"{split}/{k}_mean_predictor")
             floors = [f for f in (floor, mean) if f is not None]
             mark = " ▼" if floors and value <= max(floors) else ""
-            show = lambda v: f"{v:10.4f}" if v is not None else f"{'':>10s}"  # noqa: E731
-            lines.append(f"  {split + '/' + k:22s} {value:10.4f} {show(floor)} {show(mean)}{mark}")
+            lines.append(f"  {split + '/' + k:22s} {value:10.4f} {_cell(floor)} {_cell(mean)}{mark}")
         lines.append("  ▼: not above a floor (the untrained encoder's probes, or the mean predictor)")
         if not any(f"{split}/floor/{k}" in m for k in rows):
             lines.append("  (train.floor_probes is off: `rayeq eval RUN --fast` gives every metric with its floors)")
