@@ -18,7 +18,7 @@ import torch
 from rayeq.config import ExperimentConfig
 from rayeq.data.augment import PARAM_NAMES, apply_params, resize, sample_params
 from rayeq.data.schema import DataError, decode_image
-from rayeq.data.targets import relative_color, relative_rotation_quaternion
+from rayeq.data.targets import COLOR_TARGET_DIMS, relative_color, relative_rotation_quaternion
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class ObjectPairs(_Pairs):
         s = self.size
         if not out["label"]:
             empty = {"view1": np.zeros((0, 3, s, s), np.uint8), "view2": np.zeros((0, 3, s, s), np.uint8)}
-            width = 2 if self.cfg.data.color_target == "sie" else 4
+            width = COLOR_TARGET_DIMS[self.cfg.data.color_target]
             return {
                 **empty, "rel_rotation": np.zeros((0, 4), np.float32), "rel_color": np.zeros((0, width), np.float32),
                 "latent1": np.zeros((0, 7), np.float32), "latent2": np.zeros((0, 7), np.float32),

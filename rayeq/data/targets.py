@@ -23,6 +23,9 @@ def relative_rotation_quaternion(euler1: np.ndarray, euler2: np.ndarray, canonic
     return q.astype(np.float32)
 
 
+COLOR_TARGET_DIMS = {"sie": 2, "cos_sin": 4}  # width of relative_color's output per mode
+
+
 def relative_color(latent1: np.ndarray, latent2: np.ndarray, mode: str = "sie") -> np.ndarray:
     """Change of floor hue and light hue from view 1 to view 2.
 

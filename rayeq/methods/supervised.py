@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.targets import rotation_matrix_xyz
+from rayeq.data.targets import COLOR_TARGET_DIMS, rotation_matrix_xyz
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
 from rayeq.models import mlp
 
@@ -30,7 +30,7 @@ class Supervised(SSLMethod):
     def __init__(self, cfg: ExperimentConfig, num_classes: int):
         super().__init__(cfg)
         c, h = self.feature_dim, cfg.method.supervised.hidden_dim
-        color_dim = 2 if cfg.data.color_target == "sie" else 4
+        color_dim = COLOR_TARGET_DIMS[cfg.data.color_target]
         self.rotation_head = mlp(2 * c, h, 4)
         self.color_head = mlp(2 * c, h, color_dim)
         self.classifier = nn.Linear(c, num_classes)

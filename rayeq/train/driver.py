@@ -14,6 +14,7 @@ import yaml
 
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.pipeline import check_data, norm_stats
+from rayeq.data.targets import COLOR_TARGET_DIMS
 
 CONFIG_FILE = "config.yaml"
 
@@ -149,7 +150,7 @@ def build_trainer(
     run_dir = check_run_dir(cfg, force)
     cfg.dump(run_dir / CONFIG_FILE)
     three_d = meta["format"] == "rayeq-objects/1"
-    regress = {"rel_rotation": 4, "rel_color": 2 if cfg.data.color_target == "sie" else 4} if three_d else {}
+    regress = {"rel_rotation": 4, "rel_color": COLOR_TARGET_DIMS[cfg.data.color_target]} if three_d else {}
     mean, std = norm_stats(meta)
     score = "val/top1" if has_val else "train/top1"
     track_repo = resolve_track_repo(cfg)
