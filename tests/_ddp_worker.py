@@ -6,7 +6,18 @@ import sys
 import torch
 import torch.distributed as dist
 
+from rayeq.config import load_config
 from rayeq.losses import nt_xent_loss, vicreg_loss
+from rayeq.methods import build_method
+
+
+def sie_method():
+    """A small SIE in eval mode (BatchNorm on its running statistics, so that half a batch and the whole batch
+    see the same normalisation and only the loss's own cross-rank gathering differs)."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["method.name=sie", "model.stem=compact", "model.projector=[64,64]",
+                             "data.image_size=16"])  # fmt: skip
+    return build_method(cfg).eval()
 
 
 def main(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -21,6 +32,11 @@ def main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         loss = vicreg_loss(z1, z2)["total"] if name == "vicreg" else nt_xent_loss(z1, z2, temperature=0.5)
         loss.backward()
         results[name] = {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}
+    sie = sie_method()
+    out = sie({k: full[k][sl] for k in ("view1", "view2", "rel_rotation")})
+    out.total.backward()
+    results["sie"] = {"loss": out.total.detach(), "terms": {k: v.detach() for k, v in out.losses.items()},
+                      "grads": {n: p.grad for n, p in sie.named_parameters() if p.grad is not None}}  # fmt: skip
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

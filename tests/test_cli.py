@@ -1,15 +1,27 @@
+import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from rayeq.cli import main
 
+COMMANDS = ["demo", "data", "quickstart", "eval", "train", "sweep", "bench", "config"]
+
 
 def test_help_lists_commands(capsys):
+    """Every command is listed with its one-line help, and each one's own --help works."""
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "config" in out
+    listed = re.findall(r"^    (\w+)", out, flags=re.M)
+    assert listed == COMMANDS, out
+    assert "train on Ray Train" in out and "frozen-encoder protocols" in out
+    for cmd in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert f"usage: rayeq {cmd}" in capsys.readouterr().out
 
 
 def test_config_show_resolves_overrides(capsys):

@@ -228,6 +228,42 @@ def test_metrics_at_or_below_their_floor_are_marked_in_every_table(reg_data, tmp
     assert res["uses_labels"] and res["method"] == "supervised"
 
 
+class SplitParts:
+    """An encoder whose invariant part (the first model.inv_dim = 256 channels) holds the class and nothing else,
+    and whose equivariant part holds each view's pose and hues (the oracle) and nothing else."""
+
+    def to(self, device):
+        return self
+
+    def __call__(self, images, batch):
+        n = len(images)
+        inv = torch.zeros(n, 256)
+        inv[torch.arange(n), batch["label"]] = 3.0
+        inv[:, :8] += 0.3 * torch.randn(n, 8)
+        equi = oracle(images, batch)
+        return torch.cat([inv, equi, torch.zeros(n, 256 - equi.shape[1])], dim=1)
+
+
+def test_eval_reads_the_invariant_and_equivariant_channels_it_names(reg_data, tmp_path, monkeypatch):
+    """linear/inv and rotation/equi see what sits in their channels; linear/equi and rotation/inv do not."""
+    from rayeq.eval.run import measure, settings_for
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
+    run = _checkpoint(tmp_path, reg_data, "eval.rotation.hidden_dim=128", "eval.fast.max_hidden_dim=128",
+                      "eval.fast.min_steps=1500")  # fmt: skip
+    monkeypatch.setattr(LoadedCheckpoint, "encoder", lambda self: SplitParts())
+    loaded = load_checkpoint(run)
+    assert loaded.cfg.model.inv_dim == 256
+    torch.manual_seed(0)
+    res = measure(loaded, reg_data, read_meta(reg_data), ["linear", "rotation"], settings_for(loaded.cfg, True),
+                  False, lambda *a: 0)  # fmt: skip
+    m, floor = res["metrics"], res["mean_predictor"]
+    assert m["linear/inv/top1"] > 0.95 and m["linear/full/top1"] > 0.95, m
+    assert m["linear/equi/top1"] < 0.6, m  # 3 balanced classes: chance 1/3
+    assert m["rotation/equi/r2"] > floor["rotation/equi/r2"] + 0.3, (m, floor)
+    assert m["rotation/inv/r2"] <= floor["rotation/inv/r2"] + 0.05, (m, floor)
+
+
 def test_eval_refuses_protocols_the_data_cannot_serve(reg_data, tmp_path):
     run = _checkpoint(tmp_path, reg_data)
     with pytest.raises(DataError, match="transforms"):
@@ -256,25 +292,93 @@ def test_ray_data_extraction_matches_local_extraction(reg_data, tmp_path, ray_se
     assert not torch.allclose(local.r[0], local.r[1], atol=1e-3)  # two different views of one object
 
 
-def test_transform_protocol_on_images(tmp_path):
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory):
+    """2 classes x 80 smooth random 32-px images, converted to rayeq's image format."""
     import io
 
     from PIL import Image
 
     from rayeq.data.convert import convert_folder
 
+    tmp = tmp_path_factory.mktemp("images")
     g = np.random.default_rng(0)
     for c in range(2):
-        d = tmp_path / "imgs" / f"c{c}"
+        d = tmp / "imgs" / f"c{c}"
         d.mkdir(parents=True)
-        for i in range(30):
+        for i in range(80):
             coarse = g.integers(0, 255, (4, 4, 3), dtype=np.uint8)
             buf = io.BytesIO()
             Image.fromarray(coarse).resize((32, 32), Image.BILINEAR).save(buf, "PNG")
             (d / f"{i}.png").write_bytes(buf.getvalue())
-    convert_folder(tmp_path / "imgs", tmp_path / "data", log=lambda *a: 0)
-    run = _checkpoint(tmp_path, tmp_path / "data", "data.source=folder", "data.image_size=32")
+    convert_folder(tmp / "imgs", tmp / "data", log=lambda *a: 0)
+    return tmp / "data"
+
+
+def pixels(x):
+    """An encoder that keeps the image: the normalised pixels, flattened."""
+    return x.flatten(1)
+
+
+def image_statistics(x):
+    """A hand-made encoder: the brightness-weighted centre (x, y), log mean and log standard deviation of the
+    (un-normalised) brightness. Translation moves the centre, blur lowers the deviation, brightness the mean."""
+    luma = (x * 0.2 + 0.5).mean(1).clamp(min=0)  # (B, H, W), roughly back in [0, 1]
+    w = luma / luma.sum((1, 2), keepdim=True)
+    coords = torch.arange(x.shape[-1], dtype=x.dtype)
+    cx, cy = (w.sum(1) * coords).sum(1), (w.sum(2) * coords).sum(1)
+    return torch.stack([cx, cy, luma.mean((1, 2)).log(), luma.std((1, 2)).log()], 1)
+
+
+def test_transform_pairs_hold_the_image_and_its_transform_by_the_recorded_parameters(image_data):
+    """Each sample of a family is (I, g(I)) with g's parameters as its target: re-applying the target
+    parameters to I gives g(I), for every family."""
+    from rayeq.data.augment import IDENTITY, apply_params
+    from rayeq.eval.transforms import FAMILIES, _encode_split
+
+    mean, std = norm_stats(read_meta(image_data))
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    feats = _encode_split(pixels, image_data, "val", 32, mean, std, seed=0)
+
+    def image(flat):
+        return ((flat.view(3, 32, 32) * s + m) * 255).round().clamp(0, 255).to(torch.uint8)
+
+    for fam, idx in FAMILIES.items():
+        x, y = feats[fam]
+        assert y.shape[1] == len(idx) and len(x) >= 10
+        assert (y != torch.tensor(IDENTITY[idx])).all(), fam  # every sample is transformed
+        for k in range(5):
+            orig, moved = image(x[k, : 3 * 32 * 32]), image(x[k, 3 * 32 * 32 :])
+            p = IDENTITY.copy()
+            p[idx] = y[k].numpy()
+            torch.testing.assert_close(apply_params(orig, p, 32), moved, atol=1, rtol=0, msg=fam)
+
+
+def test_transform_protocol_on_images(image_data, tmp_path, monkeypatch):
+    """The whole protocol runs through `rayeq eval`; a hand-made encoder of image statistics lets the probe read
+    translation, blur and rotation far above what the mean predictor scores; a constant encoder does not beat it."""
+    from rayeq.eval.run import measure, settings_for
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
+    run = _checkpoint(tmp_path, image_data, "data.source=folder", "data.image_size=32")
     res = evaluate(run, protocols=["transforms"], fast=True, log=lambda *a: 0)
     for fam in ("rotation", "color", "blur", "translation"):
         assert np.isfinite(res["metrics"][f"transforms/{fam}/r2"])
+        assert res["floors"]["mean_predictor"][f"transforms/{fam}/r2_per_dim"] < 0.05  # no skill, per dimension
     assert "transforms/mean/r2" in res["metrics"]
+    loaded = load_checkpoint(run)
+    settings = settings_for(loaded.cfg, False)
+    settings["transforms"] = ProtocolSettings(epochs=300, batch_size=64, hidden_dim=256, min_steps=3000)
+    scores = {}
+    for name, enc in (("stats", image_statistics), ("constant", lambda x: torch.ones(len(x), 8))):
+        monkeypatch.setattr(LoadedCheckpoint, "encoder", lambda self, enc=enc: enc)
+        torch.manual_seed(0)
+        scores[name] = measure(loaded, image_data, read_meta(image_data), ["transforms"], settings, False,
+                               lambda *a: 0)  # fmt: skip
+    # measured: translation 0.98, blur 0.82, rotation 0.56 (the centre turns about the image centre) against
+    # mean predictors at 0.00; colour has 4 parameters and the statistics see only brightness
+    for fam, at_least in (("translation", 0.9), ("blur", 0.6), ("rotation", 0.3)):
+        key = f"transforms/{fam}/r2"
+        assert scores["stats"]["metrics"][key] > at_least > scores["stats"]["mean_predictor"][key], (fam, scores)
+    for key, v in scores["constant"]["metrics"].items():
+        assert v <= scores["constant"]["mean_predictor"][key] + 0.05, (key, scores)

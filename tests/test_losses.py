@@ -56,10 +56,15 @@ def test_nt_xent_matches_reference_and_rewards_alignment():
 def test_losses_under_ddp_match_the_full_batch(tmp_path):
     """2 gloo ranks, each with half the batch: the gathered losses equal the single-process loss on the
     whole batch, and each rank's input gradient is world_size x the full-batch gradient of its half
-    (DDP then divides by world_size when it averages parameter gradients)."""
+    (DDP then divides by world_size when it averages parameter gradients). The same for SIE as a whole
+    method: the mean of the ranks' losses and parameter gradients is the full batch's."""
+    from _ddp_worker import sie_method
+
+    from conftest import smooth_pairs
+
     torch.manual_seed(0)
     z1, z2 = torch.randn(16, 6), torch.randn(16, 6)
-    torch.save({"z1": z1, "z2": z2}, tmp_path / "inputs.pt")
+    torch.save({"z1": z1, "z2": z2, **smooth_pairs(16, 16, seed=4)}, tmp_path / "inputs.pt")
     worker = Path(__file__).with_name("_ddp_worker.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]  # noqa: SIM115
@@ -93,3 +98,15 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
         g2 = torch.cat([r[name]["g2"] for r in ranks]) / 2
         torch.testing.assert_close(g1, a1.grad, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(g2, a2.grad, rtol=1e-4, atol=1e-6)
+
+    sie = sie_method()
+    out = sie(smooth_pairs(16, 16, seed=4))
+    out.total.backward()
+    for k, v in out.losses.items():  # every term, the batch-wide ones (std, pred_std, cov) among them
+        torch.testing.assert_close(sum(r["sie"]["terms"][k] for r in ranks) / 2, v.detach(), rtol=1e-5, atol=1e-6,
+                                   msg=k)  # fmt: skip
+    grads = {n: p.grad for n, p in sie.named_parameters() if p.grad is not None}
+    assert set(grads) == set(ranks[0]["sie"]["grads"]) and len(grads) > 10
+    for n, g in grads.items():
+        torch.testing.assert_close((ranks[0]["sie"]["grads"][n] + ranks[1]["sie"]["grads"][n]) / 2, g,
+                                   rtol=1e-4, atol=1e-6, msg=n)  # fmt: skip

@@ -85,7 +85,36 @@ def test_bad_data_fails_before_ray_work(ray_session, tmp_path):
         build_ray_dataset(load_config(None, [f"data.path={tmp_path / 'none'}"]))
 
 
-def test_same_pair_code_without_ray(cfg):
-    from rayeq.data.pipeline import iter_pairs
+def test_same_pair_code_without_ray(ray_session, cfg, tiny_synth3d):
+    """The plain loop and the Ray Data path make pairs with the same code: one epoch of either holds every train
+    object once, with its label, two distinct stored views, and targets computed from those views' latents."""
+    import pyarrow.parquet as pq
 
-    assert np.sum([len(b["label"]) for b in iter_pairs(cfg, batch_size=4)]) == 16
+    from rayeq.data.pipeline import iter_pairs
+    from rayeq.data.targets import relative_color, relative_rotation_quaternion
+
+    owner = {}  # a view's latents -> (object, view index, label)
+    for row in pq.read_table(sorted(tiny_synth3d.glob("shard-*.parquet"))).to_pylist():
+        for v, lat in enumerate(row["latents"]):
+            owner[np.asarray(lat, np.float32).tobytes()] = (row["object_id"], v, row["label"])
+
+    def summary(batches):
+        seen = {}
+        for b in batches:
+            for k in range(len(b["label"])):
+                obj, i, label = owner[np.asarray(b["latent1"][k]).tobytes()]
+                obj2, j, _ = owner[np.asarray(b["latent2"][k]).tobytes()]
+                assert obj2 == obj and i != j and (i, j) == tuple(int(x) for x in b["view_index"][k])
+                assert int(b["label"][k]) == label
+                l1, l2 = np.asarray(b["latent1"][k : k + 1]), np.asarray(b["latent2"][k : k + 1])
+                np.testing.assert_allclose(
+                    np.asarray(b["rel_rotation"][k]), relative_rotation_quaternion(l1[:, :3], l2[:, :3])[0], atol=1e-6
+                )
+                np.testing.assert_allclose(np.asarray(b["rel_color"][k]), relative_color(l1, l2)[0], atol=1e-6)
+                assert obj not in seen
+                seen[obj] = label
+        return seen
+
+    plain = summary(iter_pairs(cfg, batch_size=4))
+    ray_path = summary(build_ray_dataset(cfg, "train").iter_batches(batch_size=4, batch_format="numpy"))
+    assert len(plain) == 16 and plain == ray_path  # the same objects with the same labels

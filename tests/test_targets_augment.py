@@ -69,17 +69,56 @@ def _image(seed=0, h=48, w=40):
     return (torch.nn.functional.interpolate(coarse[None], size=(h, w), mode="bilinear")[0] * 255).to(torch.uint8)
 
 
+def _reference_view(img, p, size):
+    """The documented chain written out again with torchvision.transforms.v2's functional ops, from the
+    parameter names (not their indices): crop -> flip -> rotation + translation -> brightness, contrast,
+    saturation, hue -> grayscale -> blur."""
+    import torchvision.transforms.v2.functional as F
+
+    v = dict(zip(PARAM_NAMES, p.tolist(), strict=True))
+    _, h, w = img.shape
+    out = F.resized_crop(img, round(v["crop_top"] * h), round(v["crop_left"] * w), round(v["crop_height"] * h),
+                         round(v["crop_width"] * w), [size, size], antialias=True)  # fmt: skip
+    if v["flip"]:
+        out = F.hflip(out)
+    out = F.affine(out, angle=v["angle"], translate=[v["translate_x"], v["translate_y"]], scale=1.0, shear=[0.0],
+                   interpolation=F.InterpolationMode.BILINEAR)  # fmt: skip
+    out = F.adjust_brightness(out, v["brightness"])
+    out = F.adjust_contrast(out, v["contrast"])
+    out = F.adjust_saturation(out, v["saturation"])
+    out = F.adjust_hue(out, v["hue"])
+    if v["grayscale"]:
+        out = F.rgb_to_grayscale(out, num_output_channels=3)
+    if v["blur_sigma"]:
+        s = v["blur_sigma"]
+        k = min(2 * int(np.ceil(3 * s)) + 1, size - (1 - size % 2))
+        out = F.gaussian_blur(out, [k, k], [s, s])
+    return out
+
+
 def test_recorded_parameters_reproduce_the_view():
+    """A view is the documented chain applied with its recorded parameters (checked against the chain written
+    out independently), and every recorded parameter that differs from the identity changes the view."""
     cfg = load_config(None, ["augment.rotation.enabled=true", "augment.translation.enabled=true",
                              "augment.grayscale.strength=2", "augment.grayscale.enabled=true"]).augment  # fmt: skip
     img = _image()
     g = np.random.default_rng(0)
+    mattered = set()
     for _ in range(20):
         p = sample_params(g, cfg, (48, 40), 32)
         view = apply_params(img, p, 32)
         assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
-        torch.testing.assert_close(apply_params(img, p.copy(), 32), view, rtol=0, atol=0)
+        torch.testing.assert_close(view, _reference_view(img, p, 32), rtol=0, atol=1)
+        for k, name in enumerate(PARAM_NAMES):
+            if p[k] == IDENTITY[k] or name in ("crop_top", "crop_left") or (name == "hue" and p[12] > 0.5):
+                continue  # (a crop's position alone may not move it; hue is invisible after grayscale)
+            undone = p.copy()
+            undone[k] = IDENTITY[k]
+            assert not torch.equal(apply_params(img, undone, 32), view), name
+            mattered.add(name)
     assert len(p) == len(PARAM_NAMES)
+    assert mattered >= {"crop_height", "crop_width", "flip", "angle", "translate_x", "translate_y", "brightness",
+                        "contrast", "saturation", "hue", "grayscale", "blur_sigma"}  # fmt: skip
 
 
 def test_parameters_respect_switches_and_strengths():
@@ -120,3 +159,74 @@ def test_parameters_change_the_image_as_recorded():
     gray[12] = 1
     out = apply_params(img, gray, 32)
     assert (out[0] == out[1]).all() and (out[1] == out[2]).all()
+
+
+def _only(**values) -> np.ndarray:
+    p = IDENTITY.copy()
+    for name, v in values.items():
+        p[PARAM_NAMES.index(name)] = v
+    return p
+
+
+def _centroid(channel: torch.Tensor) -> tuple[float, float]:
+    w = channel.float()
+    ys, xs = torch.meshgrid(torch.arange(w.shape[0]), torch.arange(w.shape[1]), indexing="ij")
+    return float((w * ys).sum() / w.sum()), float((w * xs).sum() / w.sum())
+
+
+def test_geometric_parameters_mean_what_they_say():
+    """A bright dot at (row 16, col 26) of a 33-px image (centre (16, 16)): `angle` turns it about the centre,
+    clockwise as displayed; `translate_x/_y` move it right/down by that many pixels; `blur_sigma` spreads it
+    with variance sigma²; a crop box (top, left, height, width) in fractions picks that part of the source."""
+    s = 33
+    dot = torch.zeros(3, s, s, dtype=torch.uint8)
+    dot[:, 15:18, 25:28] = 255
+    assert _centroid(dot[0]) == pytest.approx((16, 26))
+    for angle in (90, 30, -60):
+        a = np.deg2rad(angle)  # clockwise on screen = (x, y) -> (x cos a - y sin a, x sin a + y cos a), y down
+        want = (16 + 10 * np.sin(a), 16 + 10 * np.cos(a))
+        assert _centroid(apply_params(dot, _only(angle=angle), s)[0]) == pytest.approx(want, abs=0.3), angle
+    moved = apply_params(dot, _only(translate_x=-4, translate_y=3), s)[0]
+    assert _centroid(moved) == pytest.approx((19, 22), abs=0.05)
+    var0 = 2 / 3  # a 3-px box's variance along one axis
+    for sigma in (0.8, 1.5):
+        blurred = apply_params(dot, _only(blur_sigma=sigma), s)[0].float()
+        cy, cx = _centroid(blurred)
+        xs = torch.arange(s).float()
+        var_x = float((blurred.sum(0) * (xs - cx) ** 2).sum() / blurred.sum())
+        assert var_x - var0 == pytest.approx(sigma**2, rel=0.1), sigma
+        assert (cy, cx) == pytest.approx((16, 26), abs=0.05)
+    # crop: a horizontal ramp whose value is 4 x the column; the right half, bottom quarter of a 64-px source
+    ramp = (torch.arange(64) * 4).to(torch.uint8).expand(3, 64, 64).clone()
+    ramp[:, 48:] = ramp[:, 48:] // 2  # the bottom quarter is darker
+    crop = apply_params(ramp, _only(crop_top=0.75, crop_left=0.5, crop_height=0.25, crop_width=0.5), 16).float()
+    assert crop[0, :, 0].mean().item() == pytest.approx(4 * 32 / 2, abs=3)  # starts at column 32, darkened
+    assert crop[0, :, -1].mean().item() == pytest.approx(4 * 63 / 2, abs=3)
+    assert crop.std(1).max().item() < 1  # every row of the crop comes from the bottom quarter
+
+
+def test_photometric_parameters_mean_what_they_say():
+    """`contrast` scales the distance to the image's mean grey; `saturation` the distance of each pixel to its
+    own grey; `hue` turns the colour wheel by that many turns (red + 1/3 turn = green); none of them move a
+    grey image except contrast."""
+    g = torch.Generator().manual_seed(0)
+    img = (torch.rand(3, 16, 16, generator=g) * 120 + 60).to(torch.uint8)  # no clipping at 0.5x .. 1.5x
+    gray = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    x = img.float()
+    mean_gray = (x * gray).sum(0).mean()
+    for c in (0.6, 1.4):
+        out = apply_params(img, _only(contrast=c), 16).float()
+        torch.testing.assert_close(out, (c * x + (1 - c) * mean_gray).round(), atol=1.0, rtol=0)
+    for s in (0.5, 1.3):
+        out = apply_params(img, _only(saturation=s), 16).float()
+        own_gray = (x * gray).sum(0, keepdim=True)
+        torch.testing.assert_close(out, (s * x + (1 - s) * own_gray).clamp(0, 255), atol=1.5, rtol=0)
+    red = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    red[0] = 200
+    green = apply_params(red, _only(hue=1 / 3), 8)
+    assert (green[1] >= 198).all() and (green[0] <= 2).all() and (green[2] <= 2).all()
+    blue = apply_params(red, _only(hue=-1 / 3), 8)
+    assert (blue[2] >= 198).all() and (blue[0] <= 2).all() and (blue[1] <= 2).all()
+    flat = torch.full((3, 8, 8), 90, dtype=torch.uint8)
+    for name, v in (("saturation", 0.5), ("hue", 0.2)):
+        torch.testing.assert_close(apply_params(flat, _only(**{name: v}), 8), flat, atol=1, rtol=0)

@@ -2,6 +2,7 @@
 These share one local Ray instance (the session fixture) and a small synth3d set."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,13 +115,42 @@ def test_aim_run_holds_metrics_and_an_image(first_run):
     assert pil.size == (per_worker * 32, 4 * 32)  # view 1, view 2, target, reconstruction
 
 
+def _assert_same_state(got, want, where="state"):
+    """Every tensor, number and key of a (nested) state dict equal."""
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert set(got) == set(want), (where, sorted(set(got) ^ set(want)))
+        for k in want:
+            _assert_same_state(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            _assert_same_state(a, b, f"{where}[{i}]")
+    else:
+        assert got == want, (where, got, want)
+
+
 def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
+    """The second run continues at epoch 4 with the model, both optimisers, the schedule and the scaler exactly as
+    the epoch-3 checkpoint holds them, on every worker."""
     tmp, cfg, res = first_run
+    saved = torch.load(Path(res.checkpoint_path) / "state.pt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 3
     more = _cfg(train_data, tmp, "run", "train.epochs=4")
-    res2 = run_training(more, log=lambda *a: None)
+    res2 = run_training(more, log=lambda *a: None, _record_resume=True)
     rows = _epochs(res2.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 4 only: 1-3 were not redone
     assert rows[3]["step"] == rows[2]["step"] + (rows[2]["step"] - rows[1]["step"])
+    for rank in range(cfg.train.num_workers):
+        held = torch.load(res2.run_dir / f".resumed_state.rank{rank}.pt", map_location="cpu", weights_only=False)
+        assert (held["epoch"], held["step"]) == (saved["epoch"], saved["step"])
+        for part in ("model", "optimizer", "probe_optimizer", "scheduler", "scaler"):
+            _assert_same_state(held[part], saved[part], f"rank {rank} {part}")
+    # and training went on from there: the model moved away from the checkpoint in epoch 4
+    final = torch.load(Path(res2.checkpoint_path) / "state.pt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 4
+    assert any(not torch.equal(final["model"][k], v) for k, v in saved["model"].items() if v.is_floating_point())
 
 
 def test_resume_under_changed_config_is_refused(first_run, train_data):
@@ -139,9 +169,17 @@ def test_injected_worker_crash_is_survived_with_the_full_epoch_count(ray_session
 
 
 def test_without_failures_allowed_the_crash_fails_the_run(ray_session, train_data, tmp_path):
+    """The run fails with Ray Train's error, and the failure is the injected one: worker 1 died in epoch 2."""
+    from ray.train import TrainingFailedError
+
     cfg = _cfg(train_data, tmp_path, "crash0", "train.max_failures=0", "train.epochs=2")
-    with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker death in its own error type
+    with pytest.raises(TrainingFailedError) as exc:
         run_training(cfg, log=lambda *a: None, _fail_at_epoch=1)
+    run_dir = tmp_path / "runs" / "crash0"
+    assert (run_dir / ".fault_injected").read_text() == "rank 1 epoch 2\n"
+    msg = str(exc.value)  # Ray Train's WorkerGroupError: one snippet per rank
+    assert "[Rank 1 Error Snippet]" in msg and "died unexpectedly" in msg, msg
+    assert [r["epoch"] for r in _epochs(run_dir)] == [1]  # epoch 1 finished; nothing after the crash
 
 
 def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):

@@ -82,6 +82,45 @@ def test_probes_see_detached_features_and_report_metrics():
     assert res["val/rot_r2_mean_predictor"] == pytest.approx(r2_global(y.mean(0).expand_as(y), y), abs=1e-6)
 
 
+@pytest.mark.parametrize("class_in", ["inv", "equi"])
+def test_online_inv_probe_reads_the_invariant_channels(class_in):
+    """Class information in one part only (the other part noise): the full probe learns it either way; the
+    `top1_inv` probe learns it only when it sits in the first inv_dim channels, and a change to the equivariant
+    channels never reaches its logits."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(96) % 4
+    code = torch.nn.functional.one_hot(labels, 4).float().repeat(1, 2) * 3  # (96, 8)
+
+    def features():
+        noise = torch.randn(96, 8, generator=g)
+        return torch.cat([code + 0.3 * noise, noise], 1) if class_in == "inv" else torch.cat([noise, code], 1)
+
+    torch.manual_seed(0)
+    probes = OnlineProbes(feature_dim=16, inv_dim=8, num_classes=4, regress={}, hidden=8)
+    opt = torch.optim.Adam(probes.parameters(), lr=0.05)
+    for _ in range(60):
+        loss, _ = probes(features(), features(), {"label": labels})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    probes.eval()
+    m = ProbeMetrics({}, "cpu")
+    r1, r2 = features(), features()
+    _, out = probes(r1, r2, {"label": labels})
+    m.update(out)
+    res = m.compute("val")
+    assert res["val/top1"] > 0.95, res
+    if class_in == "inv":
+        assert res["val/top1_inv"] > 0.95, res
+    else:
+        assert res["val/top1_inv"] < 0.5, res  # chance is 0.25
+    shifted = r1.clone()
+    shifted[:, 8:] += 5.0
+    _, out2 = probes(shifted, r2, {"label": labels})
+    torch.testing.assert_close(out2["logits_inv"], out["logits_inv"])
+    assert not torch.allclose(out2["logits"], out["logits"])
+
+
 def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_config(tmp_path):
     base = [f"train.storage_path={tmp_path}", "train.name=run1"]
     cfg = load_config(None, base)

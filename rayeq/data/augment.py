@@ -21,8 +21,8 @@ from rayeq.config import AugmentConfig
 PARAM_NAMES = [
     "crop_top", "crop_left", "crop_height", "crop_width",  # fractions of the source image
     "flip",  # 0 or 1
-    "angle",  # degrees
-    "translate_x", "translate_y",  # pixels at the output size
+    "angle",  # degrees, clockwise as displayed (torchvision affine), about the image centre
+    "translate_x", "translate_y",  # pixels at the output size, right and down
     "brightness", "contrast", "saturation",  # multiplicative factors (1 = unchanged)
     "hue",  # shift in turns, [-0.5, 0.5] (0 = unchanged)
     "grayscale",  # 0 or 1

@@ -119,9 +119,13 @@ def run_training(
     force: bool = False,
     log=print,
     _fail_at_epoch: int | None = None,
+    _record_resume: bool = False,
 ) -> TrainResult:
+    """`_fail_at_epoch` and `_record_resume` are test hooks (a worker dies once in that epoch; each worker saves
+    the state it holds right after restoring a checkpoint, for comparison with the checkpoint)."""
     t0 = time.perf_counter()
-    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, _fail_at_epoch=_fail_at_epoch)
+    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, _fail_at_epoch=_fail_at_epoch,
+                                                 _record_resume=_record_resume)  # fmt: skip
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     ckpt = result.checkpoint.path if result.checkpoint else None
@@ -136,6 +140,7 @@ def build_trainer(
     callbacks: list | tuple = (),
     extra_params: dict[str, Any] | None = None,
     _fail_at_epoch: int | None = None,
+    _record_resume: bool = False,
 ):
     """Check everything, connect to Ray and build the TorchTrainer of a run (not started). `callbacks`
     go on Train's RunConfig (a sweep's TuneReportCallback); `extra_params` are logged to the run's
@@ -175,7 +180,7 @@ def build_trainer(
         "n_train": n_train, "has_val": has_val, "num_classes": len(meta["classes"]), "regress": regress,
         "mean": mean, "std": std, "config_hash": cfg.fingerprint(), "force": force, "run_dir": str(run_dir),
         "track_repo": track_repo, "score_attribute": score, "fail_at_epoch": _fail_at_epoch,
-        "extra_params": extra_params or {},
+        "record_resume": _record_resume, "extra_params": extra_params or {},
     }  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,

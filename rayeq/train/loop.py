@@ -155,6 +155,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step, run_id = state["epoch"], state["step"], state.get("tracker_run_id")
+        if info.get("record_resume"):  # test hook: what this worker holds once restored
+            held = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                    "probe_optimizer": probe_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": start_epoch, "step": step}  # fmt: skip
+            torch.save(held, Path(info["run_dir"]) / f".resumed_state.rank{rank}.pt")
         say(f"resumed from checkpoint at epoch {start_epoch} (step {step})")
 
     module = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": False})
