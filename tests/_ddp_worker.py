@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from rayeq.config import load_config
+from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
 from rayeq.losses import nt_xent_loss, vicreg_loss
 from rayeq.methods import build_method
 
@@ -37,6 +38,12 @@ def main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     out.total.backward()
     results["sie"] = {"loss": out.total.detach(), "terms": {k: v.detach() for k, v in out.losses.items()},
                       "grads": {n: p.grad for n, p in sie.named_parameters() if p.grad is not None}}  # fmt: skip
+    r2, acc = R2Accumulator(3), AccuracyAccumulator()  # each rank sees its half; all_reduce sums the halves
+    r2.update(full["pred"][sl], full["y"][sl])
+    acc.update(full["logits"][sl], full["labels"][sl])
+    r2.all_reduce()
+    acc.all_reduce()
+    results["metrics"] = {"r2": r2.compute(), "top1": acc.compute()}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

@@ -1,7 +1,20 @@
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 from rayeq.config import load_config
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the shared Ray instance are the Ray tests (`-m ray`); the rest is the fast core (`-m "not
+    ray"`), which runs without Ray and is what mutation testing runs (docs/TESTING.md)."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
 
 FAST = ["model.stem=compact", "model.projector=[128,128]", "method.decoder.width=64"]
 
@@ -28,14 +41,35 @@ def smooth_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor
     return {"view1": img(), "view2": img(), "rel_rotation": q}
 
 
+def rendered_set(tmp_path_factory, name: str, **settings) -> Path:
+    """A small synth3d set, rendered once per test session. Under mutation testing (mutmut runs every mutant as
+    a new session, from its mutants/ copy) it is rendered once for the whole run, in mutants/.test-data/: the
+    sets are only read, and rendering them for each of ~2,400 mutants would cost more than the tests."""
+    from rayeq.data.synth3d import generate
+
+    def render(out: Path) -> None:
+        generate(out, **settings, workers=1, log=lambda *a: None)
+
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        out = tmp_path_factory.mktemp("data") / name
+        render(out)
+        return out
+    out = Path.cwd() / ".test-data" / name
+    if not (out / "meta.json").is_file():
+        tmp = out.with_name(f"{name}.{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        render(tmp)
+        try:
+            tmp.rename(out)  # atomic: another worker may have finished first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_synth3d(tmp_path_factory):
     """4 classes x 5 objects x 4 views at 32 px, rendered once per test session (about a second)."""
-    from rayeq.data.synth3d import generate
-
-    out = tmp_path_factory.mktemp("data") / "synth3d"
-    generate(out, classes=4, objects_per_class=5, views=4, size=32, seed=0, workers=1, log=lambda *a: None)
-    return out
+    return rendered_set(tmp_path_factory, "synth3d", classes=4, objects_per_class=5, views=4, size=32, seed=0)
 
 
 @pytest.fixture(scope="session")

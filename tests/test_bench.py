@@ -10,6 +10,7 @@ from rayeq import bench
 from rayeq.config import ConfigError
 
 
+@pytest.mark.slow
 def test_bench_throughput_plain_loop_and_reconstruction_overhead(tiny_builtin):
     out = tiny_builtin / "bench.json"
     res = bench.bench_throughput("xrecon", size=32, batch=8, steps=3, repeats=2, threads=1, skip_ray=True,

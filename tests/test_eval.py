@@ -18,6 +18,8 @@ from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, pair_
 from rayeq.eval.run import FLOOR_MARK, evaluate, markdown_table, write_outputs
 from rayeq.methods import build_method
 
+from conftest import rendered_set
+
 # per-protocol settings, small enough for a test (eval.fast still applies its caps and step floor)
 PROBE_FAST = ["eval.linear.epochs=5", "eval.rotation.epochs=5", "eval.color.epochs=4", "eval.transforms.epochs=5",
               "eval.rotation.hidden_dim=64", "eval.color.hidden_dim=32", "eval.transforms.hidden_dim=64",
@@ -27,11 +29,7 @@ FAST = ProtocolSettings(epochs=60, lr=1e-3, batch_size=64, hidden_dim=256, min_s
 
 @pytest.fixture(scope="module")
 def reg_data(tmp_path_factory):
-    from rayeq.data.synth3d import generate
-
-    out = tmp_path_factory.mktemp("evaldata") / "set"
-    generate(out, classes=3, objects_per_class=40, views=6, size=16, seed=2, workers=1, log=lambda *a: None)
-    return out
+    return rendered_set(tmp_path_factory, "evaldata", classes=3, objects_per_class=40, views=6, size=16, seed=2)
 
 
 def oracle(images, batch):
@@ -71,6 +69,7 @@ def test_features_hold_every_view_grouped_by_object(reg_data):
     assert len(i) == 96 * 5 and (tr.obj[i] == tr.obj[j]).all() and (i != j).all()
 
 
+@pytest.mark.slow
 def test_oracle_encoder_gets_r2_near_one(reg_data):
     tr, va = _feats(oracle, reg_data, "train"), _feats(oracle, reg_data, "val")
     color = _probe(tr, va, "rel_color")
@@ -109,6 +108,7 @@ class Memorising:
         return torch.cat([f, torch.zeros(len(f), 512 - f.shape[1])], dim=1)  # a ResNet-18's width
 
 
+@pytest.mark.slow
 def test_a_memorising_encoder_lands_at_the_floor_on_held_out_objects(reg_data):
     torch.manual_seed(0)
     enc = Memorising()
@@ -148,6 +148,7 @@ def _checkpoint(tmp_path, data, *overrides):
     return ckpt.parent
 
 
+@pytest.mark.slow
 def test_eval_on_a_run_writes_json_markdown_and_reuses_cached_features(reg_data, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
     run = _checkpoint(tmp_path, reg_data)
@@ -207,6 +208,7 @@ def test_eval_on_a_run_writes_json_markdown_and_reuses_cached_features(reg_data,
     assert header.count("untrained encoder (myrun)") == 2  # the two runs' floors differ: one column each
 
 
+@pytest.mark.slow
 def test_metrics_at_or_below_their_floor_are_marked_in_every_table(reg_data, tmp_path, monkeypatch):
     """A memorising encoder: its held-out rotation R² is no better than the floors, and says so."""
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
@@ -244,6 +246,7 @@ class SplitParts:
         return torch.cat([inv, equi, torch.zeros(n, 256 - equi.shape[1])], dim=1)
 
 
+@pytest.mark.slow
 def test_eval_reads_the_invariant_and_equivariant_channels_it_names(reg_data, tmp_path, monkeypatch):
     """linear/inv and rotation/equi see what sits in their channels; linear/equi and rotation/inv do not."""
     from rayeq.eval.run import measure, settings_for
@@ -354,6 +357,7 @@ def test_transform_pairs_hold_the_image_and_its_transform_by_the_recorded_parame
             torch.testing.assert_close(apply_params(orig, p, 32), moved, atol=1, rtol=0, msg=fam)
 
 
+@pytest.mark.slow
 def test_transform_protocol_on_images(image_data, tmp_path, monkeypatch):
     """The whole protocol runs through `rayeq eval`; a hand-made encoder of image statistics lets the probe read
     translation, blur and rotation far above what the mean predictor scores; a constant encoder does not beat it."""

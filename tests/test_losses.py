@@ -3,9 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
 from rayeq.losses import covariance_term, invariance_term, nt_xent_loss, variance_term, vicreg_loss
 
 
@@ -64,7 +66,9 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
 
     torch.manual_seed(0)
     z1, z2 = torch.randn(16, 6), torch.randn(16, 6)
-    torch.save({"z1": z1, "z2": z2, **smooth_pairs(16, 16, seed=4)}, tmp_path / "inputs.pt")
+    metric_inputs = {"pred": torch.randn(16, 3), "y": torch.randn(16, 3) * 2 + 1, "logits": torch.randn(16, 4),
+                     "labels": torch.arange(16) % 4}  # fmt: skip
+    torch.save({"z1": z1, "z2": z2, **smooth_pairs(16, 16, seed=4), **metric_inputs}, tmp_path / "inputs.pt")
     worker = Path(__file__).with_name("_ddp_worker.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]  # noqa: SIM115
@@ -99,6 +103,16 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
         torch.testing.assert_close(g1, a1.grad, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(g2, a2.grad, rtol=1e-4, atol=1e-6)
 
+    # the metric accumulators: every rank's all-reduced score is the full batch's
+    r2, acc = R2Accumulator(3), AccuracyAccumulator()
+    r2.update(metric_inputs["pred"], metric_inputs["y"])
+    acc.update(metric_inputs["logits"], metric_inputs["labels"])
+    r2.all_reduce()  # a no-op in one process
+    acc.all_reduce()
+    for r in ranks:
+        assert r["metrics"]["r2"] == pytest.approx(r2.compute())
+        assert r["metrics"]["top1"] == pytest.approx(acc.compute())
+
     sie = sie_method()
     out = sie(smooth_pairs(16, 16, seed=4))
     out.total.backward()
@@ -110,3 +124,19 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
     for n, g in grads.items():
         torch.testing.assert_close((ranks[0]["sie"]["grads"][n] + ranks[1]["sie"]["grads"][n]) / 2, g,
                                    rtol=1e-4, atol=1e-6, msg=n)  # fmt: skip
+
+
+def test_reconstruction_target_is_torchvisions_antialiased_bilinear_resize():
+    import torchvision.transforms.v2.functional as TF
+
+    from rayeq.losses import reconstruction_loss, resize_target
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    for size in (16, 24, 9):
+        torch.testing.assert_close(resize_target(x, size), TF.resize(x, [size, size], antialias=True))
+    assert resize_target(x, 32) is x  # already the decoder's size: untouched
+    up = resize_target(x[:, :, :8, :8], 16)
+    torch.testing.assert_close(up, TF.resize(x[:, :, :8, :8], [16, 16], antialias=True))
+    y = torch.randn(2, 3, 16, 16, generator=g)
+    torch.testing.assert_close(reconstruction_loss(y, up), ((y - up) ** 2).mean())

@@ -261,6 +261,7 @@ def test_same_seed_same_first_step_loss(fast_cfg):
     assert first_loss(0) != first_loss(1)
 
 
+@pytest.mark.slow
 # Margin asserted: after 100 Adam steps on one fixed batch of 16 pairs the total loss is at most 60 %
 # of its first value (measured: vicreg 0.49, simclr < 0.01, sie 0.11, xrecon 0.51), and for xrecon
 # the reconstruction term alone falls to at most 50 %.
@@ -316,6 +317,9 @@ def test_supervised_heads_read_the_right_views_and_targets(fast_cfg):
         cls = torch.nn.functional.cross_entropy(m.classifier(both), torch.cat([batch["label"]] * 2))
     for name, want in (("rotation", rot), ("color", color), ("pose", pose), ("class", cls)):
         torch.testing.assert_close(out.losses[name], want, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(out.total, rot + color + pose + cls, rtol=1e-5, atol=1e-6)  # all weights 1
+    torch.testing.assert_close(out.representations[0], r1)
+    torch.testing.assert_close(out.representations[1], r2)
     # the pair is read in order: swapping the views changes the relative terms
     swapped = m({**batch, "view1": batch["view2"], "view2": batch["view1"]})
     assert abs(swapped.losses["rotation"].item() - out.losses["rotation"].item()) > 1e-4
@@ -326,6 +330,7 @@ def test_supervised_heads_read_the_right_views_and_targets(fast_cfg):
     torch.testing.assert_close(weighted.losses["class"], 2 * out.losses["class"])
 
 
+@pytest.mark.slow
 def test_supervised_learns_its_targets_on_a_fixed_batch(fast_cfg):
     torch.manual_seed(0)
     m = build_method(fast_cfg("method.name=supervised", size=16), num_classes=3)
@@ -352,3 +357,29 @@ def test_supervised_refuses_data_without_labels(fast_cfg):
         fast_cfg("method.name=supervised", "data.source=folder")
     with pytest.raises(ValueError, match="num_classes"):
         build_method(fast_cfg("method.name=supervised"))
+
+
+@pytest.mark.parametrize("name", ["vicreg", "simclr", "xrecon"])
+def test_joint_embedding_losses_use_the_configured_part_and_weights(fast_cfg, name):
+    """VICReg with its three weights, SimCLR with its temperature, each on the projector's embeddings of the full
+    representation (vicreg, simclr) or of its invariant part (xrecon's base)."""
+    from rayeq.losses import nt_xent_loss, vicreg_loss
+
+    torch.manual_seed(0)
+    cfg = fast_cfg(f"method.name={name}", "loss.sim_weight=2", "loss.std_weight=3", "loss.cov_weight=4",
+                   "loss.temperature=0.3", "method.base=vicreg")  # fmt: skip
+    m = build_method(cfg).eval()
+    r1, r2 = torch.randn(6, 512), torch.randn(6, 512)
+    with torch.no_grad():
+        got = m.ssl_terms(r1, r2)
+        width = 256 if name == "xrecon" else 512
+        z1, z2 = m.projector(r1[:, :width]), m.projector(r2[:, :width])
+        if name == "simclr":
+            want = {"nt_xent": nt_xent_loss(z1, z2, 0.3)}
+            want["total"] = want["nt_xent"]
+            assert abs(nt_xent_loss(z1, z2, 0.1) - want["total"]) > 1e-3  # the temperature matters here
+        else:
+            want = vicreg_loss(z1, z2, 2.0, 3.0, 4.0)
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], msg=k)

@@ -100,13 +100,33 @@ def test_learned_attention_shapes_and_parameters():
     assert no_res(torch.randn(2, 9, 12), torch.randn(2, 9, 20), torch.randn(2, 9, 20)).shape == (2, 9, 16)
 
 
+@pytest.mark.parametrize("residual", [True, False])
+def test_learned_attention_matches_multi_head_formula(residual):
+    """out = W_o concat_h softmax(Q_h K_hᵀ / sqrt(d_h)) V_h (+ q), with Q = W_q q, K = W_k k, V = W_v v."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 5, 12), torch.randn(2, 7, 20), torch.randn(2, 7, 18)
+    attn = CrossAttention(12, 20, 18, heads=4, learned_projections=True, attn_dim=16, residual=residual)
+    Q, K, V = attn.q_proj(q), attn.k_proj(k), attn.v_proj(v)
+    heads = [torch.softmax(Q[..., 4 * h : 4 * h + 4] @ K[..., 4 * h : 4 * h + 4].transpose(1, 2) / 2.0, -1)
+             @ V[..., 4 * h : 4 * h + 4] for h in range(4)]  # fmt: skip
+    want = attn.out_proj(torch.cat(heads, -1)) + (q if residual else 0)
+    torch.testing.assert_close(attn(q, k, v), want)
+    assert attn.out_proj.out_features == (12 if residual else 16) == attn.out_dim
+
+
 def test_attention_refuses_bad_widths():
-    with pytest.raises(ValueError, match="q_dim == k_dim"):
+    with pytest.raises(ValueError, match="^parameter-free attention needs q_dim == k_dim, got 4 and 6$"):
         CrossAttention(4, 6, 6)
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(ValueError, match="^residual needs v_dim == q_dim, got 6 and 4$"):
         CrossAttention(4, 4, 6, residual=True)
-    with pytest.raises(ValueError, match="heads=3"):
+    with pytest.raises(ValueError, match="^heads=3 must divide q_dim=8$"):
         CrossAttention(8, 8, 8, heads=3)
+    with pytest.raises(ValueError, match="^heads=4 must divide v_dim=10$"):
+        CrossAttention(8, 8, 10, heads=4, residual=False)
+    with pytest.raises(ValueError, match="^heads=3 must divide attn_dim=16$"):
+        CrossAttention(6, 6, 6, heads=3, learned_projections=True, attn_dim=16)
+    CrossAttention(4, 4, 6, residual=False)  # different widths are fine without a residual
+    CrossAttention(5, 7, 9, heads=2, learned_projections=True, attn_dim=8)  # projections map any widths
 
 
 @pytest.mark.parametrize("in_size, out_size", [(4, 32), (8, 32), (2, 64), (8, 8), (7, 30)])

@@ -148,3 +148,149 @@ def test_missing_empty_and_mismatched_data(tiny_synth3d, tmp_path):
     assert meta["splits"]["val"] > 0
     with pytest.raises(DataError, match="no rows in split 'test'"):
         check_data(_cfg(tiny_synth3d), split="test")
+
+
+def _image_rows(n, bad=()):
+    import io
+
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buf, "PNG")
+        rows.append({"image": b"not a png" if i in bad else buf.getvalue(), "label": i % 3, "class_name": "c",
+                     "path": f"img/{i}.png", "split": "train" if i < n - 1 else "val"})  # fmt: skip
+    return pa.Table.from_pylist(rows)
+
+
+def test_image_pairs_views_parameters_labels_and_empty_batches():
+    """Both views are their recorded parameters applied to the source (translation on, so the output size
+    matters); only the split's rows; and a batch with no row of the split keeps every column's shape and dtype."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from rayeq.data.augment import PARAM_NAMES, apply_params
+    from rayeq.data.pairs import pair_maker_class
+
+    table = _image_rows(5)
+    cfg = load_config(None, ["data.source=folder", "data.image_size=24", "augment.rotation.enabled=true",
+                             "augment.translation.enabled=true"])  # fmt: skip
+    out = ImagePairs(cfg, split="train", seed=0)(table)
+    assert out["label"].tolist() == [0, 1, 2, 0] and out["label"].dtype == np.int64
+    assert out["view1"].shape == out["view2"].shape == (4, 3, 24, 24) and out["view1"].dtype == np.uint8
+    assert out["aug1"].shape == (4, len(PARAM_NAMES)) and out["aug1"].dtype == np.float32
+    for k in range(4):
+        src = torch.from_numpy(np.array(Image.open(io.BytesIO(table["image"][k].as_py())))).permute(2, 0, 1)
+        for v in (1, 2):
+            np.testing.assert_array_equal(apply_params(src, out[f"aug{v}"][k], 24).numpy(), out[f"view{v}"][k])
+    assert not np.array_equal(out["aug1"], out["aug2"])
+    empty = ImagePairs(cfg, split="test", seed=0)(table)
+    want = {"view1": ((0, 3, 24, 24), np.uint8), "view2": ((0, 3, 24, 24), np.uint8),
+            "aug1": ((0, len(PARAM_NAMES)), np.float32), "aug2": ((0, len(PARAM_NAMES)), np.float32),
+            "label": ((0,), np.int64)}  # fmt: skip
+    assert {k: (v.shape, v.dtype) for k, v in empty.items()} == want
+    assert pair_maker_class("folder") is ImagePairs and pair_maker_class("imagenet") is ImagePairs
+    assert pair_maker_class("synth3d") is ObjectPairs and pair_maker_class("3diebench") is ObjectPairs
+
+
+def test_corrupt_image_rows_are_named_or_skipped():
+    table = _image_rows(4, bad=(1,))
+    cfg = load_config(None, ["data.source=folder", "data.image_size=16"])
+    with pytest.raises(DataError) as exc:
+        ImagePairs(cfg, split=None, seed=0)(table)
+    assert "row 'img/1.png', image:" in str(exc.value) and "data.skip_corrupt" in str(exc.value)
+    skipping = ImagePairs(load_config(None, ["data.source=folder", "data.image_size=16", "data.skip_corrupt=true"]),
+                          split=None, seed=0)  # fmt: skip
+    out = skipping(table)
+    assert out["label"].tolist() == [0, 2, 0] and skipping.skipped == 1  # the rows after the bad one are kept
+
+
+def _object_rows(tiny_synth3d, n=3):
+    return pq.read_table(sorted(tiny_synth3d.glob("shard-*.parquet"))).to_pylist()[:n]
+
+
+def _table(rows):
+    return pa.Table.from_pylist(rows)
+
+
+def test_object_pair_targets_and_dtypes_follow_the_config(tiny_synth3d):
+    """SIE's quaternion (sign as computed) by default, w >= 0 with rotation_target=canonical; float32 latents."""
+    from rayeq.data.targets import relative_color
+
+    table = _table(_object_rows(tiny_synth3d, 20))
+    for target in ("sie", "canonical"):
+        out = ObjectPairs(_cfg(tiny_synth3d, f"data.rotation_target={target}"), split=None, seed=1)(table)
+        l1, l2 = out["latent1"], out["latent2"]
+        assert l1.dtype == l2.dtype == np.float32 and out["rel_rotation"].dtype == np.float32
+        assert out["label"].dtype == out["view_index"].dtype == np.int64
+        want = relative_rotation_quaternion(l1[:, :3], l2[:, :3], canonical=target == "canonical")
+        np.testing.assert_array_equal(out["rel_rotation"], want)
+        np.testing.assert_array_equal(out["rel_color"], relative_color(l1, l2))
+    sie = ObjectPairs(_cfg(tiny_synth3d), split=None, seed=1)(table)["rel_rotation"]
+    assert (sie[:, 3] < 0).any()  # the two conventions really differ on this batch
+
+
+def test_object_pairs_seed_config_dict_and_two_view_objects(tiny_synth3d):
+    """The seed (train.seed when not given) fixes the pairs; a config dict (what Ray actors get) works as the
+    config; an object with exactly two views makes a pair; an object with one view is refused."""
+    cfg = _cfg(tiny_synth3d, "train.seed=7", "augment.photometric_3d=true")
+    table = _table(_object_rows(tiny_synth3d, 20))
+    a = ObjectPairs(cfg, split=None)(table)
+    b = ObjectPairs(cfg.to_dict(), split=None, seed=7)(table)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])  # same pairs and the same photometric jitter
+    c = ObjectPairs(cfg, split=None, seed=8)(table)
+    assert not np.array_equal(a["view_index"], c["view_index"])
+    row = _object_rows(tiny_synth3d, 1)[0]
+    two = {**row, "images": row["images"][:2], "latents": row["latents"][:2]}
+    out = ObjectPairs(_cfg(tiny_synth3d), split=None, seed=0)(_table([two] * 6))
+    assert len(out["label"]) == 6 and {tuple(v) for v in out["view_index"].tolist()} == {(0, 1), (1, 0)}
+    one = {**row, "images": row["images"][:1], "latents": row["latents"][:1]}
+    with pytest.raises(DataError, match=rf"object '{row['object_id']}' has 1 view\(s\); pairs need at least 2"):
+        ObjectPairs(_cfg(tiny_synth3d), split=None, seed=0)(_table([one]))
+
+
+def test_photometric_jitter_of_3d_pairs_never_moves_the_object(tiny_synth3d):
+    """With augment.photometric_3d, crop, flip, rotation and translation stay off for 3D views whatever their own
+    switches say (they would change the pose the targets describe): with every photometric family off, the
+    views are the plain ones."""
+    table = _table(_object_rows(tiny_synth3d, 8))
+    plain = ObjectPairs(_cfg(tiny_synth3d), split=None, seed=0)(table)
+    geometric_only = _cfg(tiny_synth3d, "augment.photometric_3d=true", "augment.color.enabled=false",
+                          "augment.blur.enabled=false", "augment.grayscale.enabled=false",
+                          "augment.rotation.enabled=true", "augment.translation.enabled=true")  # fmt: skip
+    out = ObjectPairs(geometric_only, split=None, seed=0)(table)
+    np.testing.assert_array_equal(out["view1"], plain["view1"])
+    np.testing.assert_array_equal(out["view2"], plain["view2"])
+
+
+def test_corrupt_views_of_3d_objects_are_named_redrawn_or_skipped(tiny_synth3d):
+    """A corrupt view is named whether it is drawn first or second; with skip_corrupt an object with three views,
+    one corrupt, still gives a pair of its two good views; an object with no readable pair is skipped and the
+    rows after it are kept; a batch with no pair keeps every column's shape and dtype."""
+    rows = _object_rows(tiny_synth3d, 4)
+    r = rows[0]
+    two = {**r, "images": [r["images"][0], b"broken"], "latents": r["latents"][:2]}
+    for seed in range(6):  # the corrupt view is drawn first in some seeds and second in others
+        with pytest.raises(DataError, match=rf"row '{r['object_id']}', view 1: "):
+            ObjectPairs(_cfg(tiny_synth3d), split=None, seed=seed)(_table([two]))
+    skip = _cfg(tiny_synth3d, "data.skip_corrupt=true")
+    three = {**r, "images": [r["images"][0], b"broken", r["images"][2]], "latents": r["latents"][:3]}
+    maker = ObjectPairs(skip, split=None, seed=0)
+    for _ in range(5):
+        out = maker(_table([three]))
+        assert len(out["label"]) == 1 and set(out["view_index"][0].tolist()) == {0, 2}
+    dead = {**r, "images": [b"broken"] * 3, "latents": r["latents"][:3]}
+    out = ObjectPairs(skip, split=None, seed=0)(_table([dead, *rows[1:]]))
+    assert out["label"].tolist() == [row["label"] for row in rows[1:]]
+    empty = ObjectPairs(skip, split=None, seed=0)(_table([dead]))
+    want = {"view1": ((0, 3, 32, 32), np.uint8), "view2": ((0, 3, 32, 32), np.uint8),
+            "rel_rotation": ((0, 4), np.float32), "rel_color": ((0, 2), np.float32),
+            "latent1": ((0, 7), np.float32), "latent2": ((0, 7), np.float32), "label": ((0,), np.int64),
+            "view_index": ((0, 2), np.int64)}  # fmt: skip
+    assert {k: (v.shape, v.dtype) for k, v in empty.items()} == want
+    cos_sin = ObjectPairs(_cfg(tiny_synth3d, "data.skip_corrupt=true", "data.color_target=cos_sin"), split=None)
+    assert cos_sin(_table([dead]))["rel_color"].shape == (0, 4)

@@ -230,3 +230,114 @@ def test_photometric_parameters_mean_what_they_say():
     flat = torch.full((3, 8, 8), 90, dtype=torch.uint8)
     for name, v in (("saturation", 0.5), ("hue", 0.2)):
         torch.testing.assert_close(apply_params(flat, _only(**{name: v}), 8), flat, atol=1, rtol=0)
+
+
+def _draw(overrides, n=3000, src=(64, 64), size=64, seed=2):
+    cfg = load_config(None, overrides).augment
+    g = np.random.default_rng(seed)
+    ps = np.stack([sample_params(g, cfg, src, size) for _ in range(n)])
+    return {name: ps[:, k] for k, name in enumerate(PARAM_NAMES)}
+
+
+def spans(x, lo, hi):
+    """x lies in [lo, hi] and comes within 1 % of both ends."""
+    assert x.min() >= lo - 1e-6 and x.max() <= hi + 1e-6, (x.min(), x.max(), lo, hi)
+    assert x.min() < lo + 0.01 * (hi - lo) and x.max() > hi - 0.01 * (hi - lo), (x.min(), x.max(), lo, hi)
+
+
+def test_parameter_ranges_and_rates_follow_the_strengths():
+    """At strength s: rotation uniform in +-45 s deg, translation in +-(10/224 size) s px, brightness/contrast/
+    saturation 1 +- 0.4 s and hue +-0.1 s (with probability 0.8), blur sigma in [0.1, 0.1 + 1.9 s] (probability
+    0.5), flip with probability 0.5 min(s, 1), grayscale 0.2 s; each range is filled to both ends."""
+    for s in (0.5, 1.0, 2.0):
+        p = _draw([f"augment.{f}.strength={s}" for f in ("rotation", "translation", "color", "blur", "flip",
+                                                          "grayscale")]
+                  + ["augment.rotation.enabled=true", "augment.translation.enabled=true",
+                     "augment.grayscale.enabled=true"])  # fmt: skip
+
+        spans(p["angle"], -45 * s, 45 * s)
+        t = 10 / 224 * 64 * s
+        spans(p["translate_x"], -t, t)
+        spans(p["translate_y"], -t, t)
+        jittered = p["brightness"] != 1
+        assert abs(jittered.mean() - 0.8) < 0.03, s
+        for name in ("brightness", "contrast", "saturation"):
+            spans(p[name][jittered], 1 - 0.4 * s, 1 + 0.4 * s)
+        spans(p["hue"][jittered], -0.1 * s, 0.1 * s)
+        assert (p["hue"][~jittered] == 0).all()
+        blurred = p["blur_sigma"] > 0
+        assert abs(blurred.mean() - 0.5) < 0.03, s
+        spans(p["blur_sigma"][blurred], 0.1, 0.1 + 1.9 * s)
+        assert abs(p["flip"].mean() - 0.5 * min(s, 1)) < 0.03, s
+        assert abs(p["grayscale"].mean() - 0.2 * s) < 0.03, s
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    """torchvision RandomResizedCrop's sampling: area fraction in [max(0.08, 1 - 0.92 s), 1] and aspect ratio in
+    [3/4, 4/3] (up to rounding to whole pixels), both ends reached, the box inside the image and anywhere in it;
+    a full-width or full-height box is allowed; when no box fits in 10 tries, the whole image."""
+    from rayeq.data.augment import _crop_box
+
+    for s, low in ((1.0, 0.08), (0.5, 0.54)):
+        p = _draw([f"augment.crop.strength={s}"], n=4000, src=(200, 200), size=32)
+        area = p["crop_height"] * p["crop_width"]
+        ratio = p["crop_width"] / p["crop_height"]
+        assert area.min() >= low - 0.01 and area.min() < low + 0.02 and area.max() > 0.97, (s, area.min())
+        assert ratio.min() >= 0.72 and ratio.min() < 0.77 and ratio.max() <= 1.38 and ratio.max() > 1.3, s
+        assert (p["crop_top"] + p["crop_height"] <= 1 + 1e-9).all() and (
+            p["crop_left"] + p["crop_width"] <= 1 + 1e-9
+        ).all()
+        assert p["crop_top"].min() == 0 and (p["crop_top"] + p["crop_height"]).max() == pytest.approx(1)
+        assert p["crop_left"].min() == 0 and (p["crop_left"] + p["crop_width"]).max() == pytest.approx(1)
+    small = _draw([], n=2000, src=(3, 3), size=8)
+    assert (small["crop_width"] == 1).any() and (small["crop_height"] == 1).any()
+    assert np.isclose(small["crop_width"], 1 / 3).any() and np.isclose(small["crop_height"], 1 / 3).any()
+    g = np.random.default_rng(0)
+    assert _crop_box(g, 10, 10, (1.5, 2.0), (3 / 4, 4 / 3)) == (0.0, 0.0, 1.0, 1.0)  # no box of 150 % fits
+
+
+def test_each_geometric_and_colour_step_runs_alone():
+    """Every step is applied whenever its own parameter differs from the identity, whatever the others are."""
+    g = torch.Generator().manual_seed(1)
+    img = (torch.rand(3, 16, 16, generator=g) * 100 + 50).to(torch.uint8)
+    for name, v in (("angle", 1.0), ("translate_x", 1.0), ("translate_y", 1.0), ("translate_x", -2.0),
+                    ("translate_y", 3.0), ("brightness", 2.0), ("contrast", 2.0), ("saturation", 2.0),
+                    ("hue", 0.3), ("blur_sigma", 0.5), ("flip", 1.0), ("grayscale", 1.0)):  # fmt: skip
+        assert not torch.equal(apply_params(img, _only(**{name: v}), 16), img), (name, v)
+
+
+def test_blur_uses_a_kernel_of_radius_ceil_3_sigma_at_most_the_image():
+    """The blur is torchvision's Gaussian with kernel size 2 ceil(3 sigma) + 1, capped at the largest odd size
+    that fits the image, exactly (no rounding tolerance), on a high-contrast image."""
+    import torchvision.transforms.v2.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    for size, sigma in ((32, 0.4), (32, 1.0), (33, 1.7), (8, 2.0), (9, 1.9)):
+        img = (torch.rand(3, size, size, generator=g) > 0.5).to(torch.uint8) * 255
+        k = min(2 * int(np.ceil(3 * sigma)) + 1, size if size % 2 else size - 1)
+        want = F.gaussian_blur(img, [k, k], [sigma, sigma])
+        torch.testing.assert_close(apply_params(img, _only(blur_sigma=sigma), size), want, rtol=0, atol=0)
+
+
+def test_a_one_pixel_crop_keeps_that_row_or_column():
+    g = torch.Generator().manual_seed(0)
+    img = (torch.rand(3, 10, 10, generator=g) * 255).to(torch.uint8)
+    row = apply_params(img, _only(crop_top=0.3, crop_height=0.1), 10)  # the 4th row only, stretched
+    assert (row == row[:, :1, :]).all() and (row[:, 0, :].float() - img[:, 3, :].float()).abs().max() <= 1
+    col = apply_params(img, _only(crop_left=0.5, crop_width=0.1), 10)
+    assert (col == col[:, :, :1]).all() and (col[:, :, 0].float() - img[:, :, 5].float()).abs().max() <= 1
+
+
+def test_rotation_matrix_matches_scipy_extrinsic_xyz():
+    """rotation_matrix_xyz (torch, for the supervised pose head) is scipy's Rotation.from_euler("xyz") matrix,
+    batched over any leading shape."""
+    from rayeq.data.targets import rotation_matrix_xyz
+
+    g = np.random.default_rng(0)
+    e = g.uniform(-np.pi, np.pi, (64, 3))
+    want = Rotation.from_euler("xyz", e).as_matrix()
+    got = rotation_matrix_xyz(torch.from_numpy(e))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+    batched = rotation_matrix_xyz(torch.from_numpy(e).view(8, 8, 3))
+    assert batched.shape == (8, 8, 3, 3)
+    np.testing.assert_allclose(batched.reshape(64, 3, 3).numpy(), want, atol=1e-12)
