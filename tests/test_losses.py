@@ -60,9 +60,24 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
     whole batch, and each rank's input gradient is world_size x the full-batch gradient of its half
     (DDP then divides by world_size when it averages parameter gradients). The same for SIE as a whole
     method: the mean of the ranks' losses and parameter gradients is the full batch's."""
+    import torch.distributed as dist
     from _ddp_worker import sie_method
 
+    from rayeq.losses.distributed import _GatherWithGrad, rank, world_size
+
     from conftest import smooth_pairs
+
+    # the gather's autograd function in this process too, in a one-rank group: the identity, gradient included
+    # (and, under mutation testing, what ties this test to the code the two ranks below run)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg1'}", rank=0, world_size=1)
+    try:
+        x = torch.randn(3, 2, requires_grad=True)
+        (out,) = _GatherWithGrad.apply(x)
+        (out * torch.arange(6.0).view(3, 2)).sum().backward()
+        assert torch.equal(out, x) and torch.equal(x.grad, torch.arange(6.0).view(3, 2))
+        assert (rank(), world_size()) == (0, 1)
+    finally:
+        dist.destroy_process_group()
 
     torch.manual_seed(0)
     z1, z2 = torch.randn(16, 6), torch.randn(16, 6)
@@ -136,7 +151,14 @@ def test_reconstruction_target_is_torchvisions_antialiased_bilinear_resize():
     for size in (16, 24, 9):
         torch.testing.assert_close(resize_target(x, size), TF.resize(x, [size, size], antialias=True))
     assert resize_target(x, 32) is x  # already the decoder's size: untouched
+    for wide in (x[..., :16], x[..., :16, :]):  # not square: resized whichever side matches
+        torch.testing.assert_close(resize_target(wide, 16), TF.resize(wide, [16, 16], antialias=True))
     up = resize_target(x[:, :, :8, :8], 16)
     torch.testing.assert_close(up, TF.resize(x[:, :, :8, :8], [16, 16], antialias=True))
     y = torch.randn(2, 3, 16, 16, generator=g)
     torch.testing.assert_close(reconstruction_loss(y, up), ((y - up) ** 2).mean())
+
+
+def test_nt_xent_default_temperature_is_simclrs():
+    z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
+    torch.testing.assert_close(nt_xent_loss(z1, z2), _nt_xent_reference(z1, z2, 0.1))

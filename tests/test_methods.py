@@ -383,3 +383,29 @@ def test_joint_embedding_losses_use_the_configured_part_and_weights(fast_cfg, na
     assert set(got) == set(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], msg=k)
+
+
+@pytest.mark.parametrize("size, recon, width, depth", [(32, 32, 64, 1), (64, 16, 48, 2), (32, 24, 32, 3)])
+def test_xrecon_decoder_follows_the_config(fast_cfg, size, recon, width, depth):
+    """The decoder starts at the backbone's feature-map size (image size / stem stride) and upsamples x2 until it
+    reaches method.decoder.recon_size, with `width` channels first and `depth` conv blocks per stage."""
+    import math
+
+    from rayeq.config import STEM_STRIDES
+
+    cfg = fast_cfg("method.name=xrecon", f"method.decoder.recon_size={recon}", f"method.decoder.width={width}",
+                   f"method.decoder.depth={depth}", size=size)  # fmt: skip
+    m = build_method(cfg)
+    fmap = math.ceil(size / STEM_STRIDES["compact"])
+    assert m.backbone(torch.zeros(1, 3, size, size))[0].shape[-1] == fmap
+    stages = max(0, math.ceil(math.log2(recon / fmap)))
+    layers = list(m.decoder.net)
+    assert sum(isinstance(x, torch.nn.Upsample) for x in layers) == stages
+    convs = [x for x in layers if isinstance(x, torch.nn.Conv2d)]
+    assert convs[0].out_channels == width and len(convs) == 2 + stages * depth
+
+
+def test_an_unknown_ssl_loss_is_named(fast_cfg):
+    m = JointEmbedding(fast_cfg("method.name=vicreg"), ssl_loss="byol")
+    with pytest.raises(ValueError, match="^unknown SSL loss 'byol'$"):
+        m.ssl_terms(torch.randn(4, 512), torch.randn(4, 512))

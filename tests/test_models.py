@@ -143,3 +143,12 @@ def test_hyper_predictor_is_a_linear_map_of_the_parameters():
     torch.testing.assert_close(pred(z, q1 + q2), pred(z, q1) + pred(z, q2))
     w = pred.hypernet.weight @ q1[0]  # (9,)
     torch.testing.assert_close(pred(z, q1)[0], w.view(3, 3) @ z[0])
+
+
+def test_attention_defaults():
+    """One head, parameter-free, with a residual; learned projections default to 256 wide."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    ref = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v + q
+    torch.testing.assert_close(CrossAttention(4, 4, 4)(q, k, v), ref)
+    assert CrossAttention(4, 4, 4, learned_projections=True).q_proj.out_features == 256
