@@ -78,6 +78,7 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
         assert (rank(), world_size()) == (0, 1)
     finally:
         dist.destroy_process_group()
+    assert (rank(), world_size()) == (0, 1)  # and without a process group at all
 
     torch.manual_seed(0)
     z1, z2 = torch.randn(16, 6), torch.randn(16, 6)
@@ -162,3 +163,18 @@ def test_reconstruction_target_is_torchvisions_antialiased_bilinear_resize():
 def test_nt_xent_default_temperature_is_simclrs():
     z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
     torch.testing.assert_close(nt_xent_loss(z1, z2), _nt_xent_reference(z1, z2, 0.1))
+
+
+def test_covariance_term_matches_numpy_on_offset_columns_and_vicreg_defaults():
+    """Each dimension centred on its own mean (columns far from zero and from each other), as np.cov; VICReg's
+    default weights are the paper's 25 / 25 / 1."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20, 4, generator=g) + torch.tensor([10.0, -3.0, 0.5, 100.0])
+    cov = np.cov(z.numpy().astype(np.float64), rowvar=False)
+    off = cov - np.diag(np.diag(cov))
+    torch.testing.assert_close(covariance_term(z), torch.tensor((off**2).sum() / 4, dtype=torch.float32))
+    z1, z2 = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    for k, v in vicreg_loss(z1, z2, 25.0, 25.0, 1.0).items():
+        torch.testing.assert_close(vicreg_loss(z1, z2)[k], v, msg=k)

@@ -199,6 +199,8 @@ def test_sie_terms_are_computed_on_the_right_parts_and_the_pairs_rotation(fast_c
     }
     for k, v in want.items():
         torch.testing.assert_close(out.losses[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert out.metrics == {"equi_mse": pytest.approx(mse(pred2, equi2).item(), rel=1e-5),
+                           "inv_mse": pytest.approx(mse(inv1, inv2).item(), rel=1e-5)}  # fmt: skip
     with torch.no_grad():
         turned = m({**batch, "rel_rotation": -batch["rel_rotation"].roll(1, dims=0)})
     assert abs(turned.losses["equi"].item() - out.losses["equi"].item()) > 1e-4
@@ -409,3 +411,30 @@ def test_an_unknown_ssl_loss_is_named(fast_cfg):
     m = JointEmbedding(fast_cfg("method.name=vicreg"), ssl_loss="byol")
     with pytest.raises(ValueError, match="^unknown SSL loss 'byol'$"):
         m.ssl_terms(torch.randn(4, 512), torch.randn(4, 512))
+
+
+def test_sie_predictor_and_backbone_follow_the_config(fast_cfg):
+    """method.sie.hypernetwork / bias reach SIE's predictor (4 quaternion inputs); model.zero_init_residual reaches
+    the backbone (each residual branch's last BatchNorm starts at zero); projector widths never round to 0."""
+    from rayeq.methods.sie import _scaled
+
+    deep = build_method(fast_cfg("method.name=sie", "method.sie.hypernetwork=deep", "method.sie.bias=true"))
+    layers = [x for x in deep.predictor.hypernet if isinstance(x, torch.nn.Linear)]
+    assert len(layers) == 3 and layers[0].in_features == 4 and all(x.bias is not None for x in layers)
+    linear = build_method(fast_cfg("method.name=sie")).predictor.hypernet
+    assert isinstance(linear, torch.nn.Linear) and linear.in_features == 4 and linear.bias is None
+    for zero in (True, False):
+        m = build_method(fast_cfg("method.name=vicreg", f"model.zero_init_residual={str(zero).lower()}"))
+        bn2 = [mod.bn2.weight for mod in m.backbone.modules() if hasattr(mod, "bn2")]
+        assert bn2 and all(bool((w == 0).all()) == zero for w in bn2)
+    assert _scaled([8, 100], 0.1) == [1, 10] and _scaled([3], 0.5) == [2]
+
+
+def test_build_method_errors_name_the_problem(fast_cfg):
+    cfg = fast_cfg("method.name=vicreg")
+    cfg = cfg.model_copy(update={"method": cfg.method.model_copy(update={"name": "byol"})})  # not validated
+    with pytest.raises(ValueError, match="^unknown method.name 'byol'$"):
+        build_method(cfg)
+    with pytest.raises(ValueError, match=r"^method.name='supervised' needs the number of classes of its data set "
+                                         r"\(num_classes\)$"):  # fmt: skip
+        build_method(fast_cfg("method.name=supervised"))

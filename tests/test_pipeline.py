@@ -294,3 +294,27 @@ def test_corrupt_views_of_3d_objects_are_named_redrawn_or_skipped(tiny_synth3d):
     assert {k: (v.shape, v.dtype) for k, v in empty.items()} == want
     cos_sin = ObjectPairs(_cfg(tiny_synth3d, "data.skip_corrupt=true", "data.color_target=cos_sin"), split=None)
     assert cos_sin(_table([dead]))["rel_color"].shape == (0, 4)
+
+
+def test_pair_makers_read_tables_or_column_dicts_and_keep_rows_without_a_split(tiny_synth3d, caplog):
+    """A batch may be a pyarrow table or a dict of columns (Ray Data's formats); rows without a `split` column
+    belong to every split; each skipped corrupt image is counted and logged with where it came from."""
+    import logging
+
+    rows = _object_rows(tiny_synth3d, 4)
+    table = _table(rows)
+    as_table = ObjectPairs(_cfg(tiny_synth3d), split=None, seed=3)(table)
+    as_dict = ObjectPairs(_cfg(tiny_synth3d), split=None, seed=3)(table.to_pydict())
+    for k in as_table:
+        np.testing.assert_array_equal(as_table[k], as_dict[k])
+    no_split = _table([{k: v for k, v in r.items() if k != "split"} for r in rows])
+    assert len(ObjectPairs(_cfg(tiny_synth3d), split="val", seed=0)(no_split)["label"]) == 4
+    images = _image_rows(5, bad=(0, 2, 3)).drop_columns(["path"])
+    maker = ImagePairs(load_config(None, ["data.source=folder", "data.image_size=16", "data.skip_corrupt=true"]),
+                       split=None, seed=0)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="rayeq.data.pairs"):
+        out = maker(images)
+    assert len(out["label"]) == 2 and maker.skipped == 3
+    assert "skipping corrupt image (? image): " in caplog.text and "[3 skipped]" in caplog.text
+    with pytest.raises(DataError, match=r"^corrupt image in row '\?', image: "):
+        ImagePairs(load_config(None, ["data.source=folder", "data.image_size=16"]), split=None, seed=0)(images)

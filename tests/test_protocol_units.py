@@ -207,3 +207,16 @@ def test_method_labels_say_which_labels_a_method_reads():
     assert method_label("sie") == "sie [uses rotation labels]"
     assert method_label("supervised") == "supervised [uses labels: rotation, colour, class, pose]"
     assert method_label("xrecon") == "xrecon" and method_label("vicreg") == "vicreg"
+
+
+def test_fits_are_reproducible_from_the_probe_seed():
+    """The shuffling draws from the probe's own seeded generator, whatever the global torch state."""
+    x, y = torch.randn(50, 3), torch.randn(50, 1)
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        torch.manual_seed(global_seed)
+        _fit(model, lambda _: (x, y), 50, nn.functional.mse_loss, ProtocolSettings(epochs=3, lr=0.1, batch_size=8))
+        weights.append(model.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)

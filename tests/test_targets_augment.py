@@ -55,7 +55,7 @@ def test_relative_color_sie_and_cos_sin():
     l1[:, 6], l2[:, 6] = [0.5, 0.0], [0.75, 1.0]  # light hue
     np.testing.assert_allclose(relative_color(l1, l2, "sie"), [[-0.8, 0.25], [0.25, 1.0]], atol=1e-6)
     cs = relative_color(l1, l2, "cos_sin")
-    assert cs.shape == (2, 4)
+    assert cs.shape == (2, 4) and cs.dtype == relative_color(l1, l2).dtype == np.float32
     # -0.8 turns and +0.2 turns are the same hue change on the circle; 1.0 turn is no change
     np.testing.assert_allclose(cs[0, :2], [np.cos(2 * np.pi * 0.2), np.sin(2 * np.pi * 0.2)], atol=1e-6)
     np.testing.assert_allclose(cs[1, 2:], [1.0, 0.0], atol=1e-6)
@@ -341,3 +341,14 @@ def test_rotation_matrix_matches_scipy_extrinsic_xyz():
     batched = rotation_matrix_xyz(torch.from_numpy(e).view(8, 8, 3))
     assert batched.shape == (8, 8, 3, 3)
     np.testing.assert_allclose(batched.reshape(64, 3, 3).numpy(), want, atol=1e-12)
+
+
+def test_resize_makes_any_image_square_at_the_size():
+    from rayeq.data.augment import resize
+
+    img = _image(0, 48, 40)
+    for h, w in ((48, 40), (32, 40), (40, 32)):
+        out = resize(img[:, :h, :w], 32)
+        assert out.shape == (3, 32, 32), (h, w)
+    same = _image(0, 32, 32)
+    assert resize(same, 32) is same
