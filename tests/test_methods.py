@@ -177,7 +177,7 @@ def test_sie_terms_are_computed_on_the_right_parts_and_the_pairs_rotation(fast_c
 
     torch.manual_seed(0)
     cfg = fast_cfg("method.name=sie", "model.inv_dim=384", "loss.equi_weight=0.6")
-    m = build_method(cfg).eval()
+    m = build_method(cfg)  # train mode: BatchNorm on batch statistics, so that every term is far from zero
     batch = smooth_pairs(8, 32, seed=3)
     with torch.no_grad():
         out = m(batch)
@@ -198,6 +198,7 @@ def test_sie_terms_are_computed_on_the_right_parts_and_the_pairs_rotation(fast_c
         "cov": lc.cov_weight * (covariance_term(z1) + covariance_term(z2)),
     }
     for k, v in want.items():
+        assert v.abs() > 1e-3, k
         torch.testing.assert_close(out.losses[k], v, rtol=1e-5, atol=1e-6, msg=k)
     assert out.metrics == {"equi_mse": pytest.approx(mse(pred2, equi2).item(), rel=1e-5),
                            "inv_mse": pytest.approx(mse(inv1, inv2).item(), rel=1e-5)}  # fmt: skip

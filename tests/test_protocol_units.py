@@ -220,3 +220,43 @@ def test_fits_are_reproducible_from_the_probe_seed():
         _fit(model, lambda _: (x, y), 50, nn.functional.mse_loss, ProtocolSettings(epochs=3, lr=0.1, batch_size=8))
         weights.append(model.weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+
+
+def test_r2_does_not_depend_on_the_targets_scale():
+    """R² and the mean predictor's R² are the same for targets in metres or in micrometres."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(40, 3, generator=g) + torch.tensor([0.0, 2.0, -1.0])
+    pred = y + 0.5 * torch.randn(40, 3, generator=g)
+
+    def r2(a, b):
+        acc = R2Accumulator(3)
+        acc.update(a, b)
+        return acc.compute()
+
+    base = r2(pred, y)
+    for scale in (1e-3, 1e3):
+        assert r2(pred * scale, y * scale) == pytest.approx(base, rel=1e-6), scale
+
+
+def test_pair_regression_trains_on_one_fresh_pair_per_object_per_epoch_from_its_seed(monkeypatch):
+    import rayeq.eval.protocols as protocols
+
+    xtr, otr, ltr = _views(30, 4, 0)
+    xva, ova, lva = _views(10, 4, 1)
+    seen = []
+    real_fit = protocols._fit
+
+    def spy(model, epoch_data, n, loss_fn, s):
+        seen.append((n, [epoch_data(e)[0] for e in range(3)]))
+        return real_fit(model, epoch_data, n, loss_fn, s)
+
+    monkeypatch.setattr(protocols, "_fit", spy)
+    s = ProtocolSettings(epochs=2, lr=1e-3, batch_size=16, hidden_dim=8)
+    runs = [pair_regression(xtr, otr, ltr, xva, ova, lva, "rel_color", ProtocolSettings(**{**s.__dict__, "seed": k}))
+            for k in (0, 0, 1)]  # fmt: skip
+    (n, draws), (_, again), (_, other) = seen
+    assert n == 30 and all(len(x) == 30 for x in draws)  # one pair per train object per epoch
+    assert not torch.equal(draws[0], draws[1])  # fresh pairs each epoch
+    assert all(torch.equal(a, b) for a, b in zip(draws, again, strict=True))  # the same from the same seed
+    assert not torch.equal(draws[0], other[0])
+    assert runs[0]["r2"] == runs[1]["r2"]

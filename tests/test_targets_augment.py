@@ -352,3 +352,8 @@ def test_resize_makes_any_image_square_at_the_size():
         assert out.shape == (3, 32, 32), (h, w)
     same = _image(0, 32, 32)
     assert resize(same, 32) is same
+    import torchvision.transforms.v2.functional as F
+
+    noisy = (torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    torch.testing.assert_close(resize(noisy, 16), F.resize(noisy, [16, 16], antialias=True), rtol=0, atol=0)
+    assert not torch.equal(resize(noisy, 16), F.resize(noisy, [16, 16], antialias=False))  # shrinking is antialiased
