@@ -82,8 +82,10 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
 
     torch.manual_seed(0)
     z1, z2 = torch.randn(16, 6), torch.randn(16, 6)
-    metric_inputs = {"pred": torch.randn(16, 3), "y": torch.randn(16, 3) * 2 + 1, "logits": torch.randn(16, 4),
-                     "labels": torch.arange(16) % 4}  # fmt: skip
+    labels = torch.arange(16) % 4
+    logits = torch.randn(16, 4)
+    logits[:11] += 5 * F.one_hot(labels[:11], 4)  # 8 right on rank 0, at least 3 on rank 1
+    metric_inputs = {"pred": torch.randn(16, 3), "y": torch.randn(16, 3) * 2 + 1, "logits": logits, "labels": labels}
     torch.save({"z1": z1, "z2": z2, **smooth_pairs(16, 16, seed=4), **metric_inputs}, tmp_path / "inputs.pt")
     worker = Path(__file__).with_name("_ddp_worker.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -125,6 +127,7 @@ def test_losses_under_ddp_match_the_full_batch(tmp_path):
     acc.update(metric_inputs["logits"], metric_inputs["labels"])
     r2.all_reduce()  # a no-op in one process
     acc.all_reduce()
+    assert 0.6 < acc.compute() < 1.0
     for r in ranks:
         assert r["metrics"]["r2"] == pytest.approx(r2.compute())
         assert r["metrics"]["top1"] == pytest.approx(acc.compute())
