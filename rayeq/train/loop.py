@@ -85,6 +85,13 @@ def _unwrap(module: nn.Module) -> TrainModule:
     return getattr(module, "module", module)  # DDP
 
 
+def _state_dicts(module, optimizer, probe_optimizer, scheduler, scaler) -> dict[str, dict]:
+    """What a checkpoint holds of the training state (and what a resumed worker must hold again)."""
+    return {"model": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict(),
+            "probe_optimizer": probe_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict()}  # fmt: skip
+
+
 def image_grid(batch, out, mean, std, n: int = 8) -> np.ndarray:
     """Rows: view 1, view 2 and, for xrecon, the reconstruction target and the reconstruction."""
     m = torch.tensor(mean).view(1, 3, 1, 1)
@@ -156,9 +163,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
         start_epoch, step, run_id = state["epoch"], state["step"], state.get("tracker_run_id")
         if info.get("record_resume"):  # test hook: what this worker holds once restored
-            held = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "probe_optimizer": probe_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": start_epoch, "step": step}  # fmt: skip
+            held = {**_state_dicts(module, optimizer, probe_optimizer, scheduler, scaler), "epoch": start_epoch,
+                    "step": step}  # fmt: skip
             torch.save(held, Path(info["run_dir"]) / f".resumed_state.rank{rank}.pt")
         say(f"resumed from checkpoint at epoch {start_epoch} (step {step})")
 
@@ -254,9 +260,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if is_main:
                 state = {
-                    "model": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict(),
-                    "probe_optimizer": probe_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
+                    **_state_dicts(module, optimizer, probe_optimizer, scheduler, scaler),
+                    "epoch": epoch + 1, "step": step,
                     "config_hash": info["config_hash"], "config": cfg.to_dict(),
                     "tracker_run_id": tracker.run_id, "track_repo": info["track_repo"], "metrics": metrics,
                     "data": {"mean": info["mean"], "std": info["std"], "num_classes": info["num_classes"]},
