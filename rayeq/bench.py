@@ -17,7 +17,6 @@ import os
 import statistics
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ import torch
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
 from rayeq.quickstart import OVERRIDES as QUICKSTART_OVERRIDES
+from rayeq.runinfo import RunInfo
+from rayeq.train.engine import Engine
 
 # the quickstart's CPU-sized model (compact stem, 32 px views of the built-in set), on 1 worker
 # (train.epochs: the plain loop's cosine schedule spans 100 x 10,000 steps, i.e. a constant lr)
@@ -48,22 +49,18 @@ def bench_config(method: str, size: int, batch: int, threads: int, overrides: li
                               f"train.torch_threads={threads}", *overrides])  # fmt: skip
 
 
-def _setup(cfg: ExperimentConfig, device: str, amp: bool):
-    from rayeq.data.pipeline import check_data, norm_stats
-    from rayeq.train.loop import build_module
-    from rayeq.train.optim import build_optimizer, build_scheduler
+def _engine(cfg: ExperimentConfig, device: str, amp: bool) -> Engine:
+    """The training `Engine` of `cfg` in this process (bf16 autocast and channels_last with `amp`);
+    its schedule spans 10,000 steps per epoch x train.epochs, i.e. a constant lr here."""
+    from rayeq.data.feed.pipeline import check_data
 
+    flags = ["train.precision=bf16", "train.channels_last=true"] if amp else ["train.channels_last=false"]
+    cfg = from_dict(apply_overrides(cfg.to_dict(), flags))
     meta, _ = check_data(cfg, "train")
-    regress = {"rel_rotation": 4, "rel_color": 2}
     torch.manual_seed(0)
-    module = build_module(cfg, len(meta["classes"]), regress).to(device)
-    if amp:
-        module = module.to(memory_format=torch.channels_last)
-    opt = build_optimizer(list(module.method.parameters()), cfg)
-    popt = torch.optim.AdamW(module.probe_parameters(), lr=1e-3, weight_decay=0.0)
-    sched = build_scheduler(opt, cfg, 10_000)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp else nullcontext()
-    return meta, norm_stats(meta), module, opt, popt, sched, autocast
+    engine = Engine(cfg, RunInfo.from_meta(cfg, meta), device, steps_per_epoch=10_000)
+    engine.module.train()
+    return engine
 
 
 def _sync(device: str) -> None:
@@ -72,23 +69,21 @@ def _sync(device: str) -> None:
 
 
 def plain_loop(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu", amp: bool = False) -> dict:
-    """(a) Single process: the same pair maker (`iter_pairs`), the same module and step, no Ray.
+    """(a) Single process: the same pair maker (`iter_pairs`), the same `Engine` step, no Ray.
     Each repeat is timed like the Ray loop's epochs: from the first batch to the last."""
-    from rayeq.data.pipeline import iter_pairs, to_model_batch
-    from rayeq.train.loop import train_step
+    from rayeq.data.feed.pipeline import iter_pairs
 
-    _, (mean, std), module, opt, popt, sched, autocast = _setup(cfg, device, amp)
-    module.train()
+    engine = _engine(cfg, device, amp)
     pairs = iter_pairs(cfg, "train", batch_size=cfg.train.batch_size, epochs=10_000)
     rates = []
     for r in range(repeats + 1):  # the first repeat warms up (allocator, caches, first batches)
         t_first = None
         for n in range(steps):
-            batch = to_model_batch(next(pairs), mean, std, device, amp)
+            batch = engine.to_batch(next(pairs))
             if n == 0:
                 _sync(device)
                 t_first = time.perf_counter()
-            train_step(module, module, batch, opt, popt, sched, cfg, autocast)
+            engine.step(batch)
         _sync(device)
         if r:
             rates.append(2 * cfg.train.batch_size * (steps - 1) / (time.perf_counter() - t_first))
@@ -110,18 +105,16 @@ def ray_path(cfg: ExperimentConfig, repeats: int, log=print) -> dict:
 
 def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu", amp: bool = False) -> dict:
     """Median seconds per training step on one fixed real batch (no data loading in the timing)."""
-    from rayeq.data.pipeline import iter_pairs, to_model_batch
-    from rayeq.train.loop import train_step
+    from rayeq.data.feed.pipeline import iter_pairs
 
-    _, (mean, std), module, opt, popt, sched, autocast = _setup(cfg, device, amp)
-    module.train()
-    batch = to_model_batch(next(iter_pairs(cfg, "train", batch_size=cfg.train.batch_size)), mean, std, device, amp)
+    engine = _engine(cfg, device, amp)
+    batch = engine.to_batch(next(iter_pairs(cfg, "train", batch_size=cfg.train.batch_size)))
     times = []
     for r in range(repeats + 1):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step(module, module, batch, opt, popt, sched, cfg, autocast)
+            engine.step(batch)
         _sync(device)
         if r:
             times.append((time.perf_counter() - t0) / steps)
@@ -131,7 +124,7 @@ def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cp
 def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, steps: int | None = None,
                      repeats: int = 3, threads: int | None = None, skip_ray: bool = False,
                      out: str | None = None, log=print) -> dict[str, Any]:  # fmt: skip
-    from rayeq.data.pipeline import check_data, resolve_data_dir
+    from rayeq.data.feed.pipeline import check_data, resolve_data_dir
 
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
     cfg = bench_config(method, size, batch, threads)
@@ -184,9 +177,9 @@ def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, st
 
 def bench_data(size: int = 32, batch: int = 32, seconds: float = 20.0, out: str | None = None,
                log=print) -> dict[str, Any]:  # fmt: skip
-    from rayeq.data.pipeline import build_ray_dataset, check_data, iter_pairs, resolve_data_dir
-    from rayeq.data.synth3d import generate
-    from rayeq.train.driver import connect_ray
+    from rayeq.cluster import connect_ray
+    from rayeq.data.feed.pipeline import build_ray_dataset, check_data, iter_pairs, resolve_data_dir
+    from rayeq.data.make.synth3d import generate
 
     res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -47,22 +47,22 @@ def cmd_demo(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "synth3d":
-        from rayeq.data.synth3d import generate
+        from rayeq.data.make.synth3d import generate
 
         generate(
             args.out, classes=args.classes, objects_per_class=args.objects_per_class, views=args.views,
             size=args.size, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
         )  # fmt: skip
     elif args.data_command == "3diebench":
-        from rayeq.data.convert import convert_3diebench
+        from rayeq.data.make.convert import convert_3diebench
 
         convert_3diebench(args.src, args.out, args.train_list, args.val_list, overwrite=args.overwrite)
     elif args.data_command == "folder":
-        from rayeq.data.convert import convert_folder
+        from rayeq.data.make.convert import convert_folder
 
         convert_folder(args.src, args.out, overwrite=args.overwrite, val_fraction=args.val_fraction)
     elif args.data_command == "preview":
-        from rayeq.data.preview import contact_sheet
+        from rayeq.data.make.preview import contact_sheet
 
         path = contact_sheet(args.dir, args.out, rows=args.rows, cols=args.cols)
         print(f"wrote {path}")

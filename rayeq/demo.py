@@ -1,8 +1,8 @@
-"""A few optimisation steps of a method on a tiny generated batch, in-process: a smoke test a new
-user can read. Pairs are smooth random images and a transformed copy (90-degree rotation and a
-brightness shift), with the rotation as a quaternion so SIE runs too, and the quarter-turn count as a
-class label, the shift as a colour change and the turns as per-view poses so the supervised ceiling
-runs too."""
+"""A few optimisation steps of a method on a tiny generated batch, in-process and through the same
+`Engine` as `rayeq train`: a smoke test a new user can read. Pairs are smooth random images and a
+transformed copy (90-degree rotation and a brightness shift), with the rotation as a quaternion so
+SIE runs too, and the quarter-turn count as a class label, the shift as a colour change and the
+turns as per-view poses so the supervised ceiling runs too."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rayeq.config import ExperimentConfig
-from rayeq.methods import build_method
+from rayeq.config import ExperimentConfig, apply_overrides, from_dict
+from rayeq.data.feed.targets import target_widths
+from rayeq.runinfo import RunInfo
+from rayeq.train.engine import Engine
+
+DEMO_OPTIM = ["optim.scale_lr=false", "optim.warmup_epochs=0"]
 
 
 def toy_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -36,22 +40,23 @@ def toy_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def run_demo(cfg: ExperimentConfig, steps: int = 20, batch: int = 16, log=print) -> list[dict[str, float]]:
+    """`steps` optimisation steps of the training `Engine` (method + online probes) on one toy batch,
+    at a constant learning rate (`optim.lr`, unscaled, no warmup: a few steps are all there is)."""
+    cfg = from_dict(apply_overrides(cfg.to_dict(), DEMO_OPTIM))
     torch.manual_seed(cfg.train.seed)
-    method = build_method(cfg, num_classes=4)  # toy labels: quarter turns 0..3
-    n_params = sum(p.numel() for p in method.parameters())
+    info = RunInfo(n_train=batch, n_val=0, num_classes=4, three_d=True, mean=[0.0] * 3, std=[1.0] * 3,
+                   regress=target_widths("sie", three_d=True))  # toy labels: quarter turns 0..3; SIE's colour target
+    engine = Engine(cfg, info, "cpu", steps_per_epoch=steps)
+    n_params = sum(p.numel() for p in engine.module.method.parameters())
     log(
         f"demo: method={cfg.method.name} backbone={cfg.model.backbone} stem={cfg.model.stem} "
         f"image={cfg.data.image_size}px batch={batch} steps={steps} params={n_params / 1e6:.1f}M"
     )
-    pairs = toy_pairs(batch, cfg.data.image_size, seed=cfg.train.seed)
-    opt = torch.optim.AdamW(method.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    pairs = toy_pairs(batch, cfg.data.image_size, seed=cfg.train.seed)  # already normalised floats
     history = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        out = method(pairs)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
+        out, _ = engine.step(pairs)
         terms = {k: float(v.detach()) for k, v in out.losses.items()}
         history.append(terms)
         elapsed = time.perf_counter() - t0

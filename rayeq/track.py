@@ -15,6 +15,12 @@ from typing import Any
 import numpy as np
 
 
+def resolve_track_repo(cfg) -> str:
+    """`track.repo` as an absolute path (runs and trials resolve it where they run), or an aim:// URL."""
+    repo = cfg.track.repo
+    return repo if repo.startswith("aim://") else str(Path(repo).expanduser().resolve())
+
+
 class Tracker:
     """No-op base: the `none` backend."""
 

@@ -7,9 +7,9 @@ import torch
 import torch.distributed as dist
 
 from rayeq.config import load_config
-from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
 from rayeq.losses import nt_xent_loss, vicreg_loss
 from rayeq.methods import build_method
+from rayeq.metrics import AccuracyAccumulator, R2Accumulator
 
 
 def sie_method():

@@ -45,7 +45,7 @@ def rendered_set(tmp_path_factory, name: str, **settings) -> Path:
     """A small synth3d set, rendered once per test session. Under mutation testing (mutmut runs every mutant as
     a new session, from its mutants/ copy) it is rendered once for the whole run, in mutants/.test-data/: the
     sets are only read, and rendering them for each of ~2,400 mutants would cost more than the tests."""
-    from rayeq.data.synth3d import generate
+    from rayeq.data.make.synth3d import generate
 
     def render(out: Path) -> None:
         generate(out, **settings, workers=1, log=lambda *a: None)
@@ -95,8 +95,8 @@ def ray_session(tmp_path_factory):
 @pytest.fixture
 def tiny_builtin(tmp_path, monkeypatch):
     """The built-in data set, made tiny (3 classes x 10 objects x 3 views) in a private cache."""
-    import rayeq.quickstart as qs
+    import rayeq.data.builtin as builtin
 
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(qs, "DATA", dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
+    monkeypatch.setattr(builtin, "DATA", dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
     return tmp_path

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rayeq.data.convert import convert_3diebench, convert_folder
+from rayeq.data.make.convert import convert_3diebench, convert_folder
 from rayeq.data.schema import IMAGES_SCHEMA, OBJECTS_SCHEMA, DataError
 
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
 from rayeq.config import ConfigError, load_config
-from rayeq.data.pipeline import norm_stats
+from rayeq.data.feed.normalize import norm_stats
 from rayeq.data.schema import DataError, read_meta
-from rayeq.eval.features import LoadedCheckpoint, extract_features, extract_features_ray, load_checkpoint
+from rayeq.eval.features import extract_features, extract_features_ray
 from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, pair_regression, view_pairs
 from rayeq.eval.run import FLOOR_MARK, evaluate, markdown_table, write_outputs
 from rayeq.methods import build_method
@@ -302,7 +303,7 @@ def image_data(tmp_path_factory):
 
     from PIL import Image
 
-    from rayeq.data.convert import convert_folder
+    from rayeq.data.make.convert import convert_folder
 
     tmp = tmp_path_factory.mktemp("images")
     g = np.random.default_rng(0)
@@ -336,7 +337,7 @@ def image_statistics(x):
 def test_transform_pairs_hold_the_image_and_its_transform_by_the_recorded_parameters(image_data):
     """Each sample of a family is (I, g(I)) with g's parameters as its target: re-applying the target
     parameters to I gives g(I), for every family."""
-    from rayeq.data.augment import IDENTITY, apply_params
+    from rayeq.data.feed.augment import IDENTITY, apply_params
     from rayeq.eval.transforms import FAMILIES, _encode_split
 
     mean, std = norm_stats(read_meta(image_data))

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
 from rayeq.losses import covariance_term, invariance_term, nt_xent_loss, variance_term, vicreg_loss
+from rayeq.metrics import AccuracyAccumulator, R2Accumulator
 
 
 def test_vicreg_terms_on_known_inputs():

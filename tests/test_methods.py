@@ -289,7 +289,7 @@ def test_100_steps_on_a_fixed_batch_lower_the_loss(fast_cfg, name):
 
 
 def _labelled_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    from rayeq.data.targets import relative_color, relative_rotation_quaternion
+    from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion
 
     g = torch.Generator().manual_seed(seed)
     pairs = smooth_pairs(batch, size, seed)
@@ -303,7 +303,7 @@ def _labelled_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Ten
 def test_supervised_heads_read_the_right_views_and_targets(fast_cfg):
     """Each loss term is the MSE/CE of its head on the right inputs: the pair in order (view 1, view 2)
     for the relative targets, each view's own latent for its pose."""
-    from rayeq.data.targets import rotation_matrix_xyz
+    from rayeq.data.feed.targets import rotation_matrix_xyz
 
     torch.manual_seed(0)
     m = build_method(fast_cfg("method.name=supervised"), num_classes=3).eval()

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayeq.config import load_config
-from rayeq.data.augment import resize
-from rayeq.data.pairs import ObjectPairs, _to_chw
+from rayeq.data.feed.augment import resize
+from rayeq.data.feed.pairs import ObjectPairs, _to_chw
+from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion
 from rayeq.data.schema import decode_image
-from rayeq.data.targets import relative_color, relative_rotation_quaternion
 
 
 def _rows(path):
@@ -24,7 +24,7 @@ def _cfg(path, size=32):
 
 def test_stored_views_are_the_renders_of_their_latents(tiny_synth3d):
     """Re-render each object from its seed: image i is the render of latent i, byte for byte."""
-    from rayeq.data import synth3d
+    from rayeq.data.make import synth3d
 
     meta = __import__("json").loads((tiny_synth3d / "meta.json").read_text())
     per_class, classes = meta["objects_per_class"], meta["classes"]
@@ -66,7 +66,7 @@ def test_each_pair_holds_its_views_pixels_latents_and_targets(tiny_synth3d, size
 
 def test_ray_data_pairs_hold_their_views_pixels_latents_and_targets(ray_session, tiny_synth3d):
     """The training path: every streamed pair's pixels are the stored views its latents belong to."""
-    from rayeq.data.pipeline import build_ray_dataset
+    from rayeq.data.feed.pipeline import build_ray_dataset
 
     by_latent = {}
     for row in _rows(tiny_synth3d):

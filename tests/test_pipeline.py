@@ -7,10 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayeq.config import load_config
-from rayeq.data.pairs import ImagePairs, ObjectPairs
-from rayeq.data.pipeline import check_data, iter_pairs, norm_stats, to_model_batch
+from rayeq.data.feed.normalize import norm_stats
+from rayeq.data.feed.pairs import ImagePairs, ObjectPairs
+from rayeq.data.feed.pipeline import check_data, iter_pairs, to_model_batch
+from rayeq.data.feed.targets import relative_rotation_quaternion
 from rayeq.data.schema import DataError
-from rayeq.data.targets import relative_rotation_quaternion
 
 
 def _cfg(path, *extra):
@@ -69,7 +70,7 @@ def test_image_pairs_record_parameters(tmp_path):
 
     from PIL import Image
 
-    from rayeq.data.augment import apply_params
+    from rayeq.data.feed.augment import apply_params
 
     imgs = []
     for i in range(3):
@@ -172,8 +173,8 @@ def test_image_pairs_views_parameters_labels_and_empty_batches():
     import torch
     from PIL import Image
 
-    from rayeq.data.augment import PARAM_NAMES, apply_params
-    from rayeq.data.pairs import pair_maker_class
+    from rayeq.data.feed.augment import PARAM_NAMES, apply_params
+    from rayeq.data.feed.pairs import pair_maker_class
 
     table = _image_rows(5)
     cfg = load_config(None, ["data.source=folder", "data.image_size=24", "augment.rotation.enabled=true",
@@ -218,7 +219,7 @@ def _table(rows):
 
 def test_object_pair_targets_and_dtypes_follow_the_config(tiny_synth3d):
     """SIE's quaternion (sign as computed) by default, w >= 0 with rotation_target=canonical; float32 latents."""
-    from rayeq.data.targets import relative_color
+    from rayeq.data.feed.targets import relative_color
 
     table = _table(_object_rows(tiny_synth3d, 20))
     for target in ("sie", "canonical"):
@@ -312,7 +313,7 @@ def test_pair_makers_read_tables_or_column_dicts_and_keep_rows_without_a_split(t
     images = _image_rows(5, bad=(0, 2, 3)).drop_columns(["path"])
     maker = ImagePairs(load_config(None, ["data.source=folder", "data.image_size=16", "data.skip_corrupt=true"]),
                        split=None, seed=0)  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="rayeq.data.pairs"):
+    with caplog.at_level(logging.WARNING, logger="rayeq.data.feed.pairs"):
         out = maker(images)
     assert len(out["label"]) == 2 and maker.skipped == 3
     assert "skipping corrupt image (? image): " in caplog.text and "[3 skipped]" in caplog.text

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from rayeq.config import load_config
-from rayeq.data.targets import relative_color, relative_rotation_quaternion
-from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator, r2_global, r2_per_dim
+from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion
 from rayeq.eval.protocols import (
     PAIR_TARGETS,
     ProtocolSettings,
@@ -21,10 +20,11 @@ from rayeq.eval.protocols import (
     majority_top1,
     object_runs,
     pair_regression,
-    part,
     regression,
     view_pairs,
 )
+from rayeq.metrics import AccuracyAccumulator, R2Accumulator, r2_global, r2_per_dim
+from rayeq.models import feature_part as part
 
 
 def test_parts_are_sie_channels():

@@ -3,19 +3,20 @@ the closing note): built-in data built once and reused, and the config it trains
 
 import pytest
 
+import rayeq.data.builtin as builtin
 import rayeq.quickstart as qs
-from rayeq.data.pipeline import check_data
-from rayeq.train.driver import check_resources
+from rayeq.cluster import check_resources
+from rayeq.data.feed.pipeline import check_data
 
 
 def test_builtin_data_is_built_once_then_reused(tiny_builtin):
     logs = []
-    path = qs.ensure_data(log=logs.append)
-    assert path == tiny_builtin / "cache" / qs.DATA_NAME and (path / "meta.json").is_file()
+    path = builtin.ensure_data(log=logs.append)
+    assert path == tiny_builtin / "cache" / builtin.DATA_NAME and (path / "meta.json").is_file()
     assert any("building" in m for m in logs)
     before = sorted(p.stat().st_mtime_ns for p in path.iterdir())
     logs.clear()
-    assert qs.ensure_data(log=logs.append) == path
+    assert builtin.ensure_data(log=logs.append) == path
     assert any("reusing" in m for m in logs)
     assert sorted(p.stat().st_mtime_ns for p in path.iterdir()) == before
     assert not list(path.parent.glob("*.tmp-*"))  # rendered aside, then renamed into place
@@ -25,7 +26,7 @@ def test_synth3d_without_a_path_uses_the_builtin_set(tiny_builtin):
     from rayeq.config import load_config
 
     meta, shards = check_data(load_config(None, ["data.source=synth3d"]))
-    assert meta["source"] == "synth3d" and shards[0].parent == tiny_builtin / "cache" / qs.DATA_NAME
+    assert meta["source"] == "synth3d" and shards[0].parent == tiny_builtin / "cache" / builtin.DATA_NAME
 
 
 def test_quickstart_trains_xrecon_with_two_cpu_workers(tiny_builtin, monkeypatch):
@@ -72,10 +73,10 @@ def test_summary_shows_the_probes_beside_their_floors(tmp_path):
 
 
 def test_a_cached_set_made_with_other_settings_is_kept_aside_and_rebuilt(tiny_builtin, monkeypatch):
-    path = qs.ensure_data(log=lambda *a: 0)
-    monkeypatch.setattr(qs, "DATA", {**qs.DATA, "views": 4})  # e.g. a newer rayeq's built-in set
+    path = builtin.ensure_data(log=lambda *a: 0)
+    monkeypatch.setattr(builtin, "DATA", {**builtin.DATA, "views": 4})  # e.g. a newer rayeq's built-in set
     logs = []
-    assert qs.ensure_data(log=logs.append) == path
+    assert builtin.ensure_data(log=logs.append) == path
     assert any("other settings" in m for m in logs) and any("building" in m for m in logs)
     import json
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rayeq.config import load_config
-from rayeq.data.pipeline import build_ray_dataset
+from rayeq.data.feed.pipeline import build_ray_dataset
 from rayeq.data.schema import DataError
 
 
@@ -90,8 +90,8 @@ def test_same_pair_code_without_ray(ray_session, cfg, tiny_synth3d):
     object once, with its label, two distinct stored views, and targets computed from those views' latents."""
     import pyarrow.parquet as pq
 
-    from rayeq.data.pipeline import iter_pairs
-    from rayeq.data.targets import relative_color, relative_rotation_quaternion
+    from rayeq.data.feed.pipeline import iter_pairs
+    from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion
 
     owner = {}  # a view's latents -> (object, view index, label)
     for row in pq.read_table(sorted(tiny_synth3d.glob("shard-*.parquet"))).to_pylist():

@@ -19,7 +19,7 @@ from rayeq.sweep.run import run_sweep
 
 @pytest.fixture(scope="module")
 def sweep_data(tmp_path_factory):
-    from rayeq.data.synth3d import generate
+    from rayeq.data.make.synth3d import generate
 
     out = tmp_path_factory.mktemp("sweepdata") / "set"
     generate(out, classes=3, objects_per_class=10, views=4, size=32, seed=3, workers=1, log=lambda *a: None)

@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rayeq.data.render import SCENE, SceneRenderer, light_position, random_colors, sample_latent
+from rayeq.data.make.render import SCENE, SceneRenderer, light_position, random_colors, sample_latent
+from rayeq.data.make.shapes import CLASSES, make_object
+from rayeq.data.make.synth3d import generate
 from rayeq.data.schema import OBJECTS_SCHEMA, DataError, decode_image
-from rayeq.data.shapes import CLASSES, make_object
-from rayeq.data.synth3d import generate
 
 
 def _files(d):
@@ -156,7 +156,7 @@ def test_every_class_shows_its_pose():
     """No class looks the same after a quarter, third or half turn about its axes (synth3d-2 gives each a
     symmetry-breaking part): relative rotation is observable on every class. Measured minimum over the
     classes: 0.068 (bookshelf, umbrella); a body of revolution or a cylinder scores 0.022-0.024."""
-    from rayeq.data.shapes import cylinder, lathe
+    from rayeq.data.make.shapes import cylinder, lathe
 
     cone = [lathe([0.0, 0.3, 0.2, 0.0], [-0.4, -0.4, 0.4, 0.4], 16)]  # a body of revolution
     assert _turned_distance(cone, "z", 90) < 0.035 and _turned_distance(cone, "x", 180) > 0.05

@@ -4,9 +4,9 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from rayeq.config import AugmentConfig, load_config
-from rayeq.data.augment import IDENTITY, PARAM_NAMES, apply_params, sample_params
-from rayeq.data.render import _import_pybullet
-from rayeq.data.targets import relative_color, relative_rotation_quaternion
+from rayeq.data.feed.augment import IDENTITY, PARAM_NAMES, apply_params, sample_params
+from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion
+from rayeq.data.make.render import _import_pybullet
 
 S2 = np.sqrt(0.5)
 
@@ -276,7 +276,7 @@ def test_crop_boxes_follow_random_resized_crop():
     """torchvision RandomResizedCrop's sampling: area fraction in [max(0.08, 1 - 0.92 s), 1] and aspect ratio in
     [3/4, 4/3] (up to rounding to whole pixels), both ends reached, the box inside the image and anywhere in it;
     a full-width or full-height box is allowed; when no box fits in 10 tries, the whole image."""
-    from rayeq.data.augment import _crop_box
+    from rayeq.data.feed.augment import _crop_box
 
     for s, low in ((1.0, 0.08), (0.5, 0.54)):
         p = _draw([f"augment.crop.strength={s}"], n=4000, src=(200, 200), size=32)
@@ -331,7 +331,7 @@ def test_a_one_pixel_crop_keeps_that_row_or_column():
 def test_rotation_matrix_matches_scipy_extrinsic_xyz():
     """rotation_matrix_xyz (torch, for the supervised pose head) is scipy's Rotation.from_euler("xyz") matrix,
     batched over any leading shape."""
-    from rayeq.data.targets import rotation_matrix_xyz
+    from rayeq.data.feed.targets import rotation_matrix_xyz
 
     g = np.random.default_rng(0)
     e = g.uniform(-np.pi, np.pi, (64, 3))
@@ -344,7 +344,7 @@ def test_rotation_matrix_matches_scipy_extrinsic_xyz():
 
 
 def test_resize_makes_any_image_square_at_the_size():
-    from rayeq.data.augment import resize
+    from rayeq.data.feed.augment import resize
 
     img = _image(0, 48, 40)
     for h, w in ((48, 40), (32, 40), (40, 32)):

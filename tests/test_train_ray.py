@@ -6,15 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _hooks import FaultInjection, RecordResume, by_value
 
 from rayeq.config import ConfigError, load_config
-from rayeq.train.driver import run_training
+from rayeq.train.driver import run_dir_of, run_training
 from rayeq.train.probes import reported_metric_names
+
+by_value()
 
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory):
-    from rayeq.data.synth3d import generate
+    from rayeq.data.make.synth3d import generate
 
     out = tmp_path_factory.mktemp("traindata") / "set"
     generate(out, classes=4, objects_per_class=15, views=4, size=32, seed=1, workers=1, log=lambda *a: None)
@@ -138,7 +141,7 @@ def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
     saved = torch.load(Path(res.checkpoint_path) / "state.pt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 3
     more = _cfg(train_data, tmp, "run", "train.epochs=4")
-    res2 = run_training(more, log=lambda *a: None, _record_resume=True)
+    res2 = run_training(more, log=lambda *a: None, hooks=[RecordResume(run_dir_of(more))])
     rows = _epochs(res2.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 4 only: 1-3 were not redone
     assert rows[3]["step"] == rows[2]["step"] + (rows[2]["step"] - rows[1]["step"])
@@ -161,7 +164,7 @@ def test_resume_under_changed_config_is_refused(first_run, train_data):
 
 def test_injected_worker_crash_is_survived_with_the_full_epoch_count(ray_session, train_data, tmp_path):
     cfg = _cfg(train_data, tmp_path, "crash", "train.max_failures=1")
-    res = run_training(cfg, log=lambda *a: None, _fail_at_epoch=1)
+    res = run_training(cfg, log=lambda *a: None, hooks=[FaultInjection(run_dir_of(cfg), epoch=1)])
     rows = _epochs(res.run_dir)
     assert (res.run_dir / ".fault_injected").read_text().startswith("rank 1 epoch 2")  # the worker did die
     assert res.metrics["epoch"] == 3
@@ -174,7 +177,7 @@ def test_without_failures_allowed_the_crash_fails_the_run(ray_session, train_dat
 
     cfg = _cfg(train_data, tmp_path, "crash0", "train.max_failures=0", "train.epochs=2")
     with pytest.raises(TrainingFailedError) as exc:
-        run_training(cfg, log=lambda *a: None, _fail_at_epoch=1)
+        run_training(cfg, log=lambda *a: None, hooks=[FaultInjection(run_dir_of(cfg), epoch=1)])
     run_dir = tmp_path / "runs" / "crash0"
     assert (run_dir / ".fault_injected").read_text() == "rank 1 epoch 2\n"
     msg = str(exc.value)  # Ray Train's WorkerGroupError: one snippet per rank
@@ -185,7 +188,7 @@ def test_without_failures_allowed_the_crash_fails_the_run(ray_session, train_dat
 def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):
     """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its terms fall;
     its checkpoint loads as an encoder for `rayeq eval`."""
-    from rayeq.eval.features import load_checkpoint
+    from rayeq.checkpoint import load_checkpoint
 
     cfg = _cfg(train_data, tmp_path, "ceiling", "method.name=supervised", "method.supervised.hidden_dim=64",
                "train.epochs=4")  # fmt: skip

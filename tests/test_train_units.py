@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from rayeq.cluster import check_resources
 from rayeq.config import ConfigError, load_config
-from rayeq.eval.metrics import R2Accumulator, r2_global, r2_per_dim
-from rayeq.train.driver import check_resources, check_run_dir
+from rayeq.metrics import R2Accumulator, r2_global, r2_per_dim
+from rayeq.train.driver import check_run_dir
 from rayeq.train.optim import LARS, build_optimizer, build_scheduler, scaled_lr
 from rayeq.train.probes import OnlineProbes, ProbeMetrics
 

@@ -1,1 +1,1 @@
-"""Data: the built-in 3D renderer, converters, paired views with targets, the Ray Data pipeline."""
+"""Data: the stored format (schema), the built-in set; making data sets (make/) and feeding training (feed/)."""

@@ -197,3 +197,22 @@ def open_dataset(path: str | Path, split: str | None = None) -> tuple[dict[str, 
     if split is not None and meta.get("splits", {}).get(split, 0) == 0:
         raise DataError(f"data directory {str(path)!r} has no rows in split {split!r} (splits: {meta.get('splits')})")
     return meta, shards
+
+
+def is_objects(meta: dict[str, Any]) -> bool:
+    """A 3D object set (views with latents), as opposed to an image set."""
+    return meta["format"] == OBJECTS_FORMAT
+
+
+def split_filter(split: str):
+    """The row filter of one split, for `Table.filter`, `pq.read_table(filters=)` and Ray's `read_parquet`."""
+    import pyarrow.compute as pc
+
+    return pc.field("split") == split
+
+
+def read_split_table(shard: Path, split: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's rows of one split (all columns, or `columns` plus `split`)."""
+    if columns is not None and "split" not in columns:
+        columns = [*columns, "split"]
+    return pq.read_table(shard, columns=columns, filters=split_filter(split))

@@ -18,73 +18,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
-from rayeq.data.schema import DataError, decode_image, open_dataset
+from rayeq.checkpoint import LoadedCheckpoint
+from rayeq.config import ExperimentConfig
+from rayeq.data.feed.normalize import normalize
+from rayeq.data.schema import DataError, decode_image, open_dataset, read_split_table
 from rayeq.methods import build_method
-from rayeq.train.loop import STATE_FILE
-
-
-@dataclass
-class LoadedCheckpoint:
-    path: Path  # the checkpoint directory
-    run_dir: Path
-    cfg: ExperimentConfig
-    state: dict[str, Any]
-
-    def norm_stats(self, data_dir: Path) -> tuple[list[float], list[float]]:
-        """The normalisation the encoder was trained with, else the data set's own."""
-        data = self.state.get("data", {})
-        if data.get("mean") is not None:
-            return data["mean"], data["std"]
-        from rayeq.data.pipeline import norm_stats
-        from rayeq.data.schema import read_meta
-
-        return norm_stats(read_meta(data_dir))
-
-    def method_weights(self) -> dict[str, torch.Tensor]:
-        """The method's state dict (the checkpoint also holds the online probes)."""
-        return {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.state.get("data", {}).get("num_classes")
-
-    def encoder(self) -> torch.nn.Module:
-        method = build_method(self.cfg, self.num_classes)
-        method.load_state_dict(self.method_weights())
-        return method.eval()
-
-
-def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """A checkpoint directory, or a run directory (its latest, or best by the saved score)."""
-    path = Path(path).expanduser()
-    if (path / STATE_FILE).is_file():
-        return path
-    if not path.is_dir():
-        raise DataError(f"{str(path)!r} is neither a run directory nor a checkpoint")
-    ckpts = sorted(p for p in path.glob("checkpoint_*") if p.is_dir() and (p / STATE_FILE).is_file())
-    if not ckpts:
-        raise DataError(f"run directory {str(path)!r} has no checkpoint_*/{STATE_FILE} (has training run yet?)")
-    if which == "latest":
-        return ckpts[-1]
-    scored = []
-    for c in ckpts:
-        m = torch.load(c / STATE_FILE, map_location="cpu", weights_only=False).get("metrics", {})
-        scored.append((m.get("val/top1", m.get("train/top1", -1.0)), c))
-    return max(scored)[1]
-
-
-def load_checkpoint(path: str | Path, which: str = "latest") -> LoadedCheckpoint:
-    ckpt = find_checkpoint(path, which)
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    try:
-        cfg = from_dict(upgrade_stored_config(state["config"]))
-    except ConfigError as exc:
-        raise DataError(f"checkpoint {str(ckpt)!r} holds a config this rayeq cannot read: {exc}") from exc
-    return LoadedCheckpoint(ckpt, ckpt.parent, cfg, state)
 
 
 @dataclass
@@ -121,18 +61,17 @@ class BatchEncoder:
                  batch_size: int = 256, device: str = "cpu"):  # fmt: skip
         self.encoder, self.size, self.views = encoder, image_size, views_per_object
         self.batch_size, self.device = batch_size, device
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = list(mean), list(std)
 
     @torch.no_grad()
     def _encode(self, images: list[np.ndarray], batch: dict[str, Any]) -> np.ndarray:
-        from rayeq.data.augment import resize
+        from rayeq.data.feed.augment import resize
 
         out = []
         for i in range(0, len(images), self.batch_size):
             chunk = images[i : i + self.batch_size]
             x = torch.stack([resize(torch.from_numpy(im).permute(2, 0, 1), self.size) for im in chunk])
-            x = ((x.float() / 255.0 - self.mean) / self.std).to(self.device)
+            x = normalize(x, self.mean, self.std).to(self.device)
             if hasattr(self.encoder, "encode"):
                 out.append(self.encoder.encode(x).float().cpu())
             else:
@@ -209,8 +148,7 @@ def extract_features(
     rows_per_call = max(1, batch_size // (views_per_object or 8))
     parts = []
     for shard in shards:
-        table = pq.read_table(shard)
-        table = table.filter(pa.compute.equal(table["split"], split))
+        table = read_split_table(shard, split)
         for b in table.to_batches(max_chunksize=rows_per_call):
             parts.append(enc(pa.Table.from_batches([b])))
     return assemble_features(parts)
@@ -227,27 +165,16 @@ class _RayBatchEncoder(BatchEncoder):
         super().__init__(method.eval().to(device), device=device, **kwargs)
 
 
-def ray_extract_plan(ray, actors: int | None) -> dict[str, Any]:
-    """Actors and resources for extraction on the connected cluster: one actor per GPU, else CPU
-    actors of up to 4 threads each, leaving room for the Parquet reads."""
-    total = ray.cluster_resources()
-    gpus, cpus = int(total.get("GPU", 0)), total.get("CPU", 1)
-    if gpus:
-        return {"actors": actors or gpus, "num_gpus": 1, "num_cpus": 1, "threads": 4, "use_gpu": True}
-    per = int(min(4, max(1, cpus - 1)))
-    n = actors or max(1, int((cpus - 0.5) // per))
-    return {"actors": n, "num_gpus": 0, "num_cpus": per, "threads": per, "use_gpu": False}
-
-
 def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, views_per_object: int | None = None,
                          batch_size: int = 256, actors: int | None = None, log=print) -> Features:  # fmt: skip
     """Encode a split with Ray Data: Parquet reads -> encoder actors on the cluster's GPUs (else CPUs)."""
     import ray
 
-    from rayeq.data.pipeline import read_split
+    from rayeq.cluster import extract_plan
+    from rayeq.data.feed.pipeline import read_split
 
     _, shards = open_dataset(data_dir, split)
-    plan = ray_extract_plan(ray, actors)
+    plan = extract_plan(ray, actors)
     mean, std = loaded.norm_stats(data_dir)
     where = "1 GPU each" if plan["use_gpu"] else f"{plan['num_cpus']} CPU(s) each"
     log(f"  features ({split}): Ray Data, up to {plan['actors']} encoder actor(s), {where}")

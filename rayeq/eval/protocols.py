@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayeq.data.targets import relative_color, relative_rotation_quaternion
-from rayeq.eval.metrics import R2Accumulator
+from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion
+from rayeq.metrics import R2Accumulator
 from rayeq.models import mlp
 
 # pair targets computed from the two views' latents (3DIEBench order)
@@ -63,10 +63,6 @@ class ProtocolSettings:
             s.hidden_dim = min(s.hidden_dim, fast.max_hidden_dim)
             s.min_steps = max(s.min_steps, fast.min_steps)
         return s
-
-
-def part(r: torch.Tensor, name: str, inv_dim: int) -> torch.Tensor:
-    return {"full": r, "inv": r[:, :inv_dim], "equi": r[:, inv_dim:]}[name]
 
 
 def _fit(model: nn.Module, epoch_data, n: int, loss_fn, s: ProtocolSettings) -> nn.Module:

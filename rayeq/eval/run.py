@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
-from rayeq.data.schema import DataError, read_meta
-from rayeq.eval.features import Features, LoadedCheckpoint, cached_features, load_checkpoint
-from rayeq.eval.metrics import r2_global
-from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression, part
+from rayeq.data.schema import DataError, is_objects, read_meta
+from rayeq.eval.features import Features, cached_features
+from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression
 from rayeq.methods import USES_LABELS, build_method, method_label
+from rayeq.metrics import r2_global
+from rayeq.models import feature_part
 
 PROTOCOLS_3D = ("linear", "knn", "rotation", "color")
 PROTOCOLS_IMAGES = ("linear", "knn", "transforms")
@@ -76,11 +78,11 @@ def evaluate(
     if data is not None:
         data_dir = Path(data).expanduser()
     else:
-        from rayeq.data.pipeline import resolve_data_dir
+        from rayeq.data.feed.pipeline import resolve_data_dir
 
         data_dir = resolve_data_dir(cfg)
     meta = read_meta(data_dir)
-    three_d = meta["format"] == "rayeq-objects/1"
+    three_d = is_objects(meta)
     allowed = PROTOCOLS_3D if three_d else PROTOCOLS_IMAGES
     unknown = [p for p in protocols or [] if p not in PROTOCOLS_3D + PROTOCOLS_IMAGES]
     if unknown:
@@ -94,7 +96,7 @@ def evaluate(
     settings = settings_for(cfg, fast)
     use_ray = use_ray_for(cfg.eval.extractor, address)
     if use_ray:
-        from rayeq.train.driver import connect_ray
+        from rayeq.cluster import connect_ray
 
         connect_ray(address, log)
     log(f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state['epoch']}) on {data_dir}: "
@@ -154,7 +156,7 @@ def measure(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, wanted: list[s
         va = cached_features(loaded, data_dir, "val", use_ray, log)
         chance = majority_top1(tr.label, va.label)
         for name in PARTS:
-            xtr, xva = part(tr.r, name, inv_dim), part(va.r, name, inv_dim)
+            xtr, xva = feature_part(tr.r, name, inv_dim), feature_part(va.r, name, inv_dim)
             if "linear" in wanted:
                 res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"])
                 metrics[f"linear/{name}/top1"], mean[f"linear/{name}/top1"] = res["top1"], chance
@@ -209,7 +211,7 @@ def _protocol_of(metric: str) -> str:
 def floor_dir(cfg: ExperimentConfig, data_dir: Path, norm) -> Path:
     """Where an untrained encoder's features and floors live: one folder per data set, architecture,
     seed, input size and normalisation (not the method: every method builds its backbone first)."""
-    from rayeq.quickstart import cache_dir
+    from rayeq.data.builtin import cache_dir
 
     blob = json.dumps([
         FLOORS_VERSION, (data_dir / "meta.json").read_text(), str(data_dir.resolve()), cfg.model.model_dump(),
@@ -333,8 +335,7 @@ def _log_to_aim(loaded: LoadedCheckpoint, metrics: dict[str, float], floors: dic
     if cfg.track.backend != "aim" or not run_id:
         return
     try:
-        from rayeq.track import open_tracker
-        from rayeq.train.driver import resolve_track_repo
+        from rayeq.track import open_tracker, resolve_track_repo
 
         # the repo the run was trained with (a relative track.repo resolved where training ran)
         repo = loaded.state.get("track_repo") or resolve_track_repo(cfg)

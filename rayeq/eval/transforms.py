@@ -7,15 +7,14 @@ hue +-0.1, Gaussian blur sigma 0.1-2, translation +-10 px at 224 px (scaled to t
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from rayeq.data.augment import IDENTITY, apply_params, resize
-from rayeq.data.schema import decode_image, open_dataset
+from rayeq.data.feed.augment import IDENTITY, apply_params, resize
+from rayeq.data.feed.normalize import normalize
+from rayeq.data.schema import decode_image, open_dataset, read_split_table
 from rayeq.eval.protocols import ProtocolSettings, regression
 
-# family -> indices into rayeq.data.augment.PARAM_NAMES
+# family -> indices into rayeq.data.feed.augment.PARAM_NAMES
 FAMILIES = {"rotation": [5], "color": [8, 9, 10, 11], "blur": [13], "translation": [6, 7]}
 
 
@@ -36,8 +35,6 @@ def sample_family(g: np.random.Generator, family: str, size: int) -> np.ndarray:
 
 @torch.no_grad()
 def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
     g = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     encode = encoder.encode if hasattr(encoder, "encode") else encoder
     feats = {f: ([], []) for f in FAMILIES}  # family -> (features, params)
@@ -46,8 +43,7 @@ def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
     def flush():
         if not pending:
             return
-        x = torch.stack([t for t, _, _ in pending]).float() / 255.0
-        r = encode((x - m) / s).float()
+        r = encode(normalize(torch.stack([t for t, _, _ in pending]), mean, std)).float()
         n = len(pending) // (len(FAMILIES) + 1)
         stride = len(FAMILIES) + 1
         for i in range(n):
@@ -58,8 +54,7 @@ def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
         pending.clear()
 
     for shard in open_dataset(data_dir, split)[1]:
-        table = pq.read_table(shard, columns=["image", "split"])
-        for row in table.filter(pa.compute.equal(table["split"], split)).to_pylist():
+        for row in read_split_table(shard, split, ["image"]).to_pylist():
             img = resize(torch.from_numpy(decode_image(row["image"])).permute(2, 0, 1), size)
             pending.append((img, None, IDENTITY))
             for fam in FAMILIES:

@@ -23,17 +23,21 @@ class StepOutput:
     """losses: weighted loss terms that sum to losses["total"];
     representations: pooled (B, C) features of view 1 and view 2 (for online probes);
     reconstruction / recon_target: (B, 3, r, r) decoded and target images when the method decodes;
-    metrics: detached diagnostics (unweighted terms) for logging."""
+    diagnostics: detached unweighted terms (0-d tensors: no host sync until `metrics` reads them)."""
 
     losses: dict[str, torch.Tensor]
     representations: tuple[torch.Tensor, torch.Tensor]
     reconstruction: torch.Tensor | None = None
     recon_target: torch.Tensor | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def total(self) -> torch.Tensor:
         return self.losses["total"]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.diagnostics.items()}
 
 
 class SSLMethod(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from rayeq.config import ExperimentConfig
 from rayeq.losses import covariance_term, gather_with_grad, invariance_term, variance_term
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
-from rayeq.models import HyperPredictor, Projector
+from rayeq.models import HyperPredictor, Projector, split_features
 
 
 def _scaled(widths: list[int], ratio: float) -> list[int]:
@@ -33,6 +33,9 @@ class SIE(SSLMethod):
         self.predictor = HyperPredictor(
             self.projector_equi.out_dim, param_dim=4, kind=cfg.method.sie.hypernetwork, bias=cfg.method.sie.bias
         )
+        lc = cfg.loss  # the loss weights, fixed at construction
+        self.sim_weight, self.equi_weight = lc.sim_weight, lc.equi_weight
+        self.std_weight, self.cov_weight = lc.std_weight, lc.cov_weight
 
     def check_batch(self, batch) -> None:
         if "rel_rotation" not in batch:
@@ -45,12 +48,12 @@ class SIE(SSLMethod):
 
     def loss_terms(self, batch, out1, out2) -> StepOutput:
         (_, r1), (_, r2) = out1, out2
-        inv1, inv2 = self.projector_inv(r1[:, : self.inv_dim]), self.projector_inv(r2[:, : self.inv_dim])
-        equi1, equi2 = self.projector_equi(r1[:, self.inv_dim :]), self.projector_equi(r2[:, self.inv_dim :])
+        (i1, e1), (i2, e2) = split_features(r1, self.inv_dim), split_features(r2, self.inv_dim)
+        inv1, inv2 = self.projector_inv(i1), self.projector_inv(i2)
+        equi1, equi2 = self.projector_equi(e1), self.projector_equi(e2)
         q = batch["rel_rotation"].to(equi1.dtype)  # (B, 4)
         pred2 = self.predictor(equi1, q)  # (B, d_equi): predicted equivariant embedding of view 2
 
-        lc = self.cfg.loss
         sim_inv = invariance_term(inv1, inv2)
         sim_equi = invariance_term(pred2, equi2)
         z1 = gather_with_grad(torch.cat([inv1, equi1], dim=1))
@@ -59,12 +62,12 @@ class SIE(SSLMethod):
         pred_std = variance_term(gather_with_grad(pred2)) / 2
         cov = covariance_term(z1) + covariance_term(z2)
         losses = {
-            "sim": lc.sim_weight * sim_inv,
-            "equi": lc.equi_weight * lc.sim_weight * sim_equi,
-            "std": lc.std_weight * std,
-            "pred_std": lc.std_weight * pred_std,
-            "cov": lc.cov_weight * cov,
+            "sim": self.sim_weight * sim_inv,
+            "equi": self.equi_weight * self.sim_weight * sim_equi,
+            "std": self.std_weight * std,
+            "pred_std": self.std_weight * pred_std,
+            "cov": self.cov_weight * cov,
         }
         losses["total"] = sum(losses.values())
-        metrics = {"equi_mse": sim_equi.item(), "inv_mse": sim_inv.item()}
-        return StepOutput(losses=losses, representations=(r1, r2), metrics=metrics)
+        diagnostics = {"equi_mse": sim_equi.detach(), "inv_mse": sim_inv.detach()}
+        return StepOutput(losses=losses, representations=(r1, r2), diagnostics=diagnostics)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.targets import COLOR_TARGET_DIMS, rotation_matrix_xyz
+from rayeq.data.feed.targets import COLOR_TARGET_DIMS, rotation_matrix_xyz
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
 from rayeq.models import mlp
 
@@ -35,6 +35,9 @@ class Supervised(SSLMethod):
         self.color_head = mlp(2 * c, h, color_dim)
         self.classifier = nn.Linear(c, num_classes)
         self.pose_head = nn.Linear(c, 9)
+        lc = cfg.loss  # the loss weights, fixed at construction
+        self.rotation_weight, self.color_weight = lc.rotation_weight, lc.color_weight
+        self.class_weight, self.pose_weight = lc.class_weight, lc.pose_weight
 
     def check_batch(self, batch) -> None:
         missing = [k for k in self.required_keys if k not in batch]
@@ -47,7 +50,6 @@ class Supervised(SSLMethod):
 
     def loss_terms(self, batch, out1, out2) -> StepOutput:
         (_, r1), (_, r2) = out1, out2
-        lc = self.cfg.loss
         pair = torch.cat([r1, r2], dim=1)  # (B, 2C)
         both = torch.cat([r1, r2])  # (2B, C): each view is a sample for the per-view heads
         rotation = F.mse_loss(self.rotation_head(pair).float(), batch["rel_rotation"].float())
@@ -57,10 +59,10 @@ class Supervised(SSLMethod):
         euler = torch.cat([batch["latent1"][:, :3], batch["latent2"][:, :3]]).float()
         pose = F.mse_loss(self.pose_head(both).float(), rotation_matrix_xyz(euler).flatten(1))
         losses = {
-            "rotation": lc.rotation_weight * rotation,
-            "color": lc.color_weight * color,
-            "class": lc.class_weight * classes,
-            "pose": lc.pose_weight * pose,
+            "rotation": self.rotation_weight * rotation,
+            "color": self.color_weight * color,
+            "class": self.class_weight * classes,
+            "pose": self.pose_weight * pose,
         }
         losses["total"] = sum(losses.values())
         return StepOutput(losses=losses, representations=(r1, r2))

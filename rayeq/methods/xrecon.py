@@ -31,6 +31,7 @@ class XRecon(JointEmbedding):
         fmap_size = math.ceil(cfg.data.image_size / STEM_STRIDES[cfg.model.stem])
         self.decoder = ConvDecoder(self.xattn.out_dim, fmap_size, d.recon_size, d.width, d.depth)
         self.targets = (1, 2) if cfg.method.symmetric else (cfg.method.target_view,)
+        self.recon_weight = cfg.loss.recon_weight
 
     def _tokens(self, spec: str, target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]):
         view, part = spec.split(".")
@@ -63,12 +64,12 @@ class XRecon(JointEmbedding):
             recon = recon + reconstruction_loss(pred, target)
         recon = recon / len(self.targets)
         losses["ssl"] = losses.pop("total")
-        losses["recon"] = self.cfg.loss.recon_weight * recon
+        losses["recon"] = self.recon_weight * recon
         losses["total"] = losses["ssl"] + losses["recon"]
         return StepOutput(
             losses=losses,
             representations=(r1, r2),
             reconstruction=pred.detach(),
             recon_target=target,
-            metrics={"recon_mse": float(recon.detach())},
+            diagnostics={"recon_mse": recon.detach()},
         )

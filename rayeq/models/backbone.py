@@ -51,6 +51,14 @@ def split_features(x: torch.Tensor, inv_dim: int, dim: int = 1) -> tuple[torch.T
     return x.narrow(dim, 0, inv_dim), x.narrow(dim, inv_dim, x.shape[dim] - inv_dim)
 
 
+def feature_part(x: torch.Tensor, name: str, inv_dim: int, dim: int = 1) -> torch.Tensor:
+    """One named part of features: "full", "inv" or "equi" (see `split_features`)."""
+    if name == "full":
+        return x
+    inv, equi = split_features(x, inv_dim, dim)
+    return {"inv": inv, "equi": equi}[name]
+
+
 def to_tokens(fmap: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, h*w, C): one token per spatial position."""
     return fmap.flatten(2).transpose(1, 2)

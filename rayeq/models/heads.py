@@ -1,4 +1,4 @@
-"""Projection heads and SIE's hypernetwork predictor."""
+"""Projection heads, SIE's hypernetwork predictor and the probe heads (online probes and eval)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,13 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
     )
+
+
+def regression_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """A regression probe: `mlp` behind a non-affine BatchNorm (probes must not depend on the features' scale)."""
+    return nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), *mlp(in_dim, hidden, out_dim))
+
+
+def linear_classifier(in_dim: int, num_classes: int) -> nn.Sequential:
+    """A linear classifier probe behind a non-affine BatchNorm."""
+    return nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, num_classes))

@@ -40,10 +40,10 @@ def trial_name(spec_name: str, trial_id: str) -> str:
 
 def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     """What one trial holds at least: its workers, one Ray Data actor, a read task, the trainable."""
-    from rayeq.data.pipeline import READ_CPUS
+    from rayeq.cluster import run_cpus
 
     t = cfg.train
-    cpus = t.num_workers * t.cpus_per_worker + cfg.data.cpus_per_actor + READ_CPUS + TRAINABLE_CPUS
+    cpus = run_cpus(cfg) + TRAINABLE_CPUS
     return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0}
 
 
@@ -142,19 +142,20 @@ def run_sweep(
     spec = load_sweep(path, storage_path)
     base, used_overrides = base_config(spec, list(overrides))
     check_space(spec, base)
-    from rayeq.data.pipeline import check_data, resolve_data_dir
+    from rayeq.data.feed.pipeline import check_data, resolve_data_dir
+    from rayeq.data.schema import is_objects
     from rayeq.train.probes import reported_metric_names
 
     data_dir = resolve_data_dir(base)  # builds the built-in set once, before any trial needs it
     # trials run in Tune's per-trial working directories: every path they use must be absolute
-    from rayeq.train.driver import resolve_track_repo
+    from rayeq.track import resolve_track_repo
 
     base = from_dict(apply_overrides(base.to_dict(), [f"data.path={data_dir.resolve()}",
                                                       f"track.repo={resolve_track_repo(base)}"]))  # fmt: skip
     meta, _ = check_data(base, "train")
     has_val = meta["splits"].get("val", 0) > 0
     check_metrics(
-        spec, base, reported_metric_names(meta["format"] == "rayeq-objects/1", has_val, base.train.floor_probes)
+        spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes)
     )
 
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
@@ -176,7 +177,7 @@ def run_sweep(
     elif resume:
         raise ConfigError(f"--resume: {str(sweep_dir)!r} holds no sweep {spec.name!r} to resume")
 
-    from rayeq.train.driver import connect_ray
+    from rayeq.cluster import connect_ray
 
     ray = connect_ray(address, log)
     concurrency = check_cluster(spec, base, ray, autoscaling)

@@ -1,9 +1,8 @@
 """`rayeq train`: everything that can be checked is checked before Ray starts; then a TorchTrainer
-runs `train_loop_per_worker` over the Ray Data pipeline."""
+runs `train_loop_per_worker` over the Ray Data pipeline; `summary` prints the result beside its floors."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -12,9 +11,13 @@ from typing import Any
 
 import yaml
 
+from rayeq.checkpoint import score_attribute
+from rayeq.cluster import check_resources, connect_ray, worker_resources
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
-from rayeq.data.pipeline import check_data, norm_stats
-from rayeq.data.targets import COLOR_TARGET_DIMS
+from rayeq.data.feed.pipeline import check_data
+from rayeq.runinfo import RunInfo
+from rayeq.track import resolve_track_repo
+from rayeq.train.engine import Hooks
 
 CONFIG_FILE = "config.yaml"
 
@@ -68,64 +71,12 @@ def check_run_dir(cfg: ExperimentConfig, force: bool) -> Path:
     return run_dir
 
 
-def connect_ray(address: str | None, log=print):
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # Ray >= 2.59 clusters use token auth; a client connecting by address must say so
-        token = Path.home() / ".ray" / "auth_token"
-        if "RAY_AUTH_MODE" not in os.environ and token.is_file():
-            os.environ["RAY_AUTH_MODE"] = "token"
-        log(f"connecting to Ray at {address}")
-        ray.init(address=address, log_to_driver=True)
-    else:
-        log("starting a local Ray instance (dashboard on 127.0.0.1)")
-        ray.init(dashboard_host="127.0.0.1", log_to_driver=True)
-    return ray
-
-
-def check_resources(cfg: ExperimentConfig, ray) -> None:
-    t, d = cfg.train, cfg.data
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    from rayeq.data.pipeline import READ_CPUS
-
-    need_cpu = max(t.num_workers, 1) * t.cpus_per_worker
-    if need_cpu + d.cpus_per_actor + READ_CPUS > cpus + 1e-9:
-        raise ConfigError(
-            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} = {need_cpu} CPUs plus "
-            f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{READ_CPUS} to read) "
-            f"exceed the cluster's {cpus:g} "
-            "CPUs (the run would hang waiting for data): lower them or add nodes"
-        )
-    if t.use_gpu and max(t.num_workers, 1) * t.gpus_per_worker > gpus:
-        raise ConfigError(
-            f"train.use_gpu with train.num_workers={t.num_workers} x train.gpus_per_worker={t.gpus_per_worker} "
-            f"needs more GPUs than the cluster's {gpus:g}"
-        )
-
-
-def resolve_track_repo(cfg: ExperimentConfig) -> str:
-    repo = cfg.track.repo
-    return repo if repo.startswith("aim://") else str(Path(repo).expanduser().resolve())
-
-
-def run_training(
-    cfg: ExperimentConfig,
-    address: str | None = None,
-    force: bool = False,
-    log=print,
-    _fail_at_epoch: int | None = None,
-    _record_resume: bool = False,
-) -> TrainResult:
-    """`_fail_at_epoch` and `_record_resume` are test hooks (a worker dies once in that epoch; each worker saves
-    the state it holds right after restoring a checkpoint, for comparison with the checkpoint)."""
+def run_training(cfg: ExperimentConfig, address: str | None = None, force: bool = False, log=print,
+                 hooks: list[Hooks] | tuple = ()) -> TrainResult:  # fmt: skip
+    """Train `cfg` to its last epoch (resuming the run directory's latest checkpoint). `hooks` run
+    on every worker beside rayeq's own (e.g. a test's fault injection)."""
     t0 = time.perf_counter()
-    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, _fail_at_epoch=_fail_at_epoch,
-                                                 _record_resume=_record_resume)  # fmt: skip
+    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, hooks=hooks)
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     ckpt = result.checkpoint.path if result.checkpoint else None
@@ -139,58 +90,49 @@ def build_trainer(
     log=print,
     callbacks: list | tuple = (),
     extra_params: dict[str, Any] | None = None,
-    _fail_at_epoch: int | None = None,
-    _record_resume: bool = False,
+    hooks: list[Hooks] | tuple = (),
 ):
     """Check everything, connect to Ray and build the TorchTrainer of a run (not started). `callbacks`
     go on Train's RunConfig (a sweep's TuneReportCallback); `extra_params` are logged to the run's
     Aim hparams next to the config (a sweep's name, trial and sampled values)."""
     meta, _ = check_data(cfg, "train")
     n_train = meta["splits"]["train"]
-    has_val = meta["splits"].get("val", 0) > 0
     if n_train < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the {n_train} training rows of {cfg.data.path!r}"
         )
     run_dir = check_run_dir(cfg, force)
     cfg.dump(run_dir / CONFIG_FILE)
-    three_d = meta["format"] == "rayeq-objects/1"
-    regress = {"rel_rotation": 4, "rel_color": COLOR_TARGET_DIMS[cfg.data.color_target]} if three_d else {}
-    mean, std = norm_stats(meta)
-    score = "val/top1" if has_val else "train/top1"
     track_repo = resolve_track_repo(cfg)
+    info = RunInfo.from_meta(cfg, meta, run_dir=str(run_dir), track_repo=track_repo, force=force,
+                             extra_params=extra_params or {})  # fmt: skip
 
     ray = connect_ray(address, log)
     check_resources(cfg, ray)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rayeq.data.pipeline import build_ray_dataset
+    from rayeq.data.feed.pipeline import build_ray_dataset
     from rayeq.train.loop import train_loop_per_worker
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # rayeq prints steps, throughput and ETA itself
     ctx.print_on_execution_start = False
     datasets = {"train": build_ray_dataset(cfg, "train")}
-    if has_val:
+    if info.has_val:
         datasets["val"] = build_ray_dataset(cfg, "val")
     t = cfg.train
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
-    info = {
-        "n_train": n_train, "has_val": has_val, "num_classes": len(meta["classes"]), "regress": regress,
-        "mean": mean, "std": std, "config_hash": cfg.fingerprint(), "force": force, "run_dir": str(run_dir),
-        "track_repo": track_repo, "score_attribute": score, "fail_at_epoch": _fail_at_epoch,
-        "record_resume": _record_resume, "extra_params": extra_params or {},
-    }  # fmt: skip
+    resources = worker_resources(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "info": info},
+        train_loop_config={"cfg": cfg.to_dict(), "info": info, "hooks": list(hooks)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=t.name,
             storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score, checkpoint_score_order="max"
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score_attribute(info.has_val),
+                checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=t.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # rayeq prints its own progress

@@ -18,25 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayeq.eval.metrics import AccuracyAccumulator, R2Accumulator
-from rayeq.models import mlp
-
-
-def regression_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    # probes must not depend on the features' scale
-    return nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), *mlp(in_dim, hidden, out_dim))
-
-
-def linear_probe(in_dim: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, num_classes))
+from rayeq.metrics import AccuracyAccumulator, R2Accumulator
+from rayeq.models import linear_classifier, regression_mlp, split_features
 
 
 class OnlineProbes(nn.Module):
     def __init__(self, feature_dim: int, inv_dim: int, num_classes: int, regress: dict[str, int], hidden: int):
         super().__init__()
         self.inv_dim = inv_dim
-        self.classifier = linear_probe(feature_dim, num_classes)
-        self.classifier_inv = linear_probe(inv_dim, num_classes)
+        self.classifier = linear_classifier(feature_dim, num_classes)
+        self.classifier_inv = linear_classifier(inv_dim, num_classes)
         self.regressors = nn.ModuleDict({k: regression_mlp(2 * feature_dim, hidden, d) for k, d in regress.items()})
 
     def forward(self, r1: torch.Tensor, r2: torch.Tensor, batch: dict[str, torch.Tensor]):
@@ -45,7 +36,7 @@ class OnlineProbes(nn.Module):
         both = torch.cat([r1, r2])  # each view is a sample for classification
         labels = torch.cat([batch["label"], batch["label"]])
         logits = self.classifier(both)
-        logits_inv = self.classifier_inv(both[:, : self.inv_dim])
+        logits_inv = self.classifier_inv(split_features(both, self.inv_dim)[0])
         loss = F.cross_entropy(logits, labels) + F.cross_entropy(logits_inv, labels)
         outputs = {"logits": logits, "logits_inv": logits_inv, "labels": labels}
         pair = torch.cat([r1, r2], dim=1)  # (B, 2C)

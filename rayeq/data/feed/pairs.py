@@ -16,9 +16,9 @@ import pyarrow as pa
 import torch
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.augment import PARAM_NAMES, apply_params, resize, sample_params
+from rayeq.data.feed.augment import PARAM_NAMES, apply_params, resize, sample_params
+from rayeq.data.feed.targets import COLOR_TARGET_DIMS, relative_color, relative_rotation_quaternion
 from rayeq.data.schema import DataError, decode_image
-from rayeq.data.targets import COLOR_TARGET_DIMS, relative_color, relative_rotation_quaternion
 
 log = logging.getLogger(__name__)
 

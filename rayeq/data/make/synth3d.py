@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rayeq.data.progress import Progress
+from rayeq.data.make.progress import Progress
+from rayeq.data.make.shapes import CLASSES, make_object
 from rayeq.data.schema import (
     OBJECTS_FORMAT,
     OBJECTS_SCHEMA,
@@ -24,7 +25,6 @@ from rayeq.data.schema import (
     prepare_output_dir,
     write_meta,
 )
-from rayeq.data.shapes import CLASSES, make_object
 
 GENERATOR_VERSION = "synth3d-2"
 VAL_FRACTION = 0.2
@@ -34,14 +34,14 @@ _renderer = None
 
 def _init_worker(size: int) -> None:
     global _renderer
-    from rayeq.data.render import SceneRenderer
+    from rayeq.data.make.render import SceneRenderer
 
     _renderer = SceneRenderer(size)
 
 
 def render_object(task: tuple[int, str, np.random.SeedSequence, int]) -> dict:
     """Render every view of one object. task = (label, class name, seed sequence, n views)."""
-    from rayeq.data.render import random_colors, sample_latent
+    from rayeq.data.make.render import random_colors, sample_latent
 
     label, class_name, seq, views = task
     g = np.random.default_rng(seq)
@@ -140,7 +140,7 @@ def generate(
     seconds = time.perf_counter() - t0
     mean, std = stats.result()
     from rayeq import __version__
-    from rayeq.data.render import LATENT_NAMES, SCENE
+    from rayeq.data.make.render import LATENT_NAMES, SCENE
 
     meta = {
         "format": OBJECTS_FORMAT,

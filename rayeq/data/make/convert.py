@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rayeq.data.progress import Progress
+from rayeq.data.make.progress import Progress
 from rayeq.data.schema import (
     IMAGES_FORMAT,
     IMAGES_SCHEMA,

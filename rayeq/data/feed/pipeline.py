@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.pairs import pair_maker_class
-from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, open_dataset
+from rayeq.data.feed.normalize import normalize
+from rayeq.data.feed.pairs import pair_maker_class
+from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, open_dataset, split_filter
 
 READ_CPUS = 0.1  # Parquet reads are light; a full CPU per read task starves small clusters (2 cores)
 SOURCE_FORMATS = {"synth3d": OBJECTS_FORMAT, "3diebench": OBJECTS_FORMAT, "folder": IMAGES_FORMAT}
@@ -30,7 +30,7 @@ def resolve_data_dir(cfg: ExperimentConfig, build: bool = True) -> Path:
     """data.path, or for data.source=synth3d without a path the built-in set (rendered once into the
     cache directory, $RAYEQ_CACHE or ~/.cache/rayeq)."""
     if cfg.data.path is None and cfg.data.source == "synth3d":
-        from rayeq.quickstart import builtin_data_dir, ensure_data
+        from rayeq.data.builtin import builtin_data_dir, ensure_data
 
         return ensure_data(name=cfg.data.builtin) if build else builtin_data_dir(cfg.data.builtin)
     if cfg.data.path is None:
@@ -55,14 +55,6 @@ def check_data(cfg: ExperimentConfig, split: str | None = "train") -> tuple[dict
     return meta, shards
 
 
-def norm_stats(meta: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std stored with the data (computed from the generated or converted images)."""
-    mean, std = meta.get("mean"), meta.get("std")
-    if mean is None or std is None:
-        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's, when the data has none
-    return list(mean), [max(s, 1e-3) for s in std]
-
-
 def iter_pairs(
     cfg: ExperimentConfig, split: str = "train", batch_size: int = 64, seed: int | None = None, epochs: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -71,7 +63,7 @@ def iter_pairs(
     maker = pair_maker_class(cfg.data.source)(cfg, split=split, seed=seed)
     order_rng = np.random.default_rng(cfg.train.seed if seed is None else seed)
     tables = [pq.read_table(s).append_column("path", _path_column(s, pq.read_metadata(s).num_rows)) for s in shards]
-    table = pa.concat_tables(tables).filter(pc.field("split") == split)
+    table = pa.concat_tables(tables).filter(split_filter(split))
     for _ in range(epochs):
         idx = order_rng.permutation(table.num_rows)
         for start in range(0, len(idx) - batch_size + 1, batch_size):  # drop_last, as on the Ray path
@@ -85,7 +77,6 @@ def _path_column(shard: Path, n: int) -> pa.Array:
 def read_split(shards: list[Path], split: str, shuffle: str | None = None, include_paths: bool = True):
     """A Ray Dataset of one split's stored rows (objects or images); with `include_paths`, the
     shard's path in a `path` column."""
-    import pyarrow.dataset as pads
     import ray
 
     # Ray 2.60's V2 Parquet reader adds a ListFiles task that always asks for a whole CPU; next to
@@ -101,7 +92,7 @@ def read_split(shards: list[Path], split: str, shuffle: str | None = None, inclu
             include_paths=include_paths,  # a corrupt image's error names its shard
             num_cpus=READ_CPUS,
             shuffle=shuffle,
-            filter=pads.field("split") == split,
+            filter=split_filter(split),
         )
     finally:
         ctx.use_datasource_v2 = previous
@@ -133,14 +124,12 @@ def to_model_batch(
     channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
     """uint8 views -> normalised float views on `device`; other keys become tensors as they are."""
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = {}
     for k, v in batch.items():
         t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
         t = t.to(device, non_blocking=True)
         if k in ("view1", "view2"):
-            t = (t.float() / 255.0 - m) / s
+            t = normalize(t, mean, std)
             if channels_last:
                 t = t.contiguous(memory_format=torch.channels_last)
         out[k] = t

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from rayeq.data.shapes import Mesh
+from rayeq.data.make.shapes import Mesh
 
 # 3DIEBench scene constants (kept in meta.json of every generated set)
 SCENE = {

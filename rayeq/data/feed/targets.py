@@ -24,6 +24,12 @@ def relative_rotation_quaternion(euler1: np.ndarray, euler2: np.ndarray, canonic
 
 
 COLOR_TARGET_DIMS = {"sie": 2, "cos_sin": 4}  # width of relative_color's output per mode
+ROTATION_TARGET_DIMS = 4  # a quaternion (x, y, z, w)
+
+
+def target_widths(color_target: str, three_d: bool) -> dict[str, int]:
+    """The per-pair transformation targets of a data set and their widths (none for image sets)."""
+    return {"rel_rotation": ROTATION_TARGET_DIMS, "rel_color": COLOR_TARGET_DIMS[color_target]} if three_d else {}
 
 
 def relative_color(latent1: np.ndarray, latent2: np.ndarray, mode: str = "sie") -> np.ndarray:

@@ -1,0 +1,137 @@
+"""One training checkpoint: what it holds (`TrainState`), how it is written and read, which of a
+run's checkpoints is best, and a checkpoint loaded as a frozen encoder (`LoadedCheckpoint`).
+
+Training writes it (train/loop.py, each epoch); resuming, `rayeq eval` and sweeps read it. On disk a
+checkpoint is a directory with `state.pt`, a plain dict of the `TrainState` fields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
+from rayeq.data.schema import DataError
+from rayeq.methods import build_method
+
+STATE_FILE = "state.pt"
+# the best checkpoint: highest held-out top-1 of the online linear probe (train top-1 without a val split)
+SCORE_KEYS = ("val/top1", "train/top1")
+TRAINING_PARTS = ("model", "optimizer", "probe_optimizer", "scheduler", "scaler")
+
+
+def score_attribute(has_val: bool) -> str:
+    """The metric Ray Train keeps the best checkpoints by."""
+    return SCORE_KEYS[0] if has_val else SCORE_KEYS[1]
+
+
+def checkpoint_score(metrics: dict[str, Any]) -> float:
+    return metrics.get(SCORE_KEYS[0], metrics.get(SCORE_KEYS[1], -1.0))
+
+
+class CheckpointMismatch(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    """model ... scaler: the state dicts of `Engine.state_dict()`; epoch: epochs done; step: optimiser
+    steps done; data: the normalisation and class count the encoder was trained with."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    probe_optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    epoch: int
+    step: int
+    config_hash: str
+    config: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    tracker_run_id: str | None = None
+    track_repo: str | None = None
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / STATE_FILE
+        torch.save(asdict(self), path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainState:
+        state = read_state(Path(directory))
+        return cls(**{k: state.get(k) for k in cls.__dataclass_fields__ if k in state})
+
+    def training_state(self) -> dict[str, Any]:
+        """What `Engine.load_state_dict` restores."""
+        return {**{k: getattr(self, k) for k in TRAINING_PARTS}, "epoch": self.epoch, "step": self.step}
+
+    def check_config(self, config_hash: str, force: bool) -> None:
+        if self.config_hash != config_hash and not force:
+            raise CheckpointMismatch(
+                f"checkpoint was made under config {self.config_hash}, this run is {config_hash}; "
+                "rerun with --force to load it anyway"
+            )
+
+
+def read_state(checkpoint_dir: Path) -> dict[str, Any]:
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path  # the checkpoint directory
+    run_dir: Path
+    cfg: ExperimentConfig
+    state: dict[str, Any]
+
+    def norm_stats(self, data_dir: Path) -> tuple[list[float], list[float]]:
+        """The normalisation the encoder was trained with, else the data set's own."""
+        data = self.state.get("data", {})
+        if data.get("mean") is not None:
+            return data["mean"], data["std"]
+        from rayeq.data.feed.normalize import norm_stats
+        from rayeq.data.schema import read_meta
+
+        return norm_stats(read_meta(data_dir))
+
+    def method_weights(self) -> dict[str, torch.Tensor]:
+        """The method's state dict (the checkpoint also holds the online probes)."""
+        return {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.state.get("data", {}).get("num_classes")
+
+    def encoder(self) -> torch.nn.Module:
+        method = build_method(self.cfg, self.num_classes)
+        method.load_state_dict(self.method_weights())
+        return method.eval()
+
+
+def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """A checkpoint directory, or a run directory (its latest, or best by the saved score)."""
+    path = Path(path).expanduser()
+    if (path / STATE_FILE).is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{str(path)!r} is neither a run directory nor a checkpoint")
+    ckpts = sorted(p for p in path.glob("checkpoint_*") if p.is_dir() and (p / STATE_FILE).is_file())
+    if not ckpts:
+        raise DataError(f"run directory {str(path)!r} has no checkpoint_*/{STATE_FILE} (has training run yet?)")
+    if which == "latest":
+        return ckpts[-1]
+    scored = [(checkpoint_score(read_state(c).get("metrics", {})), c) for c in ckpts]
+    return max(scored)[1]
+
+
+def load_checkpoint(path: str | Path, which: str = "latest") -> LoadedCheckpoint:
+    ckpt = find_checkpoint(path, which)
+    state = read_state(ckpt)
+    try:
+        cfg = from_dict(upgrade_stored_config(state["config"]))
+    except ConfigError as exc:
+        raise DataError(f"checkpoint {str(ckpt)!r} holds a config this rayeq cannot read: {exc}") from exc
+    return LoadedCheckpoint(ckpt, ckpt.parent, cfg, state)

@@ -1,0 +1,1 @@
+"""Feeding training: paired views, their targets, augmentation and the Ray Data pipeline."""

@@ -1,0 +1,46 @@
+"""`RunInfo`: what a training run knows besides its config, built once from the data set's
+`meta.json` and the config: facts of the data (sizes, classes, normalisation, which targets the
+probes regress and their widths) and the run's identity (config hash, run directory, tracker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayeq.config import ExperimentConfig
+from rayeq.data.feed.normalize import norm_stats
+from rayeq.data.feed.targets import target_widths
+from rayeq.data.schema import is_objects
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    n_train: int  # training rows (objects or images)
+    n_val: int
+    num_classes: int
+    three_d: bool  # a 3D object set: pairs carry relative rotation and colour targets
+    mean: list[float]  # the per-channel normalisation the encoder trains with
+    std: list[float]
+    regress: dict[str, int]  # the probes' regression targets and their widths (empty for image sets)
+    config_hash: str = ""
+    run_dir: str | None = None  # metrics.jsonl goes here
+    track_repo: str | None = None
+    force: bool = False  # resume a checkpoint made under another config
+    extra_params: dict[str, Any] = field(default_factory=dict)  # logged beside the config (a sweep's trial)
+
+    @classmethod
+    def from_meta(cls, cfg: ExperimentConfig, meta: dict[str, Any], **identity) -> RunInfo:
+        three_d = is_objects(meta)
+        mean, std = norm_stats(meta)
+        splits = meta["splits"]
+        return cls(n_train=splits["train"], n_val=splits.get("val", 0), num_classes=len(meta["classes"]),
+                   three_d=three_d, mean=mean, std=std, regress=target_widths(cfg.data.color_target, three_d),
+                   config_hash=identity.pop("config_hash", cfg.fingerprint()), **identity)  # fmt: skip
+
+    @property
+    def has_val(self) -> bool:
+        return self.n_val > 0
+
+    def data_facts(self) -> dict[str, Any]:
+        """What a checkpoint records of the data (an encoder is evaluated with its own normalisation)."""
+        return {"mean": self.mean, "std": self.std, "num_classes": self.num_classes}

@@ -1,0 +1,103 @@
+"""What the training host runs around the engine on the main rank: console progress (steps,
+throughput, ETA), the tracker (Aim: loss curves, epoch metrics, view/reconstruction pictures) and
+`metrics.jsonl` in the run directory. Plain Python: the Ray worker passes them to the `Engine`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayeq.config import ExperimentConfig
+from rayeq.data.feed.normalize import denormalize
+from rayeq.runinfo import RunInfo
+from rayeq.train.engine import Engine, EpochResult, Hooks
+
+
+def write(*parts, flush: bool = True) -> None:
+    """Progress straight to stdout (Ray Train patches print() in workers: every line would show twice)."""
+    sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+    if flush:
+        sys.stdout.flush()
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class ConsoleProgress(Hooks):
+    """A line every `train.log_every_steps` steps (loss terms, steady images/s, ETA) and one per epoch."""
+
+    def __init__(self, cfg: ExperimentConfig, say=write):
+        self.cfg, self.say = cfg, say
+        self.t_run, self.start_epoch = time.perf_counter(), None
+
+    def on_step(self, engine: Engine, n: int, out, terms: dict[str, float]) -> None:
+        if self.start_epoch is None:
+            self.start_epoch = engine.epoch
+        spe, epochs = engine.steps_per_epoch, self.cfg.train.epochs
+        if n % self.cfg.train.log_every_steps and n != spe:
+            return
+        elapsed = time.perf_counter() - engine.epoch_started
+        ips = 2 * self.cfg.train.batch_size * (n - 1) / max(elapsed, 1e-9) if n > 1 else 0.0
+        done = (engine.epoch - self.start_epoch) * spe + n
+        eta = (time.perf_counter() - self.t_run) / max(done, 1) * ((epochs - self.start_epoch) * spe - done)
+        shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
+        self.say(f"epoch {engine.epoch + 1}/{epochs} step {n}/{spe} loss {terms['total']:.4f} ({shown}) "
+                 f"{ips:.0f} img/s ETA {fmt_seconds(eta)}")  # fmt: skip
+
+    def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
+        m = result.metrics
+        shown = {k: round(v, 4) for k, v in m.items() if k.startswith(("val/", "train/top1", "train/rot"))}
+        self.say(f"epoch {engine.epoch}/{self.cfg.train.epochs} done in {m['epoch_seconds']:.1f}s: loss "
+                 f"{m['train/total']:.4f}, {m['images_per_sec']:.0f} img/s steady, {shown}")  # fmt: skip
+
+
+class TrackerHook(Hooks):
+    """Loss terms at the console's steps; train, val and throughput metrics per epoch; every
+    `track.image_every_epochs` epochs a picture of the last batch's views (and reconstructions)."""
+
+    def __init__(self, cfg: ExperimentConfig, info: RunInfo, tracker):
+        self.cfg, self.info, self.tracker = cfg, info, tracker
+
+    def on_step(self, engine: Engine, n: int, out, terms: dict[str, float]) -> None:
+        if n % self.cfg.train.log_every_steps == 0 or n == engine.steps_per_epoch:
+            self.tracker.log_metrics({f"loss/{k}": v for k, v in terms.items()}, engine.step_count, engine.epoch)
+
+    def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
+        m, step, epoch, log = result.metrics, engine.step_count, engine.epoch, self.tracker.log_metrics
+        log({k: v for k, v in m.items() if "/" in k and k.startswith("train")}, step, epoch, subset="train")
+        log({k: v for k, v in m.items() if k.startswith("val/")}, step, epoch, "val")
+        log({"images_per_sec": m["images_per_sec"], "lr": m["lr"]}, step, epoch)
+        if epoch % self.cfg.track.image_every_epochs == 0 and result.last is not None:
+            grid = image_grid(*result.last, self.info.mean, self.info.std)
+            caption = "rows: view 1, view 2[, reconstruction target, reconstruction]"
+            self.tracker.log_image("views_and_reconstructions", grid, step, epoch, caption=caption)
+
+
+class MetricsFile(Hooks):
+    """One JSON line of metrics per epoch in `<run dir>/metrics.jsonl` (appended: a resumed run adds to it)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(result.metrics) + "\n")
+
+
+def image_grid(batch, out, mean, std, n: int = 8) -> np.ndarray:
+    """Rows: view 1, view 2 and, for xrecon, the reconstruction target and the reconstruction."""
+    rows = [denormalize(batch["view1"][:n], mean, std), denormalize(batch["view2"][:n], mean, std)]
+    if out.reconstruction is not None:
+        size = batch["view1"].shape[-1]
+        for x in (out.recon_target, out.reconstruction):
+            up = torch.nn.functional.interpolate(x[:n].float(), size=(size, size), mode="nearest")
+            rows.append(denormalize(up, mean, std))
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, rows*S, n*S)
+    return grid.permute(1, 2, 0).numpy()

@@ -1,0 +1,133 @@
+"""The training Engine without Ray: a checkpoint restores the exact training state (and training
+goes on identically from it), the non-finite-loss guard stops a run naming the step and the terms,
+an epoch is capped at steps_per_epoch, and TrainState round-trips through disk."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rayeq.checkpoint import CheckpointMismatch, TrainState, checkpoint_score, score_attribute
+from rayeq.config import load_config
+from rayeq.runinfo import RunInfo
+from rayeq.train.engine import Engine, Hooks, NonFiniteLossError
+
+SIZE, BATCH = 16, 8
+
+
+def _cfg(*extra):
+    return load_config(None, [
+        "data.image_size=16", "model.stem=compact", "model.projector=[32,32]", "method.name=xrecon",
+        "method.decoder.width=16", "method.decoder.recon_size=16", "optim.lr=0.01", "optim.scale_lr=false",
+        "optim.warmup_epochs=1", "train.epochs=3", f"train.batch_size={BATCH}", "train.log_every_steps=1", *extra,
+    ])  # fmt: skip
+
+
+INFO = RunInfo(n_train=4 * BATCH, n_val=0, num_classes=3, three_d=True, mean=[0.5] * 3, std=[0.25] * 3,
+               regress={"rel_rotation": 4, "rel_color": 2})  # fmt: skip
+
+
+def _batches(n, seed=0):
+    """Stored pairs as the pipeline yields them: uint8 views and per-pair targets."""
+    g = np.random.default_rng(seed)
+    for _ in range(n):
+        q = g.normal(size=(BATCH, 4)).astype(np.float32)
+        yield {
+            "view1": torch.from_numpy(g.integers(0, 256, (BATCH, 3, SIZE, SIZE), dtype=np.uint8)),
+            "view2": torch.from_numpy(g.integers(0, 256, (BATCH, 3, SIZE, SIZE), dtype=np.uint8)),
+            "label": torch.from_numpy(g.integers(0, 3, BATCH)),
+            "rel_rotation": torch.from_numpy(q / np.linalg.norm(q, axis=1, keepdims=True)),
+            "rel_color": torch.from_numpy(g.normal(size=(BATCH, 2)).astype(np.float32)),
+        }
+
+
+def _engine(cfg=None, seed=0):
+    torch.manual_seed(seed)
+    return Engine(cfg or _cfg(), INFO, "cpu")
+
+
+def _same(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_a_restored_engine_holds_the_saved_state_and_trains_on_identically(tmp_path):
+    a = _engine()
+    assert a.steps_per_epoch == 4  # 32 rows / batch 8
+    first = a.run_epoch(_batches(10))
+    assert first.steps == 4 and first.metrics["epoch"] == 1 and first.metrics["step"] == 4
+    TrainState(**a.state_dict(), config_hash="h", config=a.cfg.to_dict(), metrics=first.metrics).save(tmp_path)
+
+    b = _engine(seed=123)  # other initial weights: everything must come from the checkpoint
+    state = TrainState.load(tmp_path)
+    b.load_state_dict(state.training_state())
+    _same(b.state_dict(), a.state_dict(), "restored")
+    assert b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
+    # the next epoch on the same batches: the same losses and the same weights afterwards
+    ra, rb = a.run_epoch(_batches(4, seed=1)), b.run_epoch(_batches(4, seed=1))
+    assert ra.metrics["train/total"] == rb.metrics["train/total"] and ra.metrics["epoch"] == 2
+    _same(b.state_dict()["model"], a.state_dict()["model"], "after an epoch")
+    now = a.module.state_dict()
+    assert any(v.is_floating_point() and not torch.equal(v, now[k]) for k, v in state.model.items())  # it trained on
+
+
+def test_a_checkpoint_from_another_config_is_refused_unless_forced(tmp_path):
+    a = _engine()
+    TrainState(**a.state_dict(), config_hash="abc", config={}).save(tmp_path)
+    state = TrainState.load(tmp_path)
+    with pytest.raises(CheckpointMismatch, match="abc.*def.*--force"):
+        state.check_config("def", force=False)
+    state.check_config("def", force=True)
+    state.check_config("abc", force=False)
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step_and_the_terms():
+    eng = _engine(_cfg("method.name=sie"))
+    batches = list(_batches(4))
+    batches[1]["rel_rotation"][:] = float("nan")  # a corrupt target in the second batch: SIE's equi term is NaN
+    with pytest.raises(NonFiniteLossError) as exc:
+        eng.run_epoch(iter(batches))
+    msg = str(exc.value)
+    assert "at step 2 " in msg and "equi=nan" in msg and "total=nan" in msg and "sim=" in msg, msg
+    assert eng.step_count == 2  # stopped at the bad step, not at the end of the epoch
+
+
+def test_an_epoch_stops_at_steps_per_epoch_and_hooks_see_every_step():
+    seen = []
+
+    class Record(Hooks):
+        def on_step(self, engine, n, out, terms):
+            seen.append((engine.epoch, n, engine.step_count, math.isfinite(terms["total"])))
+
+    eng = _engine(_cfg("train.steps_per_epoch=2"))
+    assert eng.steps_per_epoch == 2
+    res = eng.run_epoch(_batches(10), [Record()])
+    assert res.steps == 2 and seen == [(0, 1, 1, True), (0, 2, 2, True)]
+    assert res.metrics["images_per_sec"] > 0 and "train/rot_r2" in res.metrics and "train/floor/top1" in res.metrics
+    with pytest.raises(RuntimeError, match="no full batch"):
+        eng.run_epoch(iter([]))
+
+
+def test_validation_reports_held_out_probes_and_leaves_training_mode():
+    eng = _engine()
+    eng.run_epoch(_batches(4))
+    val = eng.validate(_batches(2, seed=5))
+    assert {"val/top1", "val/rot_r2", "val/color_r2", "val/floor/top1"} <= set(val)
+    assert eng.module.training and not eng.module.floor.backbone.training
+
+
+def test_the_best_checkpoint_rule():
+    assert score_attribute(True) == "val/top1" and score_attribute(False) == "train/top1"
+    assert checkpoint_score({"val/top1": 0.3, "train/top1": 0.9}) == 0.3
+    assert checkpoint_score({"train/top1": 0.9}) == 0.9 and checkpoint_score({}) == -1.0
