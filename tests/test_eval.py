@@ -3,9 +3,11 @@ latents) gets R² near 1, constant or random encoders get R² <= ~0, an encoder 
 train objects lands at the floor on held-out ones, separable features 100 %; every result carries
 its floors (untrained encoder, mean predictor) and marks what does not beat them."""
 
+import functools
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
@@ -33,6 +35,42 @@ def reg_data(tmp_path_factory):
     return rendered_set(tmp_path_factory, "evaldata", classes=3, objects_per_class=40, views=6, size=16, seed=2)
 
 
+@functools.lru_cache
+def _view_facts(data, size: int = 16) -> dict[bytes, tuple]:
+    """Every stored view of a 3D set, as an encoder receives it (decoded, resized, normalised), by its bytes
+    -> (latents, label, object id, split): what a hand-made encoder needs to know and rayeq does not pass."""
+    from rayeq.data.feed.augment import resize
+    from rayeq.data.feed.normalize import normalize
+    from rayeq.data.schema import decode_image, open_dataset
+
+    mean, std = norm_stats(read_meta(data))
+    facts = {}
+    for shard in open_dataset(data)[1]:
+        for row in pq.read_table(shard).to_pylist():
+            for i, png in enumerate(row["images"]):
+                x = normalize(resize(torch.from_numpy(decode_image(png)).permute(2, 0, 1), size)[None], mean, std)
+                facts[x[0].numpy().tobytes()] = (row["latents"][i], row["label"], row["object_id"], row["split"])
+    return facts
+
+
+class ByImage:
+    """A hand-made encoder `fn(images, batch)` behind the `encode(images)` rayeq calls: each image is looked up
+    among the data set's views, and `batch` holds per image its `latent`, `label`, `object_id` and `split`."""
+
+    def __init__(self, fn, data, size: int = 16):
+        self.fn, self.facts = fn, _view_facts(data, size)
+
+    def to(self, device):
+        return self
+
+    def encode(self, images):
+        rows = [self.facts[x.numpy().tobytes()] for x in images]
+        batch = {"latent": torch.tensor(np.array([r[0] for r in rows], dtype=np.float32)),
+                 "label": torch.tensor([r[1] for r in rows]), "object_id": [r[2] for r in rows],
+                 "split": [r[3] for r in rows]}  # fmt: skip
+        return self.fn(images, batch)
+
+
 def oracle(images, batch):
     """Per view: its rotation matrix and the cos/sin and raw value of both hues."""
     lat = batch["latent"].numpy()
@@ -52,7 +90,7 @@ def noise(images, batch):
 
 def _feats(encoder, data, split):
     mean, std = norm_stats(read_meta(data))
-    return extract_features(encoder, data, split, 16, mean, std)
+    return extract_features(ByImage(encoder, data), data, split, 16, mean, std)
 
 
 def _probe(tr, va, target, s=FAST, part=slice(None)):
@@ -217,8 +255,9 @@ def test_metrics_at_or_below_their_floor_are_marked_in_every_table(reg_data, tmp
             "eval.fast.min_steps=1200"]  # fmt: skip
     run = _checkpoint(tmp_path, reg_data, "method.name=supervised", *slow)
     real_encoder = LoadedCheckpoint.encoder
+    memorising = ByImage(Memorising(), reg_data)
     monkeypatch.setattr(LoadedCheckpoint, "encoder",
-                        lambda self: Memorising() if self.state["epoch"] > 0 else real_encoder(self))  # fmt: skip
+                        lambda self: memorising if self.state["epoch"] > 0 else real_encoder(self))  # fmt: skip
     torch.manual_seed(0)
     res = evaluate(run, fast=True, protocols=["rotation"], log=lambda *a: 0)
     m, floors = res["metrics"], res["floors"]
@@ -255,7 +294,7 @@ def test_eval_reads_the_invariant_and_equivariant_channels_it_names(reg_data, tm
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
     run = _checkpoint(tmp_path, reg_data, "eval.rotation.hidden_dim=128", "eval.fast.max_hidden_dim=128",
                       "eval.fast.min_steps=1500")  # fmt: skip
-    monkeypatch.setattr(LoadedCheckpoint, "encoder", lambda self: SplitParts())
+    monkeypatch.setattr(LoadedCheckpoint, "encoder", lambda self: ByImage(SplitParts(), reg_data))
     loaded = load_checkpoint(run)
     assert loaded.cfg.model.inv_dim == 256
     torch.manual_seed(0)
@@ -319,6 +358,19 @@ def image_data(tmp_path_factory):
     return tmp / "data"
 
 
+class Encoder:
+    """A function of the normalised images as an encoder (`encode`)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def to(self, device):
+        return self
+
+    def encode(self, images):
+        return self.fn(images)
+
+
 def pixels(x):
     """An encoder that keeps the image: the normalised pixels, flattened."""
     return x.flatten(1)
@@ -342,7 +394,7 @@ def test_transform_pairs_hold_the_image_and_its_transform_by_the_recorded_parame
 
     mean, std = norm_stats(read_meta(image_data))
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    feats = _encode_split(pixels, image_data, "val", 32, mean, std, seed=0)
+    feats = _encode_split(Encoder(pixels), image_data, "val", 32, mean, std, seed=0)
 
     def image(flat):
         return ((flat.view(3, 32, 32) * s + m) * 255).round().clamp(0, 255).to(torch.uint8)
@@ -376,7 +428,7 @@ def test_transform_protocol_on_images(image_data, tmp_path, monkeypatch):
     settings["transforms"] = ProtocolSettings(epochs=300, batch_size=64, hidden_dim=256, min_steps=3000)
     scores = {}
     for name, enc in (("stats", image_statistics), ("constant", lambda x: torch.ones(len(x), 8))):
-        monkeypatch.setattr(LoadedCheckpoint, "encoder", lambda self, enc=enc: enc)
+        monkeypatch.setattr(LoadedCheckpoint, "encoder", lambda self, enc=enc: Encoder(enc))
         torch.manual_seed(0)
         scores[name] = measure(loaded, image_data, read_meta(image_data), ["transforms"], settings, False,
                                lambda *a: 0)  # fmt: skip

@@ -14,7 +14,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,9 +52,8 @@ class Features:
 
 class BatchEncoder:
     """Stored rows (a pyarrow table of objects or images) -> features as numpy columns. The one code
-    path of local and Ray extraction. `encoder` is a module with `encode(images) -> (B, C)`, or a
-    callable `encoder(images, batch) -> (B, C)` (tests' hand-made encoders), where batch holds per
-    image its `latent` (3D), `label`, `object_id` and `split`."""
+    path of local and Ray extraction. `encoder` has `encode(images) -> (B, C)` (a method, or any
+    object with that call)."""
 
     def __init__(self, encoder, image_size: int, mean, std, views_per_object: int | None = None,
                  batch_size: int = 256, device: str = "cpu"):  # fmt: skip
@@ -64,7 +62,7 @@ class BatchEncoder:
         self.mean, self.std = list(mean), list(std)
 
     @torch.no_grad()
-    def _encode(self, images: list[np.ndarray], batch: dict[str, Any]) -> np.ndarray:
+    def _encode(self, images: list[np.ndarray]) -> np.ndarray:
         from rayeq.data.feed.augment import resize
 
         out = []
@@ -72,16 +70,13 @@ class BatchEncoder:
             chunk = images[i : i + self.batch_size]
             x = torch.stack([resize(torch.from_numpy(im).permute(2, 0, 1), self.size) for im in chunk])
             x = normalize(x, self.mean, self.std).to(self.device)
-            if hasattr(self.encoder, "encode"):
-                out.append(self.encoder.encode(x).float().cpu())
-            else:
-                out.append(self.encoder(x, {k: v[i : i + self.batch_size] for k, v in batch.items()}).float())
+            out.append(self.encoder.encode(x).float().cpu())
         return torch.cat(out).numpy()
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         if "images" in table.column_names:  # 3D objects -> every view (or the first views_per_object)
-            images, keys, index, labels, lats, splits = [], [], [], [], [], []
-            for row in table.select(["object_id", "label", "split", "images", "latents"]).to_pylist():
+            images, keys, index, labels, lats = [], [], [], [], []
+            for row in table.select(["object_id", "label", "images", "latents"]).to_pylist():
                 n = len(row["images"]) if self.views is None else min(self.views, len(row["images"]))
                 for i in range(n):
                     images.append(decode_image(row["images"][i]))
@@ -89,28 +84,23 @@ class BatchEncoder:
                     index.append(i)
                     labels.append(row["label"])
                     lats.append(row["latents"][i])
-                    splits.append(row["split"])
             latent = np.array(lats, dtype=np.float32).reshape(-1, 7)
             label = np.array(labels, dtype=np.int64)
-            info = {"latent": torch.from_numpy(latent), "label": torch.from_numpy(label), "object_id": keys,
-                    "split": splits}  # fmt: skip
             return {
                 "key": np.array(keys, dtype=object),
                 "index": np.array(index, dtype=np.int64),
                 "label": label,
-                "r": self._encode(images, info),
+                "r": self._encode(images),
                 "latent": latent,
             }
-        rows = table.select(["image", "label", "path", "split"]).to_pylist()  # path: the image's source, unique
+        rows = table.select(["image", "label", "path"]).to_pylist()  # path: the image's source, unique
         images = [decode_image(r["image"]) for r in rows]
         label = np.array([r["label"] for r in rows], dtype=np.int64)
-        info = {"label": torch.from_numpy(label), "object_id": [r["path"] for r in rows],
-                "split": [r["split"] for r in rows]}  # fmt: skip
         return {
             "key": np.array([r["path"] for r in rows], dtype=object),
             "index": np.zeros(len(rows), dtype=np.int64),
             "label": label,
-            "r": self._encode(images, info),
+            "r": self._encode(images),
         }
 
 

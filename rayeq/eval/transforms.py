@@ -36,7 +36,7 @@ def sample_family(g: np.random.Generator, family: str, size: int) -> np.ndarray:
 @torch.no_grad()
 def _encode_split(encoder, data_dir, split, size, mean, std, seed, batch=128):
     g = np.random.default_rng(np.random.SeedSequence([seed, 11]))
-    encode = encoder.encode if hasattr(encoder, "encode") else encoder
+    encode = encoder.encode
     feats = {f: ([], []) for f in FAMILIES}  # family -> (features, params)
     pending: list = []
 
