@@ -6,7 +6,7 @@ or SURVIVED. Exit status 1 if any survives.
     .venv/bin/python dev/listed_mutations.py --no-ray   # only the mutations the fast core tests kill
 
 mutmut (`mutmut run`, docs/TESTING.md) makes the generated mutants; these are the plausible bugs named in the
-issue, some outside the mutated modules (the train loop, the online probes).
+issue, some outside the mutated modules (the training engine, the online probes).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ MUTATIONS = [
     ("SIE predictor fed ones_like(q)", "rayeq/methods/sie.py", "self.predictor(equi1, q)",
      "self.predictor(equi1, torch.ones_like(q))",
      ["tests/test_methods.py::test_sie_terms_are_computed_on_the_right_parts_and_the_pairs_rotation"], False),
-    ("online inv probe reads the equivariant channels", "rayeq/train/probes.py", "both[:, : self.inv_dim]",
-     "both[:, self.inv_dim :]", ["tests/test_train_units.py::test_online_inv_probe_reads_the_invariant_channels"],
+    ("online inv probe reads the equivariant channels", "rayeq/train/probes.py",
+     "split_features(both, self.inv_dim)[0]", "split_features(both, self.inv_dim)[1]", ["tests/test_train_units.py::test_online_inv_probe_reads_the_invariant_channels"],
      False),
     ("pair maker swaps view1 and view2", "rayeq/data/feed/pairs.py", 'out["view1"].append(v1.numpy())\n            '
      'out["view2"].append(v2.numpy())', 'out["view1"].append(v2.numpy())\n            out["view2"].append(v1.numpy())',
@@ -46,8 +46,8 @@ MUTATIONS = [
     ("apply_params applies saturation for contrast", "rayeq/data/feed/augment.py",
      "out = TF.adjust_contrast(out, float(p[9]))", "out = TF.adjust_saturation(out, float(p[9]))",
      ["tests/test_targets_augment.py::test_photometric_parameters_mean_what_they_say"], False),
-    ("eval swaps the inv and equi parts", "rayeq/eval/protocols.py",
-     '"inv": r[:, :inv_dim], "equi": r[:, inv_dim:]', '"inv": r[:, inv_dim:], "equi": r[:, :inv_dim]',
+    ("eval swaps the inv and equi parts", "rayeq/models/backbone.py",
+     'return {"inv": inv, "equi": equi}[name]', 'return {"inv": equi, "equi": inv}[name]',
      ["tests/test_eval.py::test_eval_reads_the_invariant_and_equivariant_channels_it_names"], False),
     ("SIE's batch-wide terms not gathered across ranks", "rayeq/methods/sie.py",
      "z1 = gather_with_grad(torch.cat([inv1, equi1], dim=1))", "z1 = torch.cat([inv1, equi1], dim=1)",
@@ -57,11 +57,13 @@ MUTATIONS = [
      False),
     ("metric accumulators not summed across ranks", "rayeq/metrics.py", "            dist.all_reduce(t)\n",
      "            pass\n", ["tests/test_losses.py::test_losses_under_ddp_match_the_full_batch"], False),
-    ("resume does not load the model", "rayeq/train/loop.py", '        module.load_state_dict(state["model"])\n', "",
-     ["tests/test_train_ray.py::test_second_run_resumes_from_the_saved_epoch"], True),
-    ("resume does not load the optimiser", "rayeq/train/loop.py",
-     '        optimizer.load_state_dict(state["optimizer"])\n', "",
-     ["tests/test_train_ray.py::test_second_run_resumes_from_the_saved_epoch"], True),
+    ("resume does not load the model", "rayeq/train/engine.py", '        self.module.load_state_dict(state["model"])\n',
+     "", ["tests/test_engine.py::test_a_restored_engine_holds_the_saved_state_and_trains_on_identically",
+          "tests/test_train_ray.py::test_second_run_resumes_from_the_saved_epoch"], True),
+    ("resume does not load the optimiser", "rayeq/train/engine.py",
+     '        self.optimizer.load_state_dict(state["optimizer"])\n', "",
+     ["tests/test_engine.py::test_a_restored_engine_holds_the_saved_state_and_trains_on_identically",
+      "tests/test_train_ray.py::test_second_run_resumes_from_the_saved_epoch"], True),
 ]  # fmt: skip
 
 

@@ -29,8 +29,14 @@ from rayeq.train.engine import Engine
 
 # the quickstart's CPU-sized model (compact stem, 32 px views of the built-in set), on 1 worker
 # (train.epochs: the plain loop's cosine schedule spans 100 x 10,000 steps, i.e. a constant lr)
-BENCH_OVERRIDES = [*QUICKSTART_OVERRIDES, "optim.warmup_epochs=0", "train.num_workers=1", "train.epochs=100",
-                   "train.log_every_steps=1000", "track.backend=none"]  # fmt: skip
+BENCH_OVERRIDES = [
+    *QUICKSTART_OVERRIDES,
+    "optim.warmup_epochs=0",
+    "train.num_workers=1",
+    "train.epochs=100",
+    "train.log_every_steps=1000",
+    "track.backend=none",
+]
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -44,9 +50,18 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def bench_config(method: str, size: int, batch: int, threads: int, overrides: list[str] = ()) -> ExperimentConfig:
-    return load_config(None, [*BENCH_OVERRIDES, f"method.name={method}", f"data.image_size={size}",
-                              f"train.batch_size={batch}", f"train.cpus_per_worker={threads}",
-                              f"train.torch_threads={threads}", *overrides])  # fmt: skip
+    return load_config(
+        None,
+        [
+            *BENCH_OVERRIDES,
+            f"method.name={method}",
+            f"data.image_size={size}",
+            f"train.batch_size={batch}",
+            f"train.cpus_per_worker={threads}",
+            f"train.torch_threads={threads}",
+            *overrides,
+        ],
+    )
 
 
 def _engine(cfg: ExperimentConfig, device: str, amp: bool) -> Engine:
@@ -95,9 +110,18 @@ def ray_path(cfg: ExperimentConfig, repeats: int, log=print) -> dict:
     from rayeq.train.driver import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={repeats + 1}", "train.val_every_epochs=1000",
-                                                        f"train.storage_path={tmp}", "train.name=bench",
-                                                        "train.keep_checkpoints=1"]))  # fmt: skip
+        run = from_dict(
+            apply_overrides(
+                cfg.to_dict(),
+                [
+                    f"train.epochs={repeats + 1}",
+                    "train.val_every_epochs=1000",
+                    f"train.storage_path={tmp}",
+                    "train.name=bench",
+                    "train.keep_checkpoints=1",
+                ],
+            )
+        )
         run_training(run, log=log)
         rows = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
     return _stats([r["images_per_sec"] for r in rows[1:]])
@@ -121,9 +145,17 @@ def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cp
     return _stats(times)
 
 
-def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, steps: int | None = None,
-                     repeats: int = 3, threads: int | None = None, skip_ray: bool = False,
-                     out: str | None = None, log=print) -> dict[str, Any]:  # fmt: skip
+def bench_throughput(
+    method: str = "xrecon",
+    size: int = 32,
+    batch: int = 32,
+    steps: int | None = None,
+    repeats: int = 3,
+    threads: int | None = None,
+    skip_ray: bool = False,
+    out: str | None = None,
+    log=print,
+) -> dict[str, Any]:
     from rayeq.data.feed.pipeline import check_data, resolve_data_dir
 
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
@@ -133,12 +165,20 @@ def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, st
     steps = steps or max(2, meta["splits"]["train"] // batch)  # one Ray epoch's worth
     torch.set_num_threads(threads)
     res: dict[str, Any] = {
-        "method": method, "image_size": size, "batch": batch, "steps_per_repeat": steps, "repeats": repeats,
-        "torch_threads": threads, "cpus": os.cpu_count(), "torch": torch.__version__,
+        "method": method,
+        "image_size": size,
+        "batch": batch,
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "torch_threads": threads,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-    }  # fmt: skip
-    log(f"bench throughput: {method}, {size} px, batch {batch}, {threads} torch thread(s), {steps} steps x "
-        f"{repeats} repeats (+1 warm-up) on {res['device']}")  # fmt: skip
+    }
+    log(
+        f"bench throughput: {method}, {size} px, batch {batch}, {threads} torch thread(s), {steps} steps x "
+        f"{repeats} repeats (+1 warm-up) on {res['device']}"
+    )
     res["plain"] = plain_loop(cfg, steps, repeats)
     log(f"  (a) plain PyTorch loop:   {_rate(res['plain'], 'img/s')}")
     if not skip_ray:
@@ -152,8 +192,10 @@ def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, st
         tb = step_time(base, min(steps, 10), repeats)
         res["step_time_s"] = {"xrecon": tx, cfg.method.base: tb}
         res["recon_overhead_pct"] = 100 * (tx["median"] / tb["median"] - 1)
-        log(f"  step time xrecon {1000 * tx['median']:.1f} ms vs {cfg.method.base} alone {1000 * tb['median']:.1f} ms: "
-            f"reconstruction overhead {res['recon_overhead_pct']:.1f} %  (target <= 15 %)")  # fmt: skip
+        log(
+            f"  step time xrecon {1000 * tx['median']:.1f} ms vs {cfg.method.base} alone {1000 * tb['median']:.1f} ms: "
+            f"reconstruction overhead {res['recon_overhead_pct']:.1f} %  (target <= 15 %)"
+        )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         gpu = {"plain_bf16_channels_last": plain_loop(cfg, steps, repeats, "cuda", amp=True)}
@@ -163,20 +205,24 @@ def bench_throughput(method: str = "xrecon", size: int = 32, batch: int = 32, st
             tb = step_time(bench_config(cfg.method.base, size, batch, threads), 20, repeats, "cuda", amp=True)
             gpu["recon_overhead_pct"] = 100 * (tx["median"] / tb["median"] - 1)
         if not skip_ray:
-            gcfg = bench_config(method, size, batch, threads, ["train.use_gpu=true", "train.precision=bf16",
-                                                               "train.channels_last=true"])  # fmt: skip
+            gcfg = bench_config(
+                method, size, batch, threads, ["train.use_gpu=true", "train.precision=bf16", "train.channels_last=true"]
+            )
             gpu["ray_bf16"] = ray_path(gcfg, repeats, log=lambda m: None)
             gpu["ray_over_plain_ratio"] = gpu["ray_bf16"]["median"] / gpu["plain_bf16_channels_last"]["median"]
         res["gpu"] = gpu
-        log(f"  GPU bf16 + channels_last: plain {gpu['plain_bf16_channels_last']['median']:.0f} img/s, "
-            f"memory peak {gpu['memory_peak_gib']:.2f} GiB" + (f", Ray {gpu['ray_bf16']['median']:.0f} img/s"
-                                                               if "ray_bf16" in gpu else ""))  # fmt: skip
+        log(
+            f"  GPU bf16 + channels_last: plain {gpu['plain_bf16_channels_last']['median']:.0f} img/s, "
+            f"memory peak {gpu['memory_peak_gib']:.2f} GiB"
+            + (f", Ray {gpu['ray_bf16']['median']:.0f} img/s" if "ray_bf16" in gpu else "")
+        )
     _write(res, out, log)
     return res
 
 
-def bench_data(size: int = 32, batch: int = 32, seconds: float = 20.0, out: str | None = None,
-               log=print) -> dict[str, Any]:  # fmt: skip
+def bench_data(
+    size: int = 32, batch: int = 32, seconds: float = 20.0, out: str | None = None, log=print
+) -> dict[str, Any]:
     from rayeq.cluster import connect_ray
     from rayeq.data.feed.pipeline import build_ray_dataset, check_data, iter_pairs, resolve_data_dir
     from rayeq.data.make.synth3d import generate
@@ -208,9 +254,11 @@ def bench_data(size: int = 32, batch: int = 32, seconds: float = 20.0, out: str 
             pairs += len(b["view1"])
         epoch_rates.append((pairs - batch) / (time.perf_counter() - t_first))
     res["ray_data_pairs_per_sec"] = _stats(epoch_rates[1:])
-    log(f"  Ray Data pair pipeline:         {_rate(res['ray_data_pairs_per_sec'], 'pairs/s')}, "
+    log(
+        f"  Ray Data pair pipeline:         {_rate(res['ray_data_pairs_per_sec'], 'pairs/s')}, "
         f"{cfg.data.num_actors} actor(s) x {cfg.data.cpus_per_actor} CPU (first pass, with start-up: "
-        f"{epoch_rates[0]:.0f})")  # fmt: skip
+        f"{epoch_rates[0]:.0f})"
+    )
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     t = step_time(cfg, 5, 2)
     res["training_pairs_per_sec"] = batch / t["median"]

@@ -50,9 +50,15 @@ def cmd_data(args) -> int:
         from rayeq.data.make.synth3d import generate
 
         generate(
-            args.out, classes=args.classes, objects_per_class=args.objects_per_class, views=args.views,
-            size=args.size, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
-        )  # fmt: skip
+            args.out,
+            classes=args.classes,
+            objects_per_class=args.objects_per_class,
+            views=args.views,
+            size=args.size,
+            seed=args.seed,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
     elif args.data_command == "3diebench":
         from rayeq.data.make.convert import convert_3diebench
 
@@ -95,8 +101,15 @@ def cmd_eval(args) -> int:
     protocols = args.protocols.split(",") if args.protocols else None
     results = []
     for p in paths:
-        res = evaluate(p, data=args.data, protocols=protocols, fast=args.fast, which=args.checkpoint,
-                       overrides=args.set, address=args.address)  # fmt: skip
+        res = evaluate(
+            p,
+            data=args.data,
+            protocols=protocols,
+            fast=args.fast,
+            which=args.checkpoint,
+            overrides=args.set,
+            address=args.address,
+        )
         path = write_outputs(res, args.out if not args.compare else None, args.overwrite)
         print(f"wrote {path} and {path.with_suffix('.md')}")
         results.append(res)
@@ -108,8 +121,14 @@ def cmd_eval(args) -> int:
 def cmd_sweep(args) -> int:
     from rayeq.sweep.run import run_sweep
 
-    out = run_sweep(args.sweep, resume=args.resume, address=args.address, storage_path=args.storage_path,
-                    overrides=args.set, autoscaling=args.autoscaling)  # fmt: skip
+    out = run_sweep(
+        args.sweep,
+        resume=args.resume,
+        address=args.address,
+        storage_path=args.storage_path,
+        overrides=args.set,
+        autoscaling=args.autoscaling,
+    )
     print(f"sweep finished in {out['seconds']:.0f}s; results in {out['sweep_dir']}")
     return 130 if out["interrupted"] else 0
 
@@ -119,8 +138,9 @@ def cmd_bench(args) -> int:
 
     bench.check_out(args.out, args.overwrite)
     if args.bench_command == "throughput":
-        bench.bench_throughput(args.method, args.size, args.batch, args.steps, args.repeats, args.threads,
-                               args.skip_ray, args.out)  # fmt: skip
+        bench.bench_throughput(
+            args.method, args.size, args.batch, args.steps, args.repeats, args.threads, args.skip_ray, args.out
+        )
     else:
         bench.bench_data(args.size, args.batch, args.seconds, args.out)
     return 0
@@ -185,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="RUN", help="evaluate several runs and print them side by side")
     p.add_argument("--data", default=None, help="data directory (default: the run's data.path / built-in set)")
     p.add_argument("--protocols", default=None, help="comma list: linear,knn,rotation,color,transforms")
-    p.add_argument("--fast", action="store_true", help="CPU preset (eval.fast): at most 30 epochs and width 512 "
-                   "per probe, at least 1,500 steps")  # fmt: skip
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="CPU preset (eval.fast): at most 30 epochs and width 512 per probe, at least 1,500 steps",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -194,8 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="eval.KEY=VALUE",
         help="override an eval setting of the run's config, e.g. eval.rotation.epochs=100 (repeatable)",
     )
-    p.add_argument("--address", default=None, help="Ray cluster to extract features on with Ray Data "
-                   "(default: $RAY_ADDRESS; none = this process, unless eval.extractor=ray)")  # fmt: skip
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to extract features on with Ray Data "
+        "(default: $RAY_ADDRESS; none = this process, unless eval.extractor=ray)",
+    )
     p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     p.add_argument("--out", default=None, help="results JSON (default: <checkpoint>/eval/results.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -210,10 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="hyper-parameter sweep: Ray Tune + Optuna (multi-objective), ASHA, resume")
     p.add_argument("sweep", help="sweep YAML (see sweeps/)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
-    p.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job "
-                   "submit`, or a local instance)")  # fmt: skip
-    p.add_argument("--storage-path", default=None, help="where sweep directories go (overrides the sweep file's "
-                   "storage_path; use an absolute or shared path under `ray job submit`)")  # fmt: skip
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job submit`, or a local instance)",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="where sweep directories go (overrides the sweep file's "
+        "storage_path; use an absolute or shared path under `ray job submit`)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -221,8 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a base config key for every trial, e.g. track.repo=/abs/aim (repeatable)",
     )
-    p.add_argument("--autoscaling", action="store_true", help="the cluster adds nodes on demand: skip the check "
-                   "that a node can hold a trial; run max_concurrent (else num_samples) trials at once")  # fmt: skip
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: skip the check "
+        "that a node can hold a trial; run max_concurrent (else num_samples) trials at once",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")
@@ -232,15 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch", type=int, default=32)
     common.add_argument("--out", default=None, help="write every figure as JSON")
     common.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    b = bsub.add_parser("throughput", parents=[common],
-                        help="training images/s: plain PyTorch loop vs Ray Train + Ray Data")  # fmt: skip
+    b = bsub.add_parser(
+        "throughput", parents=[common], help="training images/s: plain PyTorch loop vs Ray Train + Ray Data"
+    )
     b.add_argument("--method", choices=["xrecon", "vicreg", "simclr", "sie"], default="xrecon")
     b.add_argument("--steps", type=int, default=None, help="steps per repeat (default: one epoch of the data)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     b.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: CPUs - 1)")
     b.add_argument("--skip-ray", action="store_true", help="only the plain loop and the overhead")
-    b = bsub.add_parser("data", parents=[common],
-                        help="render images/s and the pair pipeline's pairs/s against training's needs")  # fmt: skip
+    b = bsub.add_parser(
+        "data", parents=[common], help="render images/s and the pair pipeline's pairs/s against training's needs"
+    )
     b.add_argument("--seconds", type=float, default=20.0, help="time spent on the plain pair maker x 4")
     p.set_defaults(func=cmd_bench)
 

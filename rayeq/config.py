@@ -23,12 +23,29 @@ STEM_STRIDES = {"imagenet": 32, "compact": 16, "small": 8}
 
 # Keys that may change when a run is resumed: they do not change what is being trained.
 OPERATIONAL_KEYS = (
-    "train.epochs", "train.name", "train.storage_path", "train.log_every_steps", "train.val_every_epochs",
-    "train.max_failures", "train.keep_checkpoints", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
-    "train.gpus_per_worker", "train.precision", "train.compile", "train.channels_last", "train.torch_threads",
-    "data.path", "data.num_actors", "data.cpus_per_actor", "data.rows_per_batch", "data.skip_corrupt",
-    "eval", "track",
-)  # fmt: skip
+    "train.epochs",
+    "train.name",
+    "train.storage_path",
+    "train.log_every_steps",
+    "train.val_every_epochs",
+    "train.max_failures",
+    "train.keep_checkpoints",
+    "train.num_workers",
+    "train.use_gpu",
+    "train.cpus_per_worker",
+    "train.gpus_per_worker",
+    "train.precision",
+    "train.compile",
+    "train.channels_last",
+    "train.torch_threads",
+    "data.path",
+    "data.num_actors",
+    "data.cpus_per_actor",
+    "data.rows_per_batch",
+    "data.skip_corrupt",
+    "eval",
+    "track",
+)
 TokenSource = Literal["target.inv", "target.equi", "target.full", "source.inv", "source.equi", "source.full"]
 
 
@@ -458,8 +475,9 @@ def upgrade_stored_config(d: dict[str, Any]) -> dict[str, Any]:
     probe = {k: e.pop(k) for k in ("epochs", "lr", "batch_size", "seed") if k in e}
     hidden = {"hidden_dim": e.pop("hidden_dim")} if "hidden_dim" in e else {}
     knn = {k: e.pop(f"knn_{k}") for k in ("k", "temperature") if f"knn_{k}" in e}
-    e.update(linear=probe, rotation={**probe, **hidden}, color={**probe, **hidden},
-             transforms={**probe, **hidden}, knn=knn)  # fmt: skip
+    e.update(
+        linear=probe, rotation={**probe, **hidden}, color={**probe, **hidden}, transforms={**probe, **hidden}, knn=knn
+    )
     return {**d, "eval": e}
 
 

@@ -35,8 +35,15 @@ def toy_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     latent2 = torch.zeros(batch, 7)
     latent2[:, 2] = angle  # view 2 turned about z (3DIEBench's latent order: rot x, y, z, ...)
     rel_color = torch.cat([shift.view(batch, 1), torch.zeros(batch, 1)], dim=1)  # (B, 2)
-    return {"view1": view1, "view2": view2, "rel_rotation": rel_rotation, "rel_color": rel_color,
-            "label": k, "latent1": latent1, "latent2": latent2}  # fmt: skip
+    return {
+        "view1": view1,
+        "view2": view2,
+        "rel_rotation": rel_rotation,
+        "rel_color": rel_color,
+        "label": k,
+        "latent1": latent1,
+        "latent2": latent2,
+    }
 
 
 def run_demo(cfg: ExperimentConfig, steps: int = 20, batch: int = 16, log=print) -> list[dict[str, float]]:
@@ -44,8 +51,15 @@ def run_demo(cfg: ExperimentConfig, steps: int = 20, batch: int = 16, log=print)
     at a constant learning rate (`optim.lr`, unscaled, no warmup: a few steps are all there is)."""
     cfg = from_dict(apply_overrides(cfg.to_dict(), DEMO_OPTIM))
     torch.manual_seed(cfg.train.seed)
-    info = RunInfo(n_train=batch, n_val=0, num_classes=4, three_d=True, mean=[0.0] * 3, std=[1.0] * 3,
-                   regress=target_widths("sie", three_d=True))  # toy labels: quarter turns 0..3; SIE's colour target
+    info = RunInfo(
+        n_train=batch,
+        n_val=0,
+        num_classes=4,
+        three_d=True,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        regress=target_widths("sie", three_d=True),
+    )  # toy labels: quarter turns 0..3; SIE's colour target
     engine = Engine(cfg, info, "cpu", steps_per_epoch=steps)
     n_params = sum(p.numel() for p in engine.module.method.parameters())
     log(

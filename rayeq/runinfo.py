@@ -33,9 +33,17 @@ class RunInfo:
         three_d = is_objects(meta)
         mean, std = norm_stats(meta)
         splits = meta["splits"]
-        return cls(n_train=splits["train"], n_val=splits.get("val", 0), num_classes=len(meta["classes"]),
-                   three_d=three_d, mean=mean, std=std, regress=target_widths(cfg.data.color_target, three_d),
-                   config_hash=identity.pop("config_hash", cfg.fingerprint()), **identity)  # fmt: skip
+        return cls(
+            n_train=splits["train"],
+            n_val=splits.get("val", 0),
+            num_classes=len(meta["classes"]),
+            three_d=three_d,
+            mean=mean,
+            std=std,
+            regress=target_widths(cfg.data.color_target, three_d),
+            config_hash=identity.pop("config_hash", cfg.fingerprint()),
+            **identity,
+        )
 
     @property
     def has_val(self) -> bool:

@@ -16,6 +16,7 @@ DATA_NAME = "synth3d-builtin-v2"
 TINY_DATA = dict(classes=10, objects_per_class=20, views=8, size=32, seed=0)
 TINY_NAME = "synth3d-tiny-v2"
 
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RAYEQ_CACHE", Path.home() / ".cache" / "rayeq")).expanduser()
 
@@ -35,8 +36,14 @@ def _usable(path: Path, spec: dict | None = None) -> bool:
         return False
     if spec is None:
         return True
-    made = (len(meta.get("classes", [])), meta.get("objects_per_class"), meta.get("views_per_object"),
-            meta.get("image_size"), meta.get("seed"), meta.get("generator_version"))  # fmt: skip
+    made = (
+        len(meta.get("classes", [])),
+        meta.get("objects_per_class"),
+        meta.get("views_per_object"),
+        meta.get("image_size"),
+        meta.get("seed"),
+        meta.get("generator_version"),
+    )
     want = (spec["classes"], spec["objects_per_class"], spec["views"], spec["size"], spec["seed"], GENERATOR_VERSION)
     return made == want
 

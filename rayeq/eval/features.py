@@ -55,8 +55,16 @@ class BatchEncoder:
     path of local and Ray extraction. `encoder` has `encode(images) -> (B, C)` (a method, or any
     object with that call)."""
 
-    def __init__(self, encoder, image_size: int, mean, std, views_per_object: int | None = None,
-                 batch_size: int = 256, device: str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        encoder,
+        image_size: int,
+        mean,
+        std,
+        views_per_object: int | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
+    ):
         self.encoder, self.size, self.views = encoder, image_size, views_per_object
         self.batch_size, self.device = batch_size, device
         self.mean, self.std = list(mean), list(std)
@@ -155,8 +163,15 @@ class _RayBatchEncoder(BatchEncoder):
         super().__init__(method.eval().to(device), device=device, **kwargs)
 
 
-def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, views_per_object: int | None = None,
-                         batch_size: int = 256, actors: int | None = None, log=print) -> Features:  # fmt: skip
+def extract_features_ray(
+    loaded: LoadedCheckpoint,
+    data_dir: Path,
+    split: str,
+    views_per_object: int | None = None,
+    batch_size: int = 256,
+    actors: int | None = None,
+    log=print,
+) -> Features:
     """Encode a split with Ray Data: Parquet reads -> encoder actors on the cluster's GPUs (else CPUs)."""
     import ray
 
@@ -181,7 +196,7 @@ def extract_features_ray(loaded: LoadedCheckpoint, data_dir: Path, split: str, v
             "std": std,
             "views_per_object": views_per_object,
             "batch_size": batch_size,
-        },  # fmt: skip
+        },
         batch_size=max(1, batch_size // (views_per_object or 8)),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
@@ -208,14 +223,24 @@ def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ra
         return Features.load(cache)
     t0 = time.perf_counter()
     if use_ray:
-        feats = extract_features_ray(loaded, data_dir, split, e.views_per_object, e.extract_batch_size,
-                                     e.extract_actors, log)  # fmt: skip
+        feats = extract_features_ray(
+            loaded, data_dir, split, e.views_per_object, e.extract_batch_size, e.extract_actors, log
+        )
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         log(f"  features ({split}): encoding in this process ({device}) ...")
         mean, std = loaded.norm_stats(data_dir)
-        feats = extract_features(loaded.encoder().to(device), data_dir, split, cfg.data.image_size, mean, std,
-                                 e.views_per_object, e.extract_batch_size, device)  # fmt: skip
+        feats = extract_features(
+            loaded.encoder().to(device),
+            data_dir,
+            split,
+            cfg.data.image_size,
+            mean,
+            std,
+            e.views_per_object,
+            e.extract_batch_size,
+            device,
+        )
     n = len(feats.label)
     dt = time.perf_counter() - t0
     log(f"  features ({split}): {n} images in {dt:.1f} s ({n / max(dt, 1e-9):.0f} images/s)")

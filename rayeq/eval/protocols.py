@@ -56,8 +56,7 @@ class ProtocolSettings:
     @classmethod
     def from_config(cls, probe, fast=None) -> ProtocolSettings:
         """From an `eval.<protocol>` section; `fast` (an `eval.fast` section) caps epochs and width."""
-        s = cls(probe.epochs, probe.lr, probe.batch_size, getattr(probe, "hidden_dim", 0), probe.seed,
-                probe.min_steps)  # fmt: skip
+        s = cls(probe.epochs, probe.lr, probe.batch_size, getattr(probe, "hidden_dim", 0), probe.seed, probe.min_steps)
         if fast is not None:
             s.epochs = min(s.epochs, fast.max_epochs)
             s.hidden_dim = min(s.hidden_dim, fast.max_hidden_dim)

@@ -99,8 +99,10 @@ def evaluate(
         from rayeq.cluster import connect_ray
 
         connect_ray(address, log)
-    log(f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state['epoch']}) on {data_dir}: "
-        f"{wanted}{' (fast)' if fast else ''}")  # fmt: skip
+    log(
+        f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state['epoch']}) on {data_dir}: "
+        f"{wanted}{' (fast)' if fast else ''}"
+    )
     scores = measure(loaded, data_dir, meta, wanted, settings, use_ray, log)
     random_init = random_init_floor(loaded, data_dir, meta, wanted, settings, use_ray, log)
     floors = {"random_init": random_init["metrics"], "mean_predictor": scores["mean_predictor"]}
@@ -130,7 +132,7 @@ def evaluate(
             "r2": "SIE: 1 - SS_res / SS_tot around one mean over all target entries, on held-out objects' pairs",
             "r2_per_dim": "per target dimension, then averaged (sklearn's uniform average), held-out pairs",
             "r2_train": "SIE's global R² on pairs of the train objects the probe was fitted on",
-        },  # fmt: skip
+        },
         "metrics": metrics,
         "floors": floors,
         "at_or_below_floor": at_or_below_floor(metrics, floors),
@@ -141,8 +143,15 @@ def evaluate(
     return result
 
 
-def measure(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, wanted: list[str],
-            settings: dict[str, ProtocolSettings], use_ray: bool, log) -> dict[str, Any]:  # fmt: skip
+def measure(
+    loaded: LoadedCheckpoint,
+    data_dir: Path,
+    meta: dict,
+    wanted: list[str],
+    settings: dict[str, ProtocolSettings],
+    use_ray: bool,
+    log,
+) -> dict[str, Any]:
     """Every wanted protocol on one encoder: {"metrics", "mean_predictor", "per_class"}."""
     cfg = loaded.cfg
     metrics: dict[str, float] = {}
@@ -160,24 +169,30 @@ def measure(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, wanted: list[s
             if "linear" in wanted:
                 res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"])
                 metrics[f"linear/{name}/top1"], mean[f"linear/{name}/top1"] = res["top1"], chance
-                log(f"  linear/{name}: top-1 {res['top1']:.4f} (train {res['train_top1']:.4f}; "
-                    f"majority class {chance:.4f})")  # fmt: skip
+                log(
+                    f"  linear/{name}: top-1 {res['top1']:.4f} (train {res['train_top1']:.4f}; "
+                    f"majority class {chance:.4f})"
+                )
             if "knn" in wanted:
-                metrics[f"knn/{name}/top1"] = knn_top1(xtr, tr.label, xva, va.label, len(classes), knn.k,
-                                                       knn.temperature)  # fmt: skip
+                metrics[f"knn/{name}/top1"] = knn_top1(
+                    xtr, tr.label, xva, va.label, len(classes), knn.k, knn.temperature
+                )
                 mean[f"knn/{name}/top1"] = chance
                 log(f"  knn/{name}: top-1 {metrics[f'knn/{name}/top1']:.4f}")
             for proto, targets in REGRESSIONS.items():
                 if proto not in wanted or tr.latent is None:
                     continue
                 for target, tag in targets:
-                    res = pair_regression(xtr, tr.obj, tr.latent, xva, va.obj, va.latent, target, settings[proto],
-                                          pairs, seed)  # fmt: skip
+                    res = pair_regression(
+                        xtr, tr.obj, tr.latent, xva, va.obj, va.latent, target, settings[proto], pairs, seed
+                    )
                     key = f"{proto}{tag}/{name}"
                     for k in ("r2", "r2_per_dim", "r2_train"):
                         metrics[f"{key}/{k}"], mean[f"{key}/{k}"] = res[k], res["mean"][k]
-                    log(f"  {key}: R² {res['r2']:.4f} held-out, {res['r2_train']:.4f} train pairs (SIE, global; a "
-                        f"mean predictor scores {res['mean']['r2']:.4f}), {res['r2_per_dim']:.4f} per dim")  # fmt: skip
+                    log(
+                        f"  {key}: R² {res['r2']:.4f} held-out, {res['r2_train']:.4f} train pairs (SIE, global; a "
+                        f"mean predictor scores {res['mean']['r2']:.4f}), {res['r2_per_dim']:.4f} per dim"
+                    )
                     if f"{key}/r2" == PER_CLASS_METRIC:
                         per_class = _per_class(res, va, classes)
     if "transforms" in wanted:
@@ -198,8 +213,11 @@ def _per_class(res: dict, va: Features, classes: list[str]) -> dict[str, dict[st
         if int(m.sum()) < 2:
             continue
         y = res["target"][m]
-        out[name] = {"value": r2_global(res["pred"][m], y), "pairs": int(m.sum()),
-                     "mean_predictor": r2_global(res["mean_value"].expand_as(y), y)}  # fmt: skip
+        out[name] = {
+            "value": r2_global(res["pred"][m], y),
+            "pairs": int(m.sum()),
+            "mean_predictor": r2_global(res["mean_value"].expand_as(y), y),
+        }
     return out
 
 
@@ -213,10 +231,20 @@ def floor_dir(cfg: ExperimentConfig, data_dir: Path, norm) -> Path:
     seed, input size and normalisation (not the method: every method builds its backbone first)."""
     from rayeq.data.builtin import cache_dir
 
-    blob = json.dumps([
-        FLOORS_VERSION, (data_dir / "meta.json").read_text(), str(data_dir.resolve()), cfg.model.model_dump(),
-        cfg.data.image_size, cfg.train.seed, list(norm), cfg.eval.views_per_object,
-    ], sort_keys=True, default=str)  # fmt: skip
+    blob = json.dumps(
+        [
+            FLOORS_VERSION,
+            (data_dir / "meta.json").read_text(),
+            str(data_dir.resolve()),
+            cfg.model.model_dump(),
+            cfg.data.image_size,
+            cfg.train.seed,
+            list(norm),
+            cfg.eval.views_per_object,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     return cache_dir() / "floors" / hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -228,8 +256,15 @@ def protocol_key(cfg: ExperimentConfig, protocol: str, settings: dict[str, Proto
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def random_init_floor(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, wanted: list[str],
-                      settings: dict[str, ProtocolSettings], use_ray: bool, log) -> dict:  # fmt: skip
+def random_init_floor(
+    loaded: LoadedCheckpoint,
+    data_dir: Path,
+    meta: dict,
+    wanted: list[str],
+    settings: dict[str, ProtocolSettings],
+    use_ray: bool,
+    log,
+) -> dict:
     """The same protocols on an untrained encoder of the run's architecture (its config, `train.seed`):
     {"metrics", "per_class"}. Each protocol's floor is measured once per data set and settings and
     cached in `$RAYEQ_CACHE/floors/`."""
@@ -247,8 +282,10 @@ def random_init_floor(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, want
     if not todo:
         log(f"  floor: untrained {cfg.model.backbone} (seed {cfg.train.seed}), cached in {where}")
         return floor
-    log(f"  floor: evaluating an untrained {cfg.model.backbone} ({cfg.model.stem} stem, seed {cfg.train.seed}) "
-        f"with the same protocols {todo} (once per data set and settings) ...")  # fmt: skip
+    log(
+        f"  floor: evaluating an untrained {cfg.model.backbone} ({cfg.model.stem} stem, seed {cfg.train.seed}) "
+        f"with the same protocols {todo} (once per data set and settings) ..."
+    )
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, loaded.num_classes)
     state = {
@@ -267,8 +304,19 @@ def random_init_floor(loaded: LoadedCheckpoint, data_dir: Path, meta: dict, want
         floor["metrics"].update(mine)
         floor["per_class"].update(per_class)
         tmp = files[p].with_suffix(".tmp")
-        tmp.write_text(json.dumps({"metrics": mine, "per_class": per_class, "backbone": cfg.model.backbone,
-                                   "stem": cfg.model.stem, "seed": cfg.train.seed}, indent=2) + "\n")  # fmt: skip
+        tmp.write_text(
+            json.dumps(
+                {
+                    "metrics": mine,
+                    "per_class": per_class,
+                    "backbone": cfg.model.backbone,
+                    "stem": cfg.model.stem,
+                    "seed": cfg.train.seed,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         tmp.replace(files[p])
     return floor
 
@@ -299,8 +347,11 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         suffix = "" if shared else f" ({r['run']})"
         for name, title in (("random_init", "untrained encoder"), ("mean_predictor", "mean predictor")):
             floor_cols.append((title + suffix, r.get("floors", {}).get(name, {})))
-    head = ["metric", *(f"{r['run']} ({method_label(r['method'])}, ep {r['epoch']})" for r in results),
-            *(t for t, _ in floor_cols)]  # fmt: skip
+    head = [
+        "metric",
+        *(f"{r['run']} ({method_label(r['method'])}, ep {r['epoch']})" for r in results),
+        *(t for t, _ in floor_cols),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for k in keys:
         vals = []
@@ -311,21 +362,29 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         vals += ["" if k not in f else f"{f[k]:.4f}" for _, f in floor_cols]
         lines.append(f"| {k} | " + " | ".join(vals) + " |")
     lines.append("")
-    lines.append(f"{FLOOR_MARK}: at or below a floor (the untrained encoder of the same architecture, or the mean "
-                 "predictor / majority class). R²: `r2` SIE's global definition on held-out objects, `r2_per_dim` "
-                 "per dimension, `r2_train` on the train objects' pairs.")  # fmt: skip
+    lines.append(
+        f"{FLOOR_MARK}: at or below a floor (the untrained encoder of the same architecture, or the mean "
+        "predictor / majority class). R²: `r2` SIE's global definition on held-out objects, `r2_per_dim` "
+        "per dimension, `r2_train` on the train objects' pairs."
+    )
     for r in results:
         pc = r.get("per_class", {})
         if pc.get("classes"):
-            lines += ["", f"{pc['metric']} per class, {r['run']} ({method_label(r['method'])}):", "",
-                      "| class | value | untrained encoder | mean predictor | pairs |",
-                      "| --- | --- | --- | --- | --- |"]  # fmt: skip
+            lines += [
+                "",
+                f"{pc['metric']} per class, {r['run']} ({method_label(r['method'])}):",
+                "",
+                "| class | value | untrained encoder | mean predictor | pairs |",
+                "| --- | --- | --- | --- | --- |",
+            ]
             for name, row in sorted(pc["classes"].items(), key=lambda kv: -kv[1]["value"]):
                 ri = row.get("random_init")
                 floor = max(x for x in (ri, row["mean_predictor"]) if x is not None)
                 mark = f" {FLOOR_MARK}" if row["value"] <= floor else ""
-                lines.append(f"| {name} | {row['value']:.4f}{mark} | {'' if ri is None else f'{ri:.4f}'} | "
-                             f"{row['mean_predictor']:.4f} | {row['pairs']} |")  # fmt: skip
+                lines.append(
+                    f"| {name} | {row['value']:.4f}{mark} | {'' if ri is None else f'{ri:.4f}'} | "
+                    f"{row['mean_predictor']:.4f} | {row['pairs']} |"
+                )
     return "\n".join(lines)
 
 

@@ -82,7 +82,9 @@ def transform_regression(loaded, data_dir, s: ProtocolSettings, log=print, encod
             out[f"transforms/{fam}/{k}"], base[f"transforms/{fam}/{k}"] = res[k], res["mean"][k]
         r2s.append(res["r2"])
         base_r2s.append(res["mean"]["r2"])
-        log(f"  transforms/{fam}: R² {res['r2']:.4f} (global), {res['r2_per_dim']:.4f} (per dim); "
-            f"a mean predictor scores {res['mean']['r2']:.4f}")  # fmt: skip
+        log(
+            f"  transforms/{fam}: R² {res['r2']:.4f} (global), {res['r2_per_dim']:.4f} (per dim); "
+            f"a mean predictor scores {res['mean']['r2']:.4f}"
+        )
     out["transforms/mean/r2"], base["transforms/mean/r2"] = float(np.mean(r2s)), float(np.mean(base_r2s))
     return out, base

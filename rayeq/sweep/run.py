@@ -99,8 +99,9 @@ def _trial(params: dict[str, Any], base: dict, sweep: dict) -> None:
     cfg = trial_config(from_dict(base), params, name, sweep["trials_dir"])
     cfg.track.experiment = cfg.track.experiment or sweep["name"]  # the sweep's trials side by side in Aim
     extra = {"sweep": {"name": sweep["name"], "trial": name, "params": params}}
-    trainer, _, _ = build_trainer(cfg, callbacks=[TuneReportCallback()], extra_params=extra,
-                                  log=lambda m: print(f"[{name}] {m}"))  # fmt: skip
+    trainer, _, _ = build_trainer(
+        cfg, callbacks=[TuneReportCallback()], extra_params=extra, log=lambda m: print(f"[{name}] {m}")
+    )
     trainer.fit()
 
 
@@ -123,8 +124,11 @@ class _Progress:
                 shown = ", ".join(f"{m} {r[m]:.4f}" for m in metrics if isinstance(r.get(m), float))
                 el = time.perf_counter() - self.t0
                 eta = el / self.done * (total - self.done)
-                print(f"sweep: trial {trial.trial_id} done after {r.get('epoch', '?')} epoch(s): {shown} "
-                      f"[{self.done}/{total} this session, {el:.0f}s, ETA {eta:.0f}s]", flush=True)  # fmt: skip
+                print(
+                    f"sweep: trial {trial.trial_id} done after {r.get('epoch', '?')} epoch(s): {shown} "
+                    f"[{self.done}/{total} this session, {el:.0f}s, ETA {eta:.0f}s]",
+                    flush=True,
+                )
 
         return Progress()
 
@@ -150,17 +154,20 @@ def run_sweep(
     # trials run in Tune's per-trial working directories: every path they use must be absolute
     from rayeq.track import resolve_track_repo
 
-    base = from_dict(apply_overrides(base.to_dict(), [f"data.path={data_dir.resolve()}",
-                                                      f"track.repo={resolve_track_repo(base)}"]))  # fmt: skip
+    base = from_dict(
+        apply_overrides(base.to_dict(), [f"data.path={data_dir.resolve()}", f"track.repo={resolve_track_repo(base)}"])
+    )
     meta, _ = check_data(base, "train")
     has_val = meta["splits"].get("val", 0) > 0
-    check_metrics(
-        spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes)
-    )
+    check_metrics(spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes))
 
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
-    record = {"fingerprint": spec.fingerprint(), "sweep": spec.model_dump(), "base_overrides": used_overrides,
-              "base": base.to_dict()}  # fmt: skip
+    record = {
+        "fingerprint": spec.fingerprint(),
+        "sweep": spec.model_dump(),
+        "base_overrides": used_overrides,
+        "base": base.to_dict(),
+    }
     saved = sweep_dir / SWEEP_FILE
     if saved.is_file():
         old = yaml.safe_load(saved.read_text())
@@ -198,7 +205,7 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial, base=base.to_dict(), sweep={"name": spec.name, "trials_dir": str(sweep_dir / "trials")}
-        ),  # fmt: skip
+        ),
         {"cpu": TRAINABLE_CPUS},
     )
     tune_dir = sweep_dir / "tune"
@@ -221,8 +228,14 @@ def run_sweep(
         searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
         if spec.scheduler is not None:
             a = spec.scheduler
-            scheduler = ASHAScheduler(time_attr="epoch", metric=a.metric, mode=a.mode, max_t=base.train.epochs,
-                                      grace_period=a.grace_period, reduction_factor=a.reduction_factor)  # fmt: skip
+            scheduler = ASHAScheduler(
+                time_attr="epoch",
+                metric=a.metric,
+                mode=a.mode,
+                max_t=base.train.epochs,
+                grace_period=a.grace_period,
+                reduction_factor=a.reduction_factor,
+            )
         else:
             scheduler = FIFOScheduler()
         tuner = tune.Tuner(
@@ -238,10 +251,12 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=callbacks, verbose=1),
         )
-        log(f"sweep {spec.name}: {spec.num_samples} trials of {base.method.name}, {concurrency} at a time, "
+        log(
+            f"sweep {spec.name}: {spec.num_samples} trials of {base.method.name}, {concurrency} at a time, "
             f"objectives {[f'{o.metric} ({o.mode})' for o in spec.objectives]}; "
             f"{'ASHA on ' + spec.scheduler.metric if spec.scheduler else 'no early stopping'}; "
-            f"dir {sweep_dir}")  # fmt: skip
+            f"dir {sweep_dir}"
+        )
     grid = tuner.fit()
     rows = collect_rows(grid, spec, base)
     out = write_results(rows, spec, base, sweep_dir, log)
@@ -323,16 +338,19 @@ def write_results(rows, spec: SweepSpec, base: ExperimentConfig, sweep_dir: Path
     ordered += [r for r in rows if r not in scored]
     shown = [c for c in cols if c != "run_dir"]
     table = _markdown(ordered, shown)
-    (sweep_dir / "sweep_results.md").write_text(f"# sweep {spec.name}\n\nsorted by {first.metric} ({first.mode})\n\n"
-                                                f"{table}\n")  # fmt: skip
+    (sweep_dir / "sweep_results.md").write_text(
+        f"# sweep {spec.name}\n\nsorted by {first.metric} ({first.mode})\n\n{table}\n"
+    )
     log(f"\nsweep {spec.name}: {len(rows)} trials, sorted by {first.metric} ({first.mode})\n{table}")
     out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "rows": rows, "interrupted": False}
     complete = [r for r in ordered if r["status"] == "complete"]
     finished = [r for r in rows if r["status"] in ("complete", "stopped early", "error")]
     if len(finished) < spec.num_samples:
         out["interrupted"] = True
-        log(f"\nthe sweep did not finish ({len(finished)} of {spec.num_samples} trials finished); "
-            "run the same command with --resume to continue it")  # fmt: skip
+        log(
+            f"\nthe sweep did not finish ({len(finished)} of {spec.num_samples} trials finished); "
+            "run the same command with --resume to continue it"
+        )
     # the best and the front come from trials that ran their full budget (ASHA-stopped trials report
     # early values); if none did, from every scored trial
     pool = [r for r in complete if r in scored] or scored
@@ -343,8 +361,10 @@ def write_results(rows, spec: SweepSpec, base: ExperimentConfig, sweep_dir: Path
     best_path = sweep_dir / "best_config.yaml"
     _write_config(best_path, base, spec, best, f"{spec.name}-best")
     out["best"] = best
-    log(f"\nbest trial by {first.metric}: {best['trial']} ({_fmt(best[first.metric])}); its config: {best_path}\n"
-        f"  train it: rayeq train {best_path}")  # fmt: skip
+    log(
+        f"\nbest trial by {first.metric}: {best['trial']} ({_fmt(best[first.metric])}); its config: {best_path}\n"
+        f"  train it: rayeq train {best_path}"
+    )
     if len(spec.objectives) > 1:
         pool = _usable(pool, spec.metrics)
         idx = pareto_front([[r[m] for m in spec.metrics] for r in pool], spec.modes)
@@ -360,17 +380,24 @@ def write_results(rows, spec: SweepSpec, base: ExperimentConfig, sweep_dir: Path
         for r in front:
             _write_config(sweep_dir / "pareto" / f"{r['trial']}.yaml", base, spec, r, r["trial"] + "-retrain")
         png = plot_pareto(rows, front, spec, sweep_dir / "pareto.png")
-        log(f"\nPareto front ({len(front)} of {len(pool)} trials; {', '.join(spec.metrics)}):\n{ptable}\n"
-            f"plot: {png}; configs: {sweep_dir / 'pareto'}/")  # fmt: skip
+        log(
+            f"\nPareto front ({len(front)} of {len(pool)} trials; {', '.join(spec.metrics)}):\n{ptable}\n"
+            f"plot: {png}; configs: {sweep_dir / 'pareto'}/"
+        )
     return out
 
 
 def _write_config(path: Path, base: ExperimentConfig, spec: SweepSpec, row: dict, name: str) -> None:
     cfg = trial_config(base, {k: row[k] for k in spec.space}, name, "runs")
     path.parent.mkdir(parents=True, exist_ok=True)
-    head = (f"# sweep {spec.name}, trial {row['trial']}: "
-            + ", ".join(f"{m} {_fmt(row.get(m))}" for m in spec.metrics) + "\n"
-            + "# searched: " + ", ".join(f"{k}={_fmt(row[k])}" for k in spec.space) + "\n")  # fmt: skip
+    head = (
+        f"# sweep {spec.name}, trial {row['trial']}: "
+        + ", ".join(f"{m} {_fmt(row.get(m))}" for m in spec.metrics)
+        + "\n"
+        + "# searched: "
+        + ", ".join(f"{k}={_fmt(row[k])}" for k in spec.space)
+        + "\n"
+    )
     path.write_text(head + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -390,8 +417,9 @@ def plot_pareto(rows, front, spec: SweepSpec, path: Path) -> Path:
     fr = sorted(front, key=lambda r: r[mx])
     ax.plot([r[mx] for r in fr], [r[my] for r in fr], "-o", c="tab:orange", mfc="none", ms=11, label="Pareto front")
     for r in _usable(rows, [mx, my]):
-        ax.annotate(r["trial"].rsplit("-", 1)[-1], (r[mx], r[my]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)  # fmt: skip
+        ax.annotate(
+            r["trial"].rsplit("-", 1)[-1], (r[mx], r[my]), textcoords="offset points", xytext=(4, 4), fontsize=7
+        )
     ax.set_xlabel(f"{mx} ({spec.objectives[0].mode})")
     ax.set_ylabel(f"{my} ({spec.objectives[1].mode})")
     ax.set_title(

@@ -153,9 +153,12 @@ def base_config(spec: SweepSpec, extra: list[str] = ()) -> tuple[ExperimentConfi
     overrides = [*spec.base.overrides, *extra]
     if spec.resources is not None:
         r = spec.resources
-        overrides += [f"train.num_workers={r.workers}", f"train.cpus_per_worker={r.cpus_per_worker}",
-                      f"train.gpus_per_worker={r.gpus_per_worker}",
-                      f"train.use_gpu={str(r.gpus_per_worker > 0).lower()}"]  # fmt: skip
+        overrides += [
+            f"train.num_workers={r.workers}",
+            f"train.cpus_per_worker={r.cpus_per_worker}",
+            f"train.gpus_per_worker={r.gpus_per_worker}",
+            f"train.use_gpu={str(r.gpus_per_worker > 0).lower()}",
+        ]
     try:
         return load_config(spec.base.config, overrides), overrides
     except ConfigError as exc:

@@ -71,8 +71,9 @@ def check_run_dir(cfg: ExperimentConfig, force: bool) -> Path:
     return run_dir
 
 
-def run_training(cfg: ExperimentConfig, address: str | None = None, force: bool = False, log=print,
-                 hooks: list[Hooks] | tuple = ()) -> TrainResult:  # fmt: skip
+def run_training(
+    cfg: ExperimentConfig, address: str | None = None, force: bool = False, log=print, hooks: list[Hooks] | tuple = ()
+) -> TrainResult:
     """Train `cfg` to its last epoch (resuming the run directory's latest checkpoint). `hooks` run
     on every worker beside rayeq's own (e.g. a test's fault injection)."""
     t0 = time.perf_counter()
@@ -104,8 +105,9 @@ def build_trainer(
     run_dir = check_run_dir(cfg, force)
     cfg.dump(run_dir / CONFIG_FILE)
     track_repo = resolve_track_repo(cfg)
-    info = RunInfo.from_meta(cfg, meta, run_dir=str(run_dir), track_repo=track_repo, force=force,
-                             extra_params=extra_params or {})  # fmt: skip
+    info = RunInfo.from_meta(
+        cfg, meta, run_dir=str(run_dir), track_repo=track_repo, force=force, extra_params=extra_params or {}
+    )
 
     ray = connect_ray(address, log)
     check_resources(cfg, ray)
@@ -131,7 +133,8 @@ def build_trainer(
             name=t.name,
             storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score_attribute(info.has_val),
+                num_to_keep=t.keep_checkpoints,
+                checkpoint_score_attribute=score_attribute(info.has_val),
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=t.max_failures),
@@ -140,8 +143,10 @@ def build_trainer(
         ),
         datasets=datasets,
     )
-    log(f"training {cfg.method.name} on {meta['source']} ({n_train} train objects/images) with "
-        f"{t.num_workers} worker(s) x {resources}; run dir {run_dir}")  # fmt: skip
+    log(
+        f"training {cfg.method.name} on {meta['source']} ({n_train} train objects/images) with "
+        f"{t.num_workers} worker(s) x {resources}; run dir {run_dir}"
+    )
     return trainer, run_dir, track_repo
 
 
@@ -166,8 +171,10 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
     split = "val" if "val/top1" in m else "train"
     rows = [k for k in SUMMARY_KEYS if f"{split}/{k}" in m]
     if rows:
-        lines.append(f"  online probes on {'held-out' if split == 'val' else 'train'} objects "
-                     f"(epoch {m.get(f'{split}/epoch', m.get('epoch'))}):")  # fmt: skip
+        lines.append(
+            f"  online probes on {'held-out' if split == 'val' else 'train'} objects "
+            f"(epoch {m.get(f'{split}/epoch', m.get('epoch'))}):"
+        )
         lines.append(f"  {'metric':22s} {'encoder':>10s} {'untrained':>10s} {'mean pred.':>10s}")
         for k in rows:
             value, floor = m[f"{split}/{k}"], m.get(f"{split}/floor/{k}")

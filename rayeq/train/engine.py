@@ -92,8 +92,14 @@ class Engine:
     """`cfg` + `info` + `device` -> a trainable run. `world` ranks share the global batch;
     `steps_per_epoch` defaults to one pass over the rank's share of the training rows."""
 
-    def __init__(self, cfg: ExperimentConfig, info: RunInfo, device: torch.device | str = "cpu", world: int = 1,
-                 steps_per_epoch: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        info: RunInfo,
+        device: torch.device | str = "cpu",
+        world: int = 1,
+        steps_per_epoch: int | None = None,
+    ):
         self.cfg, self.info, self.device, self.world = cfg, info, torch.device(device), world
         on_gpu = self.device.type == "cuda"
         precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if on_gpu else "fp32")
@@ -192,12 +198,16 @@ class Engine:
         if floor is not None:
             metrics.update(floor.compute("train/floor"))
         self.epoch += 1
-        metrics.update({
-            "epoch": self.epoch, "step": self.step_count, "lr": self.scheduler.get_last_lr()[0],
-            "images_per_sec": images * (n - 1) / max(t_end - self.epoch_started, 1e-9) if n > 1 else 0.0,  # steady
-            "epoch_images_per_sec": images * n / (t_end - t_epoch),  # incl. the pipeline's start
-            "epoch_seconds": t_end - t_epoch,
-        })  # fmt: skip
+        metrics.update(
+            {
+                "epoch": self.epoch,
+                "step": self.step_count,
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_sec": images * (n - 1) / max(t_end - self.epoch_started, 1e-9) if n > 1 else 0.0,  # steady
+                "epoch_images_per_sec": images * n / (t_end - t_epoch),  # incl. the pipeline's start
+                "epoch_seconds": t_end - t_epoch,
+            }
+        )
         return EpochResult(metrics, last, n)
 
     @torch.no_grad()
@@ -221,9 +231,15 @@ class Engine:
 
     def state_dict(self) -> dict[str, Any]:
         """The training state a checkpoint holds (see `rayeq.checkpoint.TrainState`)."""
-        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "probe_optimizer": self.probe_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step_count}  # fmt: skip
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "probe_optimizer": self.probe_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step_count,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["model"])

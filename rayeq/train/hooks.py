@@ -48,14 +48,18 @@ class ConsoleProgress(Hooks):
         done = (engine.epoch - self.start_epoch) * spe + n
         eta = (time.perf_counter() - self.t_run) / max(done, 1) * ((epochs - self.start_epoch) * spe - done)
         shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
-        self.say(f"epoch {engine.epoch + 1}/{epochs} step {n}/{spe} loss {terms['total']:.4f} ({shown}) "
-                 f"{ips:.0f} img/s ETA {fmt_seconds(eta)}")  # fmt: skip
+        self.say(
+            f"epoch {engine.epoch + 1}/{epochs} step {n}/{spe} loss {terms['total']:.4f} ({shown}) "
+            f"{ips:.0f} img/s ETA {fmt_seconds(eta)}"
+        )
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
         m = result.metrics
         shown = {k: round(v, 4) for k, v in m.items() if k.startswith(("val/", "train/top1", "train/rot"))}
-        self.say(f"epoch {engine.epoch}/{self.cfg.train.epochs} done in {m['epoch_seconds']:.1f}s: loss "
-                 f"{m['train/total']:.4f}, {m['images_per_sec']:.0f} img/s steady, {shown}")  # fmt: skip
+        self.say(
+            f"epoch {engine.epoch}/{self.cfg.train.epochs} done in {m['epoch_seconds']:.1f}s: loss "
+            f"{m['train/total']:.4f}, {m['images_per_sec']:.0f} img/s steady, {shown}"
+        )
 
 
 class TrackerHook(Hooks):

@@ -63,9 +63,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while engine.epoch < epochs:
         shard = ray.train.get_dataset_shard("train")
         batches = shard.iter_torch_batches(
-            batch_size=engine.batch_size, drop_last=True, prefetch_batches=2,
+            batch_size=engine.batch_size,
+            drop_last=True,
+            prefetch_batches=2,
             local_shuffle_buffer_size=max(4 * engine.batch_size, 256),  # mix rows of different blocks
-        )  # fmt: skip
+        )
         result = engine.run_epoch(batches, hooks)
         # validate every N epochs, at the end, and in the first epoch of a session (so that the val
         # metrics, the checkpoint score among them, are in every report); carried forward in between
@@ -78,9 +80,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if is_main:
-                TrainState(**engine.state_dict(), config_hash=info.config_hash, config=cfg.to_dict(),
-                           metrics=result.metrics, data=info.data_facts(), tracker_run_id=tracker.run_id,
-                           track_repo=info.track_repo).save(tmp)  # fmt: skip
+                TrainState(
+                    **engine.state_dict(),
+                    config_hash=info.config_hash,
+                    config=cfg.to_dict(),
+                    metrics=result.metrics,
+                    data=info.data_facts(),
+                    tracker_run_id=tracker.run_id,
+                    track_repo=info.track_repo,
+                ).save(tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(result.metrics, checkpoint=ckpt)
     if tracker is not None:

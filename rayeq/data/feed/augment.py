@@ -19,15 +19,21 @@ import torchvision.transforms.v2.functional as TF
 from rayeq.config import AugmentConfig
 
 PARAM_NAMES = [
-    "crop_top", "crop_left", "crop_height", "crop_width",  # fractions of the source image
+    "crop_top",
+    "crop_left",
+    "crop_height",
+    "crop_width",  # fractions of the source image
     "flip",  # 0 or 1
     "angle",  # degrees, clockwise as displayed (torchvision affine), about the image centre
-    "translate_x", "translate_y",  # pixels at the output size, right and down
-    "brightness", "contrast", "saturation",  # multiplicative factors (1 = unchanged)
+    "translate_x",
+    "translate_y",  # pixels at the output size, right and down
+    "brightness",
+    "contrast",
+    "saturation",  # multiplicative factors (1 = unchanged)
     "hue",  # shift in turns, [-0.5, 0.5] (0 = unchanged)
     "grayscale",  # 0 or 1
     "blur_sigma",  # 0 = no blur
-]  # fmt: skip
+]
 IDENTITY = np.array([0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0], np.float32)
 P_COLOR, P_BLUR, P_FLIP, P_GRAY = 0.8, 0.5, 0.5, 0.2  # probabilities at strength 1 (SimCLR's)
 
@@ -87,9 +93,13 @@ def apply_params(img: torch.Tensor, p: np.ndarray, size: int) -> torch.Tensor:
         out = TF.horizontal_flip(out)
     if p[5] != 0 or p[6] != 0 or p[7] != 0:
         out = TF.affine(
-            out, angle=float(p[5]), translate=[float(p[6]), float(p[7])], scale=1.0, shear=[0.0, 0.0],
+            out,
+            angle=float(p[5]),
+            translate=[float(p[6]), float(p[7])],
+            scale=1.0,
+            shear=[0.0, 0.0],
             interpolation=TF.InterpolationMode.BILINEAR,
-        )  # fmt: skip
+        )
     if p[8] != 1:
         out = TF.adjust_brightness(out, float(p[8]))
     if p[9] != 1:

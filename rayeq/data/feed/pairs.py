@@ -106,10 +106,14 @@ class ObjectPairs(_Pairs):
             empty = {"view1": np.zeros((0, 3, s, s), np.uint8), "view2": np.zeros((0, 3, s, s), np.uint8)}
             width = COLOR_TARGET_DIMS[self.cfg.data.color_target]
             return {
-                **empty, "rel_rotation": np.zeros((0, 4), np.float32), "rel_color": np.zeros((0, width), np.float32),
-                "latent1": np.zeros((0, 7), np.float32), "latent2": np.zeros((0, 7), np.float32),
-                "label": np.zeros((0,), np.int64), "view_index": np.zeros((0, 2), np.int64),
-            }  # fmt: skip
+                **empty,
+                "rel_rotation": np.zeros((0, 4), np.float32),
+                "rel_color": np.zeros((0, width), np.float32),
+                "latent1": np.zeros((0, 7), np.float32),
+                "latent2": np.zeros((0, 7), np.float32),
+                "label": np.zeros((0,), np.int64),
+                "view_index": np.zeros((0, 2), np.int64),
+            }
         l1, l2 = np.stack(out["latent1"]), np.stack(out["latent2"])
         return {
             "view1": np.stack(out["view1"]),  # (B, 3, S, S) uint8

@@ -111,8 +111,16 @@ def convert_3diebench(
             n_stats += _sample_stats(stats, n_stats < stats_images, data, img_path)
             images.append(data)
             latents.append(lat.tolist())
-        writer.add({"object_id": key, "label": classes.index(synset), "class_name": synset, "split": split,
-                    "images": images, "latents": latents})  # fmt: skip
+        writer.add(
+            {
+                "object_id": key,
+                "label": classes.index(synset),
+                "class_name": synset,
+                "split": split,
+                "images": images,
+                "latents": latents,
+            }
+        )
         splits[split] += 1
         n_views_total += len(images)
         progress.update()
@@ -121,12 +129,20 @@ def convert_3diebench(
         raise DataError(f"no objects of {str(src)!r} were in the given train/val lists")
     mean, std = stats.result()
     meta = {
-        "format": OBJECTS_FORMAT, "source": "3diebench", "src": str(src.resolve()), "classes": classes,
-        "n_objects": writer.n_rows, "n_images": n_views_total, "splits": splits, "image_encoding": "jpeg",
+        "format": OBJECTS_FORMAT,
+        "source": "3diebench",
+        "src": str(src.resolve()),
+        "classes": classes,
+        "n_objects": writer.n_rows,
+        "n_images": n_views_total,
+        "splits": splits,
+        "image_encoding": "jpeg",
         "split_from": "object lists" if train_ids or val_ids else "hash of object id (80/20)",
         "latent_names": ["rot_x", "rot_y", "rot_z", "floor_hue", "light_theta", "light_phi", "light_hue"],
-        "mean": mean, "std": std, "shards": writer.shards,
-    }  # fmt: skip
+        "mean": mean,
+        "std": std,
+        "shards": writer.shards,
+    }
     write_meta(out, meta)
     log(f"3diebench: {writer.n_rows} objects ({splits}), {n_views_total} images -> {out} ({len(writer.shards)} shards)")
     return meta
@@ -180,10 +196,17 @@ def convert_folder(
     hashed = f"hash of path ({1 - val_fraction:.0%}/{val_fraction:.0%})"
     split_from = "train/ and val/ sub-trees" if trees[0][0] else hashed
     meta = {
-        "format": IMAGES_FORMAT, "source": "folder", "src": str(src.resolve()), "classes": classes,
-        "n_images": writer.n_rows, "splits": splits, "mean": mean, "std": std, "shards": writer.shards,
+        "format": IMAGES_FORMAT,
+        "source": "folder",
+        "src": str(src.resolve()),
+        "classes": classes,
+        "n_images": writer.n_rows,
+        "splits": splits,
+        "mean": mean,
+        "std": std,
+        "shards": writer.shards,
         "split_from": split_from,
-    }  # fmt: skip
+    }
     write_meta(out, meta)
     log(f"folder: {writer.n_rows} images in {len(classes)} classes ({splits}) -> {out} ({len(writer.shards)} shards)")
     return meta

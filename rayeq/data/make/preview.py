@@ -53,8 +53,12 @@ def _draw(tiles, labels, out, scale, meta) -> Path:
     h = 20 + len(tiles) * (size + cap + pad)
     sheet = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), f"{meta.get('source')}: {len(meta.get('classes', []))} classes; caption: floor hue, light hue; "
-              "rotation x y z (deg)", fill=(0, 0, 0))  # fmt: skip
+    draw.text(
+        (4, 4),
+        f"{meta.get('source')}: {len(meta.get('classes', []))} classes; caption: floor hue, light hue; "
+        "rotation x y z (deg)",
+        fill=(0, 0, 0),
+    )
     for i, row in enumerate(tiles):
         y = 20 + i * (size + cap + pad)
         draw.text((4, y + size // 2), labels[i][:14], fill=(0, 0, 0))

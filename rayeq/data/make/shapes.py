@@ -528,10 +528,31 @@ def cactus(g):
 CLASSES: dict[str, Callable[[np.random.Generator], list[Mesh]]] = {
     f.__name__: f
     for f in (
-        airplane, bed, bookshelf, bottle, bowl, boat, cactus, car, chair, guitar, hammer, house,
-        lamp, laptop, mug, mushroom, pistol, rocket, snowman, table, teapot, umbrella, vase,
+        airplane,
+        bed,
+        bookshelf,
+        bottle,
+        bowl,
+        boat,
+        cactus,
+        car,
+        chair,
+        guitar,
+        hammer,
+        house,
+        lamp,
+        laptop,
+        mug,
+        mushroom,
+        pistol,
+        rocket,
+        snowman,
+        table,
+        teapot,
+        umbrella,
+        vase,
     )
-}  # fmt: skip
+}
 
 
 def normalise(meshes: list[Mesh]) -> list[Mesh]:

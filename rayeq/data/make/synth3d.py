@@ -115,8 +115,10 @@ def generate(
     stats = ImageStats()
     total = n_objects * views
     progress = Progress(total, "images", log=log)
-    log(f"synth3d: {classes} classes x {objects_per_class} objects x {views} views at {size}px = {total} images, "
-        f"{workers} worker(s) -> {out}")  # fmt: skip
+    log(
+        f"synth3d: {classes} classes x {objects_per_class} objects x {views} views at {size}px = {total} images, "
+        f"{workers} worker(s) -> {out}"
+    )
     t0 = time.perf_counter()
     if workers == 1:
         _init_worker(size)
@@ -163,6 +165,8 @@ def generate(
     }
     write_meta(out, meta)
     ips = total / seconds
-    log(f"synth3d: wrote {total} images ({n_objects} objects, {len(writer.shards)} shards) in {seconds:.1f}s "
-        f"= {ips:.0f} images/s; mean {mean} std {std}")  # fmt: skip
+    log(
+        f"synth3d: wrote {total} images ({n_objects} objects, {len(writer.shards)} shards) in {seconds:.1f}s "
+        f"= {ips:.0f} images/s; mean {mean} std {std}"
+    )
     return {**meta, "seconds": seconds, "images_per_second": ips}
