@@ -23,7 +23,8 @@ MUTATIONS = [
      "self.predictor(equi1, torch.ones_like(q))",
      ["tests/test_methods.py::test_sie_terms_are_computed_on_the_right_parts_and_the_pairs_rotation"], False),
     ("online inv probe reads the equivariant channels", "rayeq/train/probes.py",
-     "split_features(both, self.inv_dim)[0]", "split_features(both, self.inv_dim)[1]", ["tests/test_train_units.py::test_online_inv_probe_reads_the_invariant_channels"],
+     "split_features(both, self.inv_dim)[0]", "split_features(both, self.inv_dim)[1]",
+     ["tests/test_train_units.py::test_online_inv_probe_reads_the_invariant_channels"],
      False),
     ("pair maker swaps view1 and view2", "rayeq/data/feed/pairs.py", 'out["view1"].append(v1.numpy())\n            '
      'out["view2"].append(v2.numpy())', 'out["view1"].append(v2.numpy())\n            out["view2"].append(v1.numpy())',
