@@ -41,6 +41,22 @@ def smooth_pairs(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor
     return {"view1": img(), "view2": img(), "rel_rotation": q}
 
 
+def assert_same_state(got, want, where="state"):
+    """Every tensor, number and key of a (nested) state dict equal."""
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert set(got) == set(want), (where, sorted(set(got) ^ set(want)))
+        for k in want:
+            assert_same_state(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_same_state(a, b, f"{where}[{i}]")
+    else:
+        assert got == want, (where, got, want)
+
+
 def rendered_set(tmp_path_factory, name: str, **settings) -> Path:
     """A small synth3d set, rendered once per test session. Under mutation testing (mutmut runs every mutant as
     a new session, from its mutants/ copy) it is rendered once for the whole run, in mutants/.test-data/: the

@@ -13,6 +13,8 @@ from rayeq.config import load_config
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine, Hooks, NonFiniteLossError
 
+from conftest import assert_same_state
+
 SIZE, BATCH = 16, 8
 
 
@@ -47,21 +49,6 @@ def _engine(cfg=None, seed=0):
     return Engine(cfg or _cfg(), INFO, "cpu")
 
 
-def _same(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
-
-
 def test_a_restored_engine_holds_the_saved_state_and_trains_on_identically(tmp_path):
     a = _engine()
     assert a.steps_per_epoch == 4  # 32 rows / batch 8
@@ -72,12 +59,12 @@ def test_a_restored_engine_holds_the_saved_state_and_trains_on_identically(tmp_p
     b = _engine(seed=123)  # other initial weights: everything must come from the checkpoint
     state = TrainState.load(tmp_path)
     b.load_state_dict(state.training_state())
-    _same(b.state_dict(), a.state_dict(), "restored")
+    assert_same_state(b.state_dict(), a.state_dict(), "restored")
     assert b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
     # the next epoch on the same batches: the same losses and the same weights afterwards
     ra, rb = a.run_epoch(_batches(4, seed=1)), b.run_epoch(_batches(4, seed=1))
     assert ra.metrics["train/total"] == rb.metrics["train/total"] and ra.metrics["epoch"] == 2
-    _same(b.state_dict()["model"], a.state_dict()["model"], "after an epoch")
+    assert_same_state(b.state_dict()["model"], a.state_dict()["model"], "after an epoch")
     now = a.module.state_dict()
     assert any(v.is_floating_point() and not torch.equal(v, now[k]) for k, v in state.model.items())  # it trained on
 

@@ -12,6 +12,8 @@ from rayeq.config import ConfigError, load_config
 from rayeq.train.driver import run_dir_of, run_training
 from rayeq.train.probes import reported_metric_names
 
+from conftest import assert_same_state
+
 by_value()
 
 
@@ -118,22 +120,6 @@ def test_aim_run_holds_metrics_and_an_image(first_run):
     assert pil.size == (per_worker * 32, 4 * 32)  # view 1, view 2, target, reconstruction
 
 
-def _assert_same_state(got, want, where="state"):
-    """Every tensor, number and key of a (nested) state dict equal."""
-    if isinstance(want, torch.Tensor):
-        assert isinstance(got, torch.Tensor) and torch.equal(got, want), where
-    elif isinstance(want, dict):
-        assert set(got) == set(want), (where, sorted(set(got) ^ set(want)))
-        for k in want:
-            _assert_same_state(got[k], want[k], f"{where}.{k}")
-    elif isinstance(want, list | tuple):
-        assert len(got) == len(want), where
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            _assert_same_state(a, b, f"{where}[{i}]")
-    else:
-        assert got == want, (where, got, want)
-
-
 def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
     """The second run continues at epoch 4 with the model, both optimisers, the schedule and the scaler exactly as
     the epoch-3 checkpoint holds them, on every worker."""
@@ -149,7 +135,7 @@ def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
         held = torch.load(res2.run_dir / f".resumed_state.rank{rank}.pt", map_location="cpu", weights_only=False)
         assert (held["epoch"], held["step"]) == (saved["epoch"], saved["step"])
         for part in ("model", "optimizer", "probe_optimizer", "scheduler", "scaler"):
-            _assert_same_state(held[part], saved[part], f"rank {rank} {part}")
+            assert_same_state(held[part], saved[part], f"rank {rank} {part}")
     # and training went on from there: the model moved away from the checkpoint in epoch 4
     final = torch.load(Path(res2.checkpoint_path) / "state.pt", map_location="cpu", weights_only=False)
     assert final["epoch"] == 4
