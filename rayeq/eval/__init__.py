@@ -1,1 +1,2 @@
-"""Evaluation: metrics (and, later, the frozen-encoder protocols)."""
+"""Evaluation of frozen encoders: cached features, the protocols (linear, kNN, pair regression,
+natural-image transforms) and `rayeq eval` with every result beside its floors."""

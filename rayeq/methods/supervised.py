@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.feed.targets import COLOR_TARGET_DIMS, rotation_matrix_xyz
+from rayeq.data.feed.targets import rotation_matrix_xyz, target_widths
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
 from rayeq.models import mlp
 
@@ -30,9 +30,9 @@ class Supervised(SSLMethod):
     def __init__(self, cfg: ExperimentConfig, num_classes: int):
         super().__init__(cfg)
         c, h = self.feature_dim, cfg.method.supervised.hidden_dim
-        color_dim = COLOR_TARGET_DIMS[cfg.data.color_target]
-        self.rotation_head = mlp(2 * c, h, 4)
-        self.color_head = mlp(2 * c, h, color_dim)
+        widths = target_widths(cfg.data.color_target, three_d=True)
+        self.rotation_head = mlp(2 * c, h, widths["rel_rotation"])
+        self.color_head = mlp(2 * c, h, widths["rel_color"])
         self.classifier = nn.Linear(c, num_classes)
         self.pose_head = nn.Linear(c, 9)
         lc = cfg.loss  # the loss weights, fixed at construction

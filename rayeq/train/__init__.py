@@ -1,1 +1,2 @@
-"""Training on Ray Train: the driver (checks, TorchTrainer), the per-worker loop, optimisers, probes."""
+"""Training: the plain-PyTorch Engine and its hooks, online probes, optimisers; the Ray worker host
+(loop.py) and the driver (checks, TorchTrainer)."""

@@ -17,7 +17,7 @@ import torch
 
 from rayeq.config import ExperimentConfig
 from rayeq.data.feed.augment import PARAM_NAMES, apply_params, resize, sample_params
-from rayeq.data.feed.targets import COLOR_TARGET_DIMS, relative_color, relative_rotation_quaternion
+from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion, target_widths
 from rayeq.data.schema import DataError, decode_image
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,11 @@ class ObjectPairs(_Pairs):
         s = self.size
         if not out["label"]:
             empty = {"view1": np.zeros((0, 3, s, s), np.uint8), "view2": np.zeros((0, 3, s, s), np.uint8)}
-            width = COLOR_TARGET_DIMS[self.cfg.data.color_target]
+            widths = target_widths(self.cfg.data.color_target, three_d=True)
             return {
                 **empty,
-                "rel_rotation": np.zeros((0, 4), np.float32),
-                "rel_color": np.zeros((0, width), np.float32),
+                "rel_rotation": np.zeros((0, widths["rel_rotation"]), np.float32),
+                "rel_color": np.zeros((0, widths["rel_color"]), np.float32),
                 "latent1": np.zeros((0, 7), np.float32),
                 "latent2": np.zeros((0, 7), np.float32),
                 "label": np.zeros((0,), np.int64),
