@@ -162,7 +162,8 @@ def bench_throughput(
     cfg = bench_config(method, size, batch, threads)
     resolve_data_dir(cfg)
     meta, _ = check_data(cfg, "train")
-    steps = steps or max(2, meta["splits"]["train"] // batch)  # one Ray epoch's worth
+    per_epoch = meta["splits"]["train"] // batch
+    steps = steps or max(2, min(per_epoch, cfg.train.steps_per_epoch or per_epoch))  # one Ray epoch's worth
     torch.set_num_threads(threads)
     res: dict[str, Any] = {
         "method": method,
