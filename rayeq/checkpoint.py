@@ -62,7 +62,7 @@ class TrainState:
     @classmethod
     def load(cls, directory: str | Path) -> TrainState:
         state = read_state(Path(directory))
-        return cls(**{k: state.get(k) for k in cls.__dataclass_fields__ if k in state})
+        return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
 
     def training_state(self) -> dict[str, Any]:
         """What `Engine.load_state_dict` restores."""

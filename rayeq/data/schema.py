@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 OBJECTS_FORMAT = "rayeq-objects/1"
@@ -206,8 +207,6 @@ def is_objects(meta: dict[str, Any]) -> bool:
 
 def split_filter(split: str):
     """The row filter of one split, for `Table.filter`, `pq.read_table(filters=)` and Ray's `read_parquet`."""
-    import pyarrow.compute as pc
-
     return pc.field("split") == split
 
 

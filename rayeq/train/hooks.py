@@ -30,6 +30,11 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def is_log_step(cfg: ExperimentConfig, engine: Engine, n: int) -> bool:
+    """Every `train.log_every_steps` steps of an epoch, and its last step."""
+    return n % cfg.train.log_every_steps == 0 or n == engine.steps_per_epoch
+
+
 class ConsoleProgress(Hooks):
     """A line every `train.log_every_steps` steps (loss terms, steady images/s, ETA) and one per epoch."""
 
@@ -41,7 +46,7 @@ class ConsoleProgress(Hooks):
         if self.start_epoch is None:
             self.start_epoch = engine.epoch
         spe, epochs = engine.steps_per_epoch, self.cfg.train.epochs
-        if n % self.cfg.train.log_every_steps and n != spe:
+        if not is_log_step(self.cfg, engine, n):
             return
         elapsed = time.perf_counter() - engine.epoch_started
         ips = 2 * self.cfg.train.batch_size * (n - 1) / max(elapsed, 1e-9) if n > 1 else 0.0
@@ -70,7 +75,7 @@ class TrackerHook(Hooks):
         self.cfg, self.info, self.tracker = cfg, info, tracker
 
     def on_step(self, engine: Engine, n: int, out, terms: dict[str, float]) -> None:
-        if n % self.cfg.train.log_every_steps == 0 or n == engine.steps_per_epoch:
+        if is_log_step(self.cfg, engine, n):
             self.tracker.log_metrics({f"loss/{k}": v for k, v in terms.items()}, engine.step_count, engine.epoch)
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:

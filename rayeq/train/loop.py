@@ -53,9 +53,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker = open_tracker(cfg.track.backend, info.track_repo, cfg.track.experiment or cfg.train.name, run_id)
         if checkpoint is None:
             tracker.log_params({**cfg.to_dict(), **info.extra_params})
-        hooks = [ConsoleProgress(cfg), TrackerHook(cfg, info, tracker), *hooks]
-        if info.run_dir:
-            hooks.insert(2, MetricsFile(info.run_dir))
+        files = [MetricsFile(info.run_dir)] if info.run_dir else []
+        hooks = [ConsoleProgress(cfg), TrackerHook(cfg, info, tracker), *files, *hooks]
     epochs = cfg.train.epochs
     if engine.epoch >= epochs and is_main:
         write(f"run already complete ({engine.epoch}/{epochs} epochs); raise train.epochs to continue")
