@@ -46,7 +46,22 @@ OPERATIONAL_KEYS = (
     "eval",
     "track",
 )
-TokenSource = Literal["target.inv", "target.equi", "target.full", "source.inv", "source.equi", "source.full"]
+# "<view>.<part>": the view's spatial tokens of that channel part; "<view>.<part>_pooled": the part's pooled
+# vector (what the representation holds) at every position, plus a fixed 2D sin-cos position code
+TokenSource = Literal[
+    "target.inv",
+    "target.equi",
+    "target.full",
+    "source.inv",
+    "source.equi",
+    "source.full",
+    "target.inv_pooled",
+    "target.equi_pooled",
+    "target.full_pooled",
+    "source.inv_pooled",
+    "source.equi_pooled",
+    "source.full_pooled",
+]
 
 
 class ConfigError(ValueError):
@@ -125,7 +140,11 @@ class ModelConfig(Section):
 class XAttnConfig(Section):
     """The cross-attention that blends the two views' tokens before decoding."""
 
-    query: TokenSource = "target.equi"
+    query: TokenSource = Field(
+        "target.equi_pooled",
+        description="target.equi_pooled (default): the target's pooled equivariant vector + position code, so the "
+        "target's spatial content must come from the other view; target.equi lets the decoder autoencode the target",
+    )
     key: TokenSource = "source.inv"
     value: TokenSource = "source.inv"
     learned_projections: bool = Field(False, description="False = parameter-free softmax(QK^T/sqrt(d))V")
@@ -365,7 +384,7 @@ def _cross_field_problems(cfg: ExperimentConfig):
 
 
 def token_width(source: str, model: ModelConfig) -> int:
-    part = source.split(".")[1]
+    part = source.split(".")[1].removesuffix("_pooled")
     return {"inv": model.inv_dim, "equi": model.equi_dim, "full": model.feature_dim}[part]
 
 

@@ -12,7 +12,7 @@ def test_defaults_are_valid_and_documented_values():
     cfg = load_config()
     assert cfg.method.name == "xrecon"
     assert cfg.model.inv_dim == 256 and cfg.model.feature_dim == 512 and cfg.model.equi_dim == 256
-    assert cfg.method.xattn.query == "target.equi" and cfg.method.xattn.key == "source.inv"
+    assert cfg.method.xattn.query == "target.equi_pooled" and cfg.method.xattn.key == "source.inv"
     assert cfg.method.xattn.learned_projections is False and cfg.loss.recon_weight == 1.0
 
 

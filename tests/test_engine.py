@@ -122,6 +122,10 @@ def test_validation_reports_held_out_probes_and_leaves_training_mode():
     val = eng.validate(_batches(2, seed=5))
     assert {"val/top1", "val/rot_r2", "val/color_r2", "val/floor/top1"} <= set(val)
     assert eng.module.training and not eng.module.floor.backbone.training
+    # xrecon's cross-view check: the reconstruction with the pair's other view and with another pair's
+    assert val["val/recon_other_view_ratio"] == pytest.approx(val["val/recon_other_view"] / val["val/recon"])
+    assert 0 < val["val/recon"] != val["val/recon_other_view"] > 0
+    assert not any("recon" in k for k in _engine(_cfg("method.name=vicreg")).validate(_batches(1)))
 
 
 def test_the_best_checkpoint_rule():

@@ -4,6 +4,7 @@ import torch
 from rayeq.config import ConfigError
 from rayeq.losses import resize_target
 from rayeq.methods import SIE, JointEmbedding, MissingTargetError, XRecon, build_method
+from rayeq.methods.xrecon import position_code
 
 from conftest import smooth_pairs
 
@@ -117,7 +118,10 @@ def _reference_blend(cfg, f_target, f_source):
     def pick(spec):
         view, part = spec.split(".")
         t = views[view]
-        return {"inv": t[..., :inv], "equi": t[..., inv:], "full": t}[part]
+        tok = {"inv": t[..., :inv], "equi": t[..., inv:], "full": t}[part.removesuffix("_pooled")]
+        if part.endswith("_pooled"):  # the pooled part at every position, plus the fixed position code
+            return tok.mean(1, keepdim=True) + position_code(*f_target.shape[2:], tok.shape[-1])
+        return tok
 
     q, k, v = pick(x.query), pick(x.key), pick(x.value)
     dq, dv = q.shape[-1] // x.heads, v.shape[-1] // x.heads
@@ -134,7 +138,8 @@ def _reference_blend(cfg, f_target, f_source):
 @pytest.mark.parametrize(
     "overrides",
     [
-        [],  # the paper's reading: target.equi queries source.inv, with a residual
+        [],  # the default: target.equi_pooled (+ position code) queries source.inv, with a residual
+        ["method.xattn.query=target.equi"],  # the spatial queries that let the decoder autoencode the target
         ["method.target_view=2"],
         ["method.xattn.residual=false", "method.xattn.value=source.equi", "method.xattn.heads=2"],
         ["method.xattn.query=source.full", "method.xattn.key=target.full", "method.xattn.value=target.full"],
@@ -168,6 +173,56 @@ def test_xrecon_decodes_the_configured_blend_and_reconstructs_the_target_view(fa
     mse = torch.nn.functional.mse_loss(seen[0][1], want_target)
     torch.testing.assert_close(out.losses["recon"], cfg.loss.recon_weight * mse)
     assert abs(mse - torch.nn.functional.mse_loss(seen[0][1], resize_target(pairs[f"view{3 - t}"], 16))) > 1e-3
+
+
+def test_position_code_is_fixed_distinct_per_position_and_bounded():
+    code = position_code(4, 3, 10)
+    assert code.shape == (1, 12, 10)
+    assert torch.equal(code, position_code(4, 3, 10))  # no parameters, no randomness
+    assert torch.cdist(code[0], code[0]).add(torch.eye(12)).min() > 1e-3  # every position differs
+    assert code.abs().max() <= 1 and torch.equal(code[0, :, 8:], torch.zeros(12, 2))  # 10 = 4*2 + 2 zero pad
+    # position (0, 0): sin 0 = 0 and cos 0 = 1 for rows and columns
+    torch.testing.assert_close(code[0, 0, :8], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("query, pooled", [("target.equi_pooled", True), ("target.equi", False)])
+def test_pooled_queries_give_the_decoder_no_spatial_map_of_the_target(fast_cfg, query, pooled):
+    """With pooled queries the target enters only through its pooled equivariant vector: shuffling the
+    target's feature-map positions leaves the reconstruction unchanged; with spatial queries it does not.
+    The other view's features always matter."""
+    torch.manual_seed(0)
+    m = build_method(fast_cfg("method.name=xrecon", f"method.xattn.query={query}")).eval()
+    pairs = smooth_pairs(3, 32, seed=4)
+    with torch.no_grad():
+        fmaps = {1: m.backbone(pairs["view1"])[0], 2: m.backbone(pairs["view2"])[0]}
+        base = m.reconstruct(fmaps, 1)
+        b, c, h, w = fmaps[1].shape
+        perm = torch.randperm(h * w, generator=torch.Generator().manual_seed(1))
+        shuffled = {1: fmaps[1].flatten(2)[..., perm].reshape(b, c, h, w), 2: fmaps[2]}
+        moved = (m.reconstruct(shuffled, 1) - base).abs().max()
+        other = (m.reconstruct(fmaps, 1, source_fmap=fmaps[2].roll(1, dims=0)) - base).abs().max()
+    scale = base.abs().mean()
+    assert (moved < 1e-4 * scale) == pooled, (moved, scale)
+    assert other > 1e-3 * scale, (other, scale)
+
+
+def test_xrecon_validation_terms_rebuild_the_target_with_its_own_and_with_another_pairs_other_view(fast_cfg):
+    torch.manual_seed(0)
+    cfg = fast_cfg("method.name=xrecon", "method.decoder.recon_size=16")
+    m = build_method(cfg).eval()
+    pairs = smooth_pairs(4, 32, seed=3)
+    with torch.no_grad():
+        out = m(pairs)
+        o1, o2 = m.backbone(pairs["view1"]), m.backbone(pairs["view2"])
+        terms = m.validation_terms(pairs, o1, o2)
+        swapped = m.reconstruct({1: o1[0], 2: o2[0]}, 1, source_fmap=o2[0].roll(1, dims=0))
+    assert set(terms) == set(m.validation_term_names) == {"recon", "recon_other_view"}
+    torch.testing.assert_close(terms["recon"], out.losses["recon"] / cfg.loss.recon_weight)
+    torch.testing.assert_close(
+        terms["recon_other_view"], torch.nn.functional.mse_loss(swapped, resize_target(pairs["view1"], 16))
+    )
+    assert abs(terms["recon_other_view"] - terms["recon"]) > 1e-6
+    assert build_method(fast_cfg("method.name=vicreg")).validation_terms(pairs, o1, o2) == {}
 
 
 def test_sie_terms_are_computed_on_the_right_parts_and_the_pairs_rotation(fast_cfg):

@@ -76,5 +76,11 @@ class SSLMethod(nn.Module):
         f2, r2 = self.backbone(batch["view2"])
         return self.loss_terms(batch, (f1, r1), (f2, r2))
 
+    validation_term_names: tuple[str, ...] = ()  # what validation_terms returns
+
+    def validation_terms(self, batch, out1, out2) -> dict[str, torch.Tensor]:
+        """Method-specific checks on held-out pairs, reported as val/<name> (xrecon's cross-view check)."""
+        return {}
+
     def loss_terms(self, batch, out1, out2) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -217,17 +217,37 @@ class Engine:
         module.eval()
         acc = ProbeMetrics(self.info.regress, self.device)
         floor_acc = ProbeMetrics(self.info.regress, self.device) if module.floor is not None else None
+        method = module.method
+        # method-specific held-out checks (xrecon's cross-view check), summed per pair; every rank holds
+        # every name so that the all-reduce below matches across ranks
+        sums = {k: torch.zeros((), device=self.device) for k in method.validation_term_names}
+        n = 0
         for raw in batches:
             batch = self.to_batch(raw)
             with self.autocast:
-                _, r1 = module.method.backbone(batch["view1"])
-                _, r2 = module.method.backbone(batch["view2"])
-                _, outputs = module.probes(r1, r2, batch)
+                out1 = method.backbone(batch["view1"])
+                out2 = method.backbone(batch["view2"])
+                _, outputs = module.probes(out1[1], out2[1], batch)
                 if floor_acc is not None:
                     floor_acc.update(module.floor(batch)[1])
+                if sums:
+                    for k, v in method.validation_terms(batch, out1, out2).items():
+                        sums[k] += v.float() * len(batch["view1"])
+            n += len(batch["view1"])
             acc.update(outputs)
         module.train()
-        return {**acc.compute("val"), **(floor_acc.compute("val/floor") if floor_acc is not None else {})}
+        extra = {}
+        if sums:
+            keys = sorted(sums)
+            t = torch.stack([sums[k] for k in keys] + [torch.tensor(float(n), device=self.device)])
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(t)
+            extra = {f"val/{k}": float(v / t[-1].clamp_min(1)) for k, v in zip(keys, t[:-1], strict=True)}
+        if "val/recon" in extra and "val/recon_other_view" in extra:
+            extra["val/recon_other_view_ratio"] = extra["val/recon_other_view"] / max(extra["val/recon"], 1e-12)
+        return {**acc.compute("val"), **(floor_acc.compute("val/floor") if floor_acc is not None else {}), **extra}
 
     def state_dict(self) -> dict[str, Any]:
         """The training state a checkpoint holds (see `rayeq.checkpoint.TrainState`)."""
