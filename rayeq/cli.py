@@ -133,6 +133,23 @@ def cmd_sweep(args) -> int:
     return 130 if out["interrupted"] else 0
 
 
+def cmd_study(args) -> int:
+    from rayeq.study.run import run_study
+
+    out = run_study(
+        args.study,
+        resume=args.resume,
+        address=args.address,
+        storage_path=args.storage_path,
+        overrides=args.set,
+        autoscaling=args.autoscaling,
+    )
+    print(f"study finished in {out['seconds']:.0f}s; results in {out['study_dir']}")
+    if not out["complete"]:
+        print("some runs have no result (see above); run the same command with --resume to finish them")
+    return 0 if out["complete"] else 1
+
+
 def cmd_bench(args) -> int:
     from rayeq import bench
 
@@ -262,6 +279,37 @@ def build_parser() -> argparse.ArgumentParser:
         "that a node can hold a trial; run max_concurrent (else num_samples) trials at once",
     )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "study", help="compare methods: arms x seeds (x settings) trained on Ray, evaluated, summarised with floors"
+    )
+    p.add_argument("study", help="study YAML (see studies/)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted study; finished runs and evaluations are kept"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job submit`, or a local instance)",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="where study directories go (overrides the study file's storage_path; use a shared path on a cluster)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config key for every run, e.g. train.epochs=1 (repeatable)",
+    )
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: skip the check that a node can hold a run",
+    )
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)

@@ -28,6 +28,7 @@ OPERATIONAL_KEYS = (
     "train.storage_path",
     "train.log_every_steps",
     "train.val_every_epochs",
+    "train.val_steps",
     "train.max_failures",
     "train.keep_checkpoints",
     "train.num_workers",
@@ -229,6 +230,9 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(10, ge=1)
     val_every_epochs: int = Field(1, ge=1, description="probe the val split every N epochs (and at the end)")
+    val_steps: int | None = Field(
+        None, ge=1, description="validate on the first N val batches of each worker (None = the whole val split)"
+    )
     floor_probes: bool = Field(
         True,
         description="train the same online probes on a frozen copy of the untrained encoder too (train/floor/*, "
@@ -288,6 +292,18 @@ class EvalConfig(Section):
     )
     views_per_object: int | None = Field(
         None, ge=2, description="3D: encode only the first N views of each object (None = all)"
+    )
+    parts: list[Literal["full", "inv", "equi"]] = Field(
+        ["full", "inv", "equi"],
+        min_length=1,
+        description="which parts of the representation the probes read (each part costs its own probes)",
+    )
+    train_rows: int | None = Field(
+        None,
+        ge=2,
+        description="fit the probes on the first N train rows only (objects of a 3D set; images of a folder for linear "
+        "and kNN; "
+        "None = all); every held-out row is still scored. A CPU-sized study's knob: features cost time per row",
     )
     feature_seed: int = Field(0, ge=0, description="seed of the view pairs (3D) and the transformations (images)")
     extract_batch_size: int = Field(256, ge=1)

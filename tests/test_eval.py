@@ -106,6 +106,12 @@ def test_features_hold_every_view_grouped_by_object(reg_data):
     np.testing.assert_allclose(tr.r[:, :9].numpy(), rot, atol=1e-5)
     i, j = view_pairs(tr.obj, 5, np.random.default_rng(0))
     assert len(i) == 96 * 5 and (tr.obj[i] == tr.obj[j]).all() and (i != j).all()
+    # eval.train_rows: the first N objects only, every view of each, the same features as in the full set
+    mean, std = norm_stats(read_meta(reg_data))
+    capped = extract_features(ByImage(oracle, reg_data), reg_data, "train", 16, mean, std, max_rows=10)
+    assert capped.r.shape == (10 * 6, 15) and capped.n_objects == 10
+    full_rows = {tuple(r) for r in tr.r.numpy().round(5).tolist()}
+    assert all(tuple(r) in full_rows for r in capped.r.numpy().round(5).tolist())
 
 
 @pytest.mark.slow
@@ -305,6 +311,11 @@ def test_eval_reads_the_invariant_and_equivariant_channels_it_names(reg_data, tm
     assert m["linear/equi/top1"] < 0.6, m  # 3 balanced classes: chance 1/3
     assert m["rotation/equi/r2"] > floor["rotation/equi/r2"] + 0.3, (m, floor)
     assert m["rotation/inv/r2"] <= floor["rotation/inv/r2"] + 0.05, (m, floor)
+    # eval.parts: only the parts named are probed (each part costs its own probes)
+    loaded.cfg = loaded.cfg.model_copy(update={"eval": loaded.cfg.eval.model_copy(update={"parts": ["equi"]})})
+    res = measure(loaded, reg_data, read_meta(reg_data), ["linear"], settings_for(loaded.cfg, True), False,
+                  lambda *a: 0)  # fmt: skip
+    assert set(res["metrics"]) == {"linear/equi/top1"} and res["metrics"]["linear/equi/top1"] < 0.6
 
 
 def test_eval_refuses_protocols_the_data_cannot_serve(reg_data, tmp_path):
@@ -333,6 +344,8 @@ def test_ray_data_extraction_matches_local_extraction(reg_data, tmp_path, ray_se
     assert torch.equal(remote.latent, local.latent)
     assert torch.allclose(remote.r, local.r, atol=1e-4)
     assert not torch.allclose(local.r[0], local.r[1], atol=1e-3)  # two different views of one object
+    capped = extract_features_ray(loaded, reg_data, "val", batch_size=32, log=lambda *a: 0, max_rows=5)
+    assert capped.r.shape == (5 * 6, loaded.cfg.model.feature_dim) and capped.n_objects == 5
 
 
 @pytest.fixture(scope="module")

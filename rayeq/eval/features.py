@@ -139,15 +139,21 @@ def extract_features(
     views_per_object: int | None = None,
     batch_size: int = 256,
     device: str = "cpu",
+    max_rows: int | None = None,
 ) -> Features:
-    """Encode a split in this process. Images are resized to `image_size` and normalised."""
+    """Encode a split in this process (its first `max_rows` rows when given). Images are resized to
+    `image_size` and normalised."""
     _, shards = open_dataset(Path(data_dir), split)
     enc = BatchEncoder(encoder, image_size, mean, std, views_per_object, batch_size, device)
     rows_per_call = max(1, batch_size // (views_per_object or 8))
-    parts = []
+    parts, left = [], max_rows if max_rows is not None else float("inf")
     for shard in shards:
         table = read_split_table(shard, split)
         for b in table.to_batches(max_chunksize=rows_per_call):
+            if left <= 0:
+                break
+            b = b.slice(0, int(min(left, b.num_rows)))
+            left -= b.num_rows
             parts.append(enc(pa.Table.from_batches([b])))
     return assemble_features(parts)
 
@@ -171,6 +177,7 @@ def extract_features_ray(
     batch_size: int = 256,
     actors: int | None = None,
     log=print,
+    max_rows: int | None = None,
 ) -> Features:
     """Encode a split with Ray Data: Parquet reads -> encoder actors on the cluster's GPUs (else CPUs)."""
     import ray
@@ -183,7 +190,10 @@ def extract_features_ray(
     mean, std = loaded.norm_stats(data_dir)
     where = "1 GPU each" if plan["use_gpu"] else f"{plan['num_cpus']} CPU(s) each"
     log(f"  features ({split}): Ray Data, up to {plan['actors']} encoder actor(s), {where}")
-    ds = read_split(shards, split, include_paths=False).map_batches(
+    ds = read_split(shards, split, include_paths=False)
+    if max_rows is not None:
+        ds = ds.limit(max_rows)  # the first rows, as the local extractor takes them
+    ds = ds.map_batches(
         _RayBatchEncoder,
         fn_constructor_kwargs={
             "cfg": loaded.cfg.to_dict(),
@@ -206,9 +216,12 @@ def extract_features_ray(
     return assemble_features(list(ds.iter_batches(batch_size=None, batch_format="numpy")))
 
 
-def cache_key(ckpt: Path | None, data_dir: Path, split: str, image_size: int, views: int | None) -> str:
+def cache_key(
+    ckpt: Path | None, data_dir: Path, split: str, image_size: int, views: int | None, rows: int | None = None
+) -> str:
     meta = (data_dir / "meta.json").read_text()
-    blob = json.dumps(["every-view", str(ckpt), str(data_dir.resolve()), meta, split, image_size, views])
+    blob = ["every-view", str(ckpt), str(data_dir.resolve()), meta, split, image_size, views]
+    blob = json.dumps(blob if rows is None else [*blob, rows])  # keys made before train_rows existed still hit
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -216,7 +229,8 @@ def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ra
     """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made;
     else encoded in this process (its GPU if any) or, with `use_ray`, by Ray Data actors."""
     cfg, e = loaded.cfg, loaded.cfg.eval
-    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.views_per_object)
+    rows = e.train_rows if split == "train" else None
+    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.views_per_object, rows)
     cache = loaded.path / "eval_cache" / f"{split}-{key}.pt"
     if cache.is_file():
         log(f"  features ({split}): cached {cache}")
@@ -224,7 +238,7 @@ def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ra
     t0 = time.perf_counter()
     if use_ray:
         feats = extract_features_ray(
-            loaded, data_dir, split, e.views_per_object, e.extract_batch_size, e.extract_actors, log
+            loaded, data_dir, split, e.views_per_object, e.extract_batch_size, e.extract_actors, log, rows
         )
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -240,6 +254,7 @@ def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ra
             e.views_per_object,
             e.extract_batch_size,
             device,
+            rows,
         )
     n = len(feats.label)
     dt = time.perf_counter() - t0

@@ -125,6 +125,8 @@ def evaluate(
             **({"knn": cfg.eval.knn.model_dump()} if "knn" in wanted else {}),
             "pairs_per_object": cfg.eval.pairs_per_object,
             "views_per_object": cfg.eval.views_per_object,
+            "train_rows": cfg.eval.train_rows,
+            "parts": list(cfg.eval.parts),
             "feature_seed": cfg.eval.feature_seed,
             "extractor": "ray" if use_ray else "local",
         },
@@ -164,7 +166,7 @@ def measure(
         tr = cached_features(loaded, data_dir, "train", use_ray, log)
         va = cached_features(loaded, data_dir, "val", use_ray, log)
         chance = majority_top1(tr.label, va.label)
-        for name in PARTS:
+        for name in cfg.eval.parts:
             xtr, xva = feature_part(tr.r, name, inv_dim), feature_part(va.r, name, inv_dim)
             if "linear" in wanted:
                 res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"])
@@ -241,6 +243,7 @@ def floor_dir(cfg: ExperimentConfig, data_dir: Path, norm) -> Path:
             cfg.train.seed,
             list(norm),
             cfg.eval.views_per_object,
+            *([cfg.eval.train_rows] if cfg.eval.train_rows is not None else []),  # old floor folders still hit
         ],
         sort_keys=True,
         default=str,
@@ -252,7 +255,10 @@ def protocol_key(cfg: ExperimentConfig, protocol: str, settings: dict[str, Proto
     """What one protocol's scores depend on besides the features: its settings (and the pairs)."""
     e = cfg.eval
     own = e.knn.model_dump() if protocol == "knn" else settings[protocol].__dict__
-    blob = json.dumps([protocol, own, e.pairs_per_object, e.feature_seed], sort_keys=True)
+    blob = [protocol, own, e.pairs_per_object, e.feature_seed]
+    if list(e.parts) != list(PARTS):  # keys made before eval.parts existed (all parts) still hit
+        blob.append(list(e.parts))
+    blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

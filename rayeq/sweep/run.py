@@ -47,6 +47,20 @@ def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0}
 
 
+def absolute_base(base: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The base with absolute data and Aim paths (trials run in Tune's per-trial working directories)
+    and its data checked; the built-in set is rendered here once, before any trial needs it."""
+    from rayeq.data.feed.pipeline import check_data, resolve_data_dir
+    from rayeq.track import resolve_track_repo
+
+    data_dir = resolve_data_dir(base)
+    base = from_dict(
+        apply_overrides(base.to_dict(), [f"data.path={data_dir.resolve()}", f"track.repo={resolve_track_repo(base)}"])
+    )
+    meta, _ = check_data(base, "train")
+    return base, meta
+
+
 def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool = False) -> int:
     """Refuse resources no node can hold; return how many trials run at once. On an autoscaling
     cluster the nodes that would hold the trials may not exist yet: no check, and as many trials at
@@ -59,15 +73,16 @@ def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool
     if not any(all(n.get(k, 0) >= v for k, v in per_worker.items()) for n in nodes):
         biggest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
         raise ConfigError(
-            f"sweep {spec.name!r}: a trial worker needs {per_worker} (resources.cpus_per_worker / gpus_per_worker), "
-            f"but no node of this cluster has that much (the biggest has {biggest[0]:g} CPU, {biggest[1]:g} GPU)"
+            f"{spec.kind} {spec.name!r}: a trial worker needs {per_worker} (resources.cpus_per_worker / "
+            f"gpus_per_worker), but no node of this cluster has that much (the biggest has {biggest[0]:g} CPU, "
+            f"{biggest[1]:g} GPU)"
         )
     need = trial_footprint(cfg)
     total = ray.cluster_resources()
     fits = min(total.get(k, 0) / v for k, v in need.items() if v > 0)
     if fits < 1:
         raise ConfigError(
-            f"sweep {spec.name!r}: one trial needs {need['CPU']:g} CPU and {need['GPU']:g} GPU ({t.num_workers} "
+            f"{spec.kind} {spec.name!r}: one trial needs {need['CPU']:g} CPU and {need['GPU']:g} GPU ({t.num_workers} "
             f"worker(s) x {t.cpus_per_worker} CPU, a Ray Data actor of {cfg.data.cpus_per_actor} CPU, reads and the "
             f"trainable), more than the cluster's {total.get('CPU', 0):g} CPU / {total.get('GPU', 0):g} GPU"
         )
@@ -105,32 +120,39 @@ def _trial(params: dict[str, Any], base: dict, sweep: dict) -> None:
     trainer.fit()
 
 
-class _Progress:
-    """Tune callback: a line per finished trial, with the count and an ETA."""
+class Progress:
+    """Tune callback: a line per finished trial (a sweep's trial, a study's run), with the count and an ETA."""
 
-    def __new__(cls, total: int, metrics: list[str]):
+    def __new__(cls, total: int, metrics: list[str], kind: str = "sweep", noun: str = "trial"):
         from ray.tune import Callback
 
-        class Progress(Callback):
+        class _Progress(Callback):
             def __init__(self):
                 self.t0, self.done = time.perf_counter(), 0
 
             def setup(self, **info):  # each session, including a --resume (the callback is restored)
                 self.t0, self.done = time.perf_counter(), 0
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
+            def _line(self, trial, what: str) -> None:
                 self.done += 1
                 r = trial.last_result or {}
                 shown = ", ".join(f"{m} {r[m]:.4f}" for m in metrics if isinstance(r.get(m), float))
                 el = time.perf_counter() - self.t0
                 eta = el / self.done * (total - self.done)
+                label = (trial.config or {}).get("run", trial.trial_id)
                 print(
-                    f"sweep: trial {trial.trial_id} done after {r.get('epoch', '?')} epoch(s): {shown} "
+                    f"{kind}: {noun} {label} {what}: {shown} "
                     f"[{self.done}/{total} this session, {el:.0f}s, ETA {eta:.0f}s]",
                     flush=True,
                 )
 
-        return Progress()
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self._line(trial, f"done after {(trial.last_result or {}).get('epoch', '?')} epoch(s)")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._line(trial, f"FAILED (see {trial.path})")
+
+        return _Progress()
 
 
 def run_sweep(
@@ -146,18 +168,10 @@ def run_sweep(
     spec = load_sweep(path, storage_path)
     base, used_overrides = base_config(spec, list(overrides))
     check_space(spec, base)
-    from rayeq.data.feed.pipeline import check_data, resolve_data_dir
     from rayeq.data.schema import is_objects
     from rayeq.train.probes import reported_metric_names
 
-    data_dir = resolve_data_dir(base)  # builds the built-in set once, before any trial needs it
-    # trials run in Tune's per-trial working directories: every path they use must be absolute
-    from rayeq.track import resolve_track_repo
-
-    base = from_dict(
-        apply_overrides(base.to_dict(), [f"data.path={data_dir.resolve()}", f"track.repo={resolve_track_repo(base)}"])
-    )
-    meta, _ = check_data(base, "train")
+    base, meta = absolute_base(base)
     has_val = meta["splits"].get("val", 0) > 0
     check_metrics(spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes))
 
@@ -209,7 +223,7 @@ def run_sweep(
         {"cpu": TRAINABLE_CPUS},
     )
     tune_dir = sweep_dir / "tune"
-    callbacks = [_Progress(spec.num_samples, spec.metrics)]
+    callbacks = [Progress(spec.num_samples, spec.metrics)]
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         log(f"resuming sweep {spec.name} from {tune_dir} (finished trials are kept, unfinished ones continue)")
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)

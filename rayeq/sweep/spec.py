@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -96,6 +96,7 @@ class Base(_Spec):
 
 
 class SweepSpec(_Spec):
+    kind: ClassVar[str] = "sweep"
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     base: Base = Base()
@@ -125,18 +126,21 @@ class SweepSpec(_Spec):
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_sweep(path: str | Path, storage_path: str | None = None) -> SweepSpec:
+def read_spec(path: str | Path, model: type[BaseModel], kind: str, storage_path: str | None = None):
+    """A sweep or study YAML validated into `model`; every problem named by its dotted key."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist")
+        raise ConfigError(f"{kind} file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{kind} file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} file {str(path)!r} must hold a mapping, not {type(data).__name__}")
     if storage_path is not None:
         data["storage_path"] = storage_path
     try:
-        return SweepSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         lines = []
         for e in err.errors():
@@ -145,12 +149,18 @@ def load_sweep(path: str | Path, storage_path: str | None = None) -> SweepSpec:
             if e["type"] == "extra_forbidden":
                 msg = "unknown key"
             lines.append(f"{loc}: {msg}")
-        raise ConfigError(f"sweep file {str(path)!r}:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"{kind} file {str(path)!r}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_sweep(path: str | Path, storage_path: str | None = None) -> SweepSpec:
+    return read_spec(path, SweepSpec, "sweep", storage_path)
 
 
 def base_config(spec: SweepSpec, extra: list[str] = ()) -> tuple[ExperimentConfig, list[str]]:
-    """The base experiment and the overrides that made it (base.overrides, then the CLI's)."""
-    overrides = [*spec.base.overrides, *extra]
+    """The base experiment and the overrides that made it: `resources`, then base.overrides, then the
+    CLI's (so that `--set train.use_gpu=false ...` can shrink a GPU-sized file to a CPU first look); a
+    study's spec has the same `base` and `resources`."""
+    overrides = []
     if spec.resources is not None:
         r = spec.resources
         overrides += [
@@ -159,10 +169,11 @@ def base_config(spec: SweepSpec, extra: list[str] = ()) -> tuple[ExperimentConfi
             f"train.gpus_per_worker={r.gpus_per_worker}",
             f"train.use_gpu={str(r.gpus_per_worker > 0).lower()}",
         ]
+    overrides += [*spec.base.overrides, *extra]
     try:
         return load_config(spec.base.config, overrides), overrides
     except ConfigError as exc:
-        raise ConfigError(f"sweep {spec.name!r}, base config: {exc}") from None
+        raise ConfigError(f"{spec.kind} {spec.name!r}, base config: {exc}") from None
 
 
 def trial_config(base: ExperimentConfig, params: dict[str, Any], name: str, storage: str) -> ExperimentConfig:

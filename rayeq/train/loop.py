@@ -4,6 +4,7 @@ DDP -> per epoch: the shard's batches through `run_epoch`, validation, `ray.trai
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from typing import Any
@@ -72,6 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # metrics, the checkpoint score among them, are in every report); carried forward in between
         if info.has_val and (engine.epoch % cfg.train.val_every_epochs == 0 or engine.epoch == epochs or not last_val):
             val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=engine.val_batch_size)
+            val = itertools.islice(val, cfg.train.val_steps)  # None: all of them
             last_val = {**engine.validate(val), "val/epoch": engine.epoch}
         result.metrics.update(last_val)
         for h in hooks:

@@ -1,0 +1,229 @@
+"""`rayeq study`: every arm x setting x seed is one `rayeq train` run (Ray Train TorchTrainer + Ray
+Data), scheduled by Ray Tune as a grid of trials (as many at once as the cluster holds), then scored
+with `rayeq eval`'s protocols inside the same trial. The study directory holds everything:
+
+    <storage_path>/<name>/
+      study.yaml            the study as run (resolved base config included); --resume checks it
+      runs/<run>/           each run's Train directory: config.yaml, metrics.jsonl, checkpoints
+      evals/<run>.json      each run's eval result (written last: its presence means "done")
+      tune-<time>/          each session's Tune experiment
+      results.csv           one row per run
+      summary.md|json|png   per arm (and setting): mean ± std and min-max over seeds, floors, ceiling
+
+`--resume` never redoes a finished evaluation (evals/<run>.json) nor a finished training (a
+checkpoint at the last epoch); an unfinished training continues from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayeq.config import ConfigError, ExperimentConfig, from_dict
+from rayeq.study.spec import Run, StudySpec, check_study, expand, load_study
+
+STUDY_FILE = "study.yaml"
+
+
+def eval_path(study_dir: Path, name: str) -> Path:
+    return study_dir / "evals" / f"{name}.json"
+
+
+def trained_epochs(run_dir: Path) -> int:
+    """The epoch of the run's latest checkpoint (0 when there is none)."""
+    from rayeq.checkpoint import find_checkpoint, read_state
+
+    try:
+        return int(read_state(find_checkpoint(run_dir, "latest")).get("epoch", 0))
+    except (FileNotFoundError, ValueError, KeyError, ConfigError):
+        return 0
+
+
+def last_train_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def train_and_evaluate(
+    cfg: ExperimentConfig, run: Run, study: dict[str, Any], address: str | None = None, log=print
+) -> dict[str, Any]:
+    """One run of the study: train (or continue) it to its last epoch, evaluate it, write its eval JSON.
+    Returns the stored result; a finished one is read back, not redone."""
+    from rayeq.train.driver import build_trainer, run_dir_of
+
+    out = Path(study["dir"]) / "evals" / f"{run.name}.json"
+    if out.is_file():
+        log("already evaluated; kept")
+        return json.loads(out.read_text())
+    run_dir = run_dir_of(cfg)
+    t0 = time.perf_counter()
+    done = trained_epochs(run_dir)
+    if done >= cfg.train.epochs:
+        log(f"already trained ({done} epochs); evaluating")
+    else:
+        if done:
+            log(f"continuing from its checkpoint at epoch {done}")
+        extra = {"study": {"name": study["name"], "arm": run.arm, "setting": run.setting, "seed": run.seed}}
+        trainer, _, _ = build_trainer(cfg, address, extra_params=extra, log=log)
+        trainer.fit()
+    t1 = time.perf_counter()
+    from rayeq.eval.run import evaluate
+
+    e = study["eval"]
+    result = evaluate(
+        run_dir,
+        protocols=e["protocols"],
+        fast=e["fast"],
+        which=e["checkpoint"],
+        overrides=e["overrides"],
+        address=address,
+        log=log,
+    )
+    train = last_train_metrics(run_dir)
+    result.update(
+        study=study["name"],
+        arm=run.arm,
+        setting=run.setting,
+        seed=run.seed,
+        train_metrics={k: v for k, v in train.items() if isinstance(v, (int, float))},
+        train_seconds=round(t1 - t0, 1),
+        eval_seconds=round(time.perf_counter() - t1, 1),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)  # whole or absent: an interrupted write is never read as a finished run
+    return result
+
+
+def _trial(params: dict[str, Any], configs: dict[str, dict], runs: dict[str, Run], study: dict) -> None:
+    """The Tune function trainable: one run of the study, trained then evaluated."""
+    from ray import tune
+
+    name = params["run"]
+    result = train_and_evaluate(
+        from_dict(configs[name]), runs[name], study, log=lambda m: print(f"[{name}] {m}", flush=True)
+    )
+    shown = {k: v for k, v in result["metrics"].items() if k in study["metrics"]}
+    tune.report({**shown, "epoch": result["epoch"]})
+
+
+def run_study(
+    path: str | Path,
+    resume: bool = False,
+    address: str | None = None,
+    storage_path: str | None = None,
+    overrides: list[str] = (),
+    autoscaling: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    spec = load_study(path, storage_path)
+    from rayeq.data.schema import is_objects
+    from rayeq.sweep.run import absolute_base, check_cluster
+    from rayeq.sweep.spec import base_config
+
+    base, used_overrides = base_config(spec, list(overrides))
+    base, meta = absolute_base(base)
+    study_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
+    configs = check_study(spec, base, study_dir, is_objects(meta))
+    runs = expand(spec)
+    record = {
+        "fingerprint": spec.fingerprint(),
+        "study": spec.model_dump(),
+        "base_overrides": used_overrides,
+        "base": base.to_dict(),
+    }
+    saved = study_dir / STUDY_FILE
+    if saved.is_file():
+        old = yaml.safe_load(saved.read_text())
+        if not resume:
+            raise ConfigError(
+                f"study directory {str(study_dir)!r} already holds study {spec.name!r}: pass --resume to continue it, "
+                "or give the study another name (nothing there is overwritten)"
+            )
+        if old.get("fingerprint") != record["fingerprint"] or old.get("base") != record["base"]:
+            raise ConfigError(
+                f"--resume: {str(saved)!r} was made by a different study file or base config; resuming it with this "
+                "one is refused. Give the study another name to start a new one."
+            )
+    elif resume:
+        raise ConfigError(f"--resume: {str(study_dir)!r} holds no study {spec.name!r} to resume")
+
+    todo = [r for r in runs if not eval_path(study_dir, r.name).is_file()]
+    log(
+        f"study {spec.name}: {len(runs)} runs ({len(spec.arms)} arms x {len(runs) // len(spec.arms) // len(spec.seeds)}"
+        f" setting(s) x {len(spec.seeds)} seeds), {len(runs) - len(todo)} already evaluated; dir {study_dir}"
+    )
+    if todo:
+        from rayeq.cluster import connect_ray
+
+        ray = connect_ray(address, log)
+        concurrency = min(check_cluster(spec, base, ray, autoscaling), len(todo))
+        study_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump(record, sort_keys=False))
+        if base.track.backend == "aim":
+            from rayeq.track import ensure_aim_repo
+
+            ensure_aim_repo(base.track.repo)
+        _fit(spec, base, configs, todo, study_dir, concurrency, address, log)
+    from rayeq.study.summary import collect_rows, write_summary
+
+    rows = collect_rows(runs, study_dir, spec)
+    out = write_summary(rows, spec, study_dir, log)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concurrency: int, address, log) -> None:
+    import ray
+    from ray import tune
+
+    from rayeq.sweep.run import TRAINABLE_CPUS, Progress
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    study = {
+        "name": spec.name,
+        "dir": str(study_dir),
+        "eval": spec.eval.model_dump(),
+        "metrics": spec.summary.metrics,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            configs={r.name: configs[r.name].to_dict() for r in todo},
+            runs={r.name: r for r in todo},
+            study=study,
+        ),
+        {"cpu": TRAINABLE_CPUS},
+    )
+    log(
+        f"study {spec.name}: {len(todo)} run(s) to do, {concurrency} at a time "
+        f"(train {base.train.epochs} epochs, then eval {spec.eval.protocols}{' --fast' if spec.eval.fast else ''})"
+    )
+    session = time.strftime("%Y%m%d-%H%M%S")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"run": tune.grid_search([r.name for r in todo])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            trial_name_creator=lambda t: t.config["run"],
+            trial_dirname_creator=lambda t: t.config["run"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{session}",
+            storage_path=str(study_dir),
+            callbacks=[Progress(len(todo), spec.summary.metrics, "study", "run")],
+            verbose=1,
+        ),
+    )
+    tuner.fit()
