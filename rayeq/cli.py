@@ -144,7 +144,7 @@ def cmd_study(args) -> int:
         overrides=args.set,
         autoscaling=args.autoscaling,
     )
-    print(f"study finished in {out['seconds']:.0f}s; results in {out['study_dir']}")
+    print(f"study ran {out['seconds']:.0f}s; results in {out['study_dir']}")
     if not out["complete"]:
         print("some runs have no result (see above); run the same command with --resume to finish them")
     return 0 if out["complete"] else 1

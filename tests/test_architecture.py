@@ -19,8 +19,8 @@ LAYERS = [
     ["rayeq.methods", "rayeq.runinfo", "rayeq.checkpoint", "rayeq.cluster"],
     ["rayeq.train.engine", "rayeq.train.probes", "rayeq.train.optim", "rayeq.train.hooks", "rayeq.eval.features",
      "rayeq.eval.protocols", "rayeq.eval.transforms"],
-    ["rayeq.train.loop", "rayeq.train.driver", "rayeq.eval.run", "rayeq.sweep", "rayeq.bench", "rayeq.demo",
-     "rayeq.quickstart", "rayeq.train", "rayeq.eval"],
+    ["rayeq.train.loop", "rayeq.train.driver", "rayeq.eval.run", "rayeq.sweep", "rayeq.study", "rayeq.bench",
+     "rayeq.demo", "rayeq.quickstart", "rayeq.train", "rayeq.eval"],
     ["rayeq.cli"],
 ]  # fmt: skip
 # plain PyTorch: importing these never imports Ray

@@ -7,7 +7,7 @@ import yaml
 
 from rayeq.cli import main
 
-COMMANDS = ["demo", "data", "quickstart", "eval", "train", "sweep", "bench", "config"]
+COMMANDS = ["demo", "data", "quickstart", "eval", "train", "sweep", "study", "bench", "config"]
 
 
 def test_help_lists_commands(capsys):

@@ -25,23 +25,18 @@ from typing import Any
 import yaml
 
 from rayeq.config import ConfigError, ExperimentConfig, from_dict
-from rayeq.study.spec import Run, StudySpec, check_study, expand, load_study
+from rayeq.study.spec import (
+    Run,
+    StudySpec,
+    check_runs,
+    check_study,
+    eval_path,
+    expand,
+    load_study,
+    trained_epochs,
+)
 
 STUDY_FILE = "study.yaml"
-
-
-def eval_path(study_dir: Path, name: str) -> Path:
-    return study_dir / "evals" / f"{name}.json"
-
-
-def trained_epochs(run_dir: Path) -> int:
-    """The epoch of the run's latest checkpoint (0 when there is none)."""
-    from rayeq.checkpoint import find_checkpoint, read_state
-
-    try:
-        return int(read_state(find_checkpoint(run_dir, "latest")).get("epoch", 0))
-    except (FileNotFoundError, ValueError, KeyError, ConfigError):
-        return 0
 
 
 def last_train_metrics(run_dir: Path) -> dict[str, Any]:
@@ -132,8 +127,9 @@ def run_study(
     from rayeq.sweep.spec import base_config
 
     base, used_overrides = base_config(spec, list(overrides))
-    base, meta = absolute_base(base)
     study_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
+    check_runs(spec, base, study_dir)  # arms and grid refused before any data is touched
+    base, meta = absolute_base(base)
     configs = check_study(spec, base, study_dir, is_objects(meta))
     runs = expand(spec)
     record = {

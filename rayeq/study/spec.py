@@ -123,9 +123,10 @@ def settings(spec: StudySpec) -> list[dict[str, Any]]:
 
 
 def expand(spec: StudySpec) -> list[Run]:
-    """Every arm x setting x seed, in that order (arm-major: the first runs compare all arms)."""
+    """Every arm x setting x seed, in that order: runs side by side then mostly differ in seed, whose
+    untrained-encoder floor each computes once (runs of one seed share it from the cache)."""
     runs = []
-    for seed, (arm, arm_overrides), setting in product(spec.seeds, spec.arms.items(), settings(spec)):
+    for (arm, arm_overrides), setting, seed in product(spec.arms.items(), settings(spec), spec.seeds):
         label = ",".join(_label(k, v) for k, v in setting.items())
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(_label(k, v) for k, v in setting.items()))
         name = "-".join(p for p in (arm, slug, f"s{seed}") if p)
@@ -213,6 +214,20 @@ def check_study(spec: StudySpec, base: ExperimentConfig, study_dir: Path, three_
         parts |= set(with_eval_overrides(cfg, spec.eval.overrides).eval.parts)
     check_eval(spec, three_d, base.data.path or "the built-in set", sorted(parts))
     return configs
+
+
+def eval_path(study_dir: Path, name: str) -> Path:
+    return study_dir / "evals" / f"{name}.json"
+
+
+def trained_epochs(run_dir: Path) -> int:
+    """The epoch of the run's latest checkpoint (0 when there is none)."""
+    from rayeq.checkpoint import find_checkpoint, read_state
+
+    try:
+        return int(read_state(find_checkpoint(run_dir, "latest")).get("epoch", 0))
+    except (FileNotFoundError, ValueError, KeyError, ConfigError):
+        return 0
 
 
 def load_study(path: str | Path, storage_path: str | None = None) -> StudySpec:

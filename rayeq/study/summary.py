@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from rayeq.study.spec import Run, StudySpec
+from rayeq.study.spec import Run, StudySpec, eval_path, trained_epochs
 
 FLOOR_MARK = "▼"
 ABOVE, BELOW = "↑", "↓"
@@ -21,8 +21,6 @@ FLOOR_LABELS = {"random_init": "untrained encoder (floor)", "mean_predictor": "m
 
 
 def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict[str, Any]]:
-    from rayeq.study.run import eval_path, trained_epochs
-
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run": run.name, "arm": run.arm, "setting": run.setting, "seed": run.seed}
@@ -215,19 +213,34 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
             ax.scatter([i] * len(st["values"]), st["values"], s=14, c="k", zorder=3)
             if g["marks"].get(m):
                 ax.annotate(g["marks"][m], (i, st["max"]), textcoords="offset points", xytext=(0, 4), ha="center")
+        # the axis spans the seeds, the mean predictor and the ceiling; a floor far outside (an untrained
+        # encoder's probe can score R² -20 on a small set) is named in the panel instead of squashing it
+        shown = [v for g in groups for v in g["metrics"].get(m, {}).get("values", [])]
+        shown += [
+            v
+            for v in (summary["floors"].get("mean_predictor", {}).get(m), summary["ceiling_mean"].get(m))
+            if v is not None
+        ]
+        lo, hi = (min(shown), max(shown)) if shown else (0.0, 1.0)
+        span = max(hi - lo, 0.1)
         styles = {"random_init": ("tab:red", "--"), "mean_predictor": ("tab:gray", ":")}
         for f, (c, ls) in styles.items():
             v = summary["floors"].get(f, {}).get(m)
-            if v is not None:
+            if v is None:
+                continue
+            if lo - span <= v <= hi + span:
                 ax.axhline(v, color=c, ls=ls, lw=1.2, label=FLOOR_LABELS[f])
+            else:
+                ax.text(
+                    0.02, 0.02, f"{FLOOR_LABELS[f]}: {v:.3g} (off scale)", transform=ax.transAxes, fontsize=7, color=c
+                )
         if m in summary["ceiling_mean"]:
             ax.axhline(
                 summary["ceiling_mean"][m], color="tab:green", ls="-.", lw=1.2, label=f"ceiling ({summary['ceiling']})"
             )
         names = [g["group"] + (" (baseline)" if g["group"] == summary["baseline"] else "") for g in groups]
         ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(min(lo, 0.0), hi + 0.08 * (hi - lo))  # room for the marks above the bars
+        ax.set_ylim(min(lo - 0.1 * span, 0.0), hi + 0.15 * span)  # room for the marks above the bars
         ax.set_title(m, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="best")
