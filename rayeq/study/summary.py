@@ -90,12 +90,13 @@ def summarise(rows: list[dict[str, Any]], spec: StudySpec) -> dict[str, Any]:
             ceiling[m] = statistics.fmean(vals)
     floor_source = baseline or next((g for g in groups.values() if g["n"]), None)
     floors = floor_source["floors"] if floor_source else {f: {} for f in FLOORS}
+    from rayeq.eval.run import at_or_below_floor
+
     for g in groups.values():
         g["marks"] = {}
+        low = set(at_or_below_floor({m: st["mean"] for m, st in g["metrics"].items() if m in metrics}, g["floors"]))
         for m, st in g["metrics"].items():
-            marks = ""
-            if m in metrics and any(st["mean"] <= g["floors"].get(f, {}).get(m, -math.inf) for f in FLOORS):
-                marks += FLOOR_MARK
+            marks = FLOOR_MARK if m in low else ""
             b = baseline["metrics"].get(m) if baseline and g is not baseline else None
             if b is not None and g["n"] > 1 and b["n"] > 1:
                 marks += ABOVE if st["min"] > b["max"] else BELOW if st["max"] < b["min"] else ""
