@@ -25,7 +25,8 @@ from rayeq.models import ConvDecoder, CrossAttention, split_features, to_tokens
 
 def position_code(h: int, w: int, dim: int, device=None, dtype=None) -> torch.Tensor:
     """Fixed 2D sin-cos position code (1, h*w, dim): a quarter of the channels each for sin/cos of the
-    row and of the column, at geometrically spaced frequencies (the ViT/MAE code; no parameters)."""
+    row and of the column, at geometrically spaced frequencies (the ViT/MAE code, base 100 for grids of a
+    few positions; no parameters)."""
     quarter = dim // 4
     freq = 1.0 / (100.0 ** (torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1)))
     ys, xs = torch.meshgrid(
