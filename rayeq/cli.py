@@ -26,6 +26,45 @@ def _split_config_and_overrides(args) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
+def _add_tune_args(p: argparse.ArgumentParser, kind: str, unit: str, kept: str, example: str) -> None:
+    """What `rayeq sweep` and `rayeq study` both take: they run Tune trials of the train path on a cluster."""
+    p.add_argument("--resume", action="store_true", help=f"continue an interrupted {kind}; {kept}")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job submit`, or a local instance)",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help=f"where {kind} directories go (overrides the {kind} file's storage_path; use an absolute or shared "
+        "path under `ray job submit`)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a base config key for every {unit}, e.g. {example} (repeatable)",
+    )
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help=f"the cluster adds nodes on demand: skip the check that a node can hold a {unit}; run max_concurrent "
+        f"(else all) {unit}s at once",
+    )
+
+
+def _tune_kwargs(args) -> dict:
+    return dict(
+        resume=args.resume,
+        address=args.address,
+        storage_path=args.storage_path,
+        overrides=args.set,
+        autoscaling=args.autoscaling,
+    )
+
+
 def cmd_config(args) -> int:
     config, overrides = _split_config_and_overrides(args)
     cfg = load_config(config, overrides)
@@ -121,14 +160,7 @@ def cmd_eval(args) -> int:
 def cmd_sweep(args) -> int:
     from rayeq.sweep.run import run_sweep
 
-    out = run_sweep(
-        args.sweep,
-        resume=args.resume,
-        address=args.address,
-        storage_path=args.storage_path,
-        overrides=args.set,
-        autoscaling=args.autoscaling,
-    )
+    out = run_sweep(args.sweep, **_tune_kwargs(args))
     print(f"sweep finished in {out['seconds']:.0f}s; results in {out['sweep_dir']}")
     return 130 if out["interrupted"] else 0
 
@@ -136,14 +168,7 @@ def cmd_sweep(args) -> int:
 def cmd_study(args) -> int:
     from rayeq.study.run import run_study
 
-    out = run_study(
-        args.study,
-        resume=args.resume,
-        address=args.address,
-        storage_path=args.storage_path,
-        overrides=args.set,
-        autoscaling=args.autoscaling,
-    )
+    out = run_study(args.study, **_tune_kwargs(args))
     print(f"study ran {out['seconds']:.0f}s; results in {out['study_dir']}")
     if not out["complete"]:
         print("some runs have no result (see above); run the same command with --resume to finish them")
@@ -253,62 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="hyper-parameter sweep: Ray Tune + Optuna (multi-objective), ASHA, resume")
     p.add_argument("sweep", help="sweep YAML (see sweeps/)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
-    p.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job submit`, or a local instance)",
-    )
-    p.add_argument(
-        "--storage-path",
-        default=None,
-        help="where sweep directories go (overrides the sweep file's "
-        "storage_path; use an absolute or shared path under `ray job submit`)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a base config key for every trial, e.g. track.repo=/abs/aim (repeatable)",
-    )
-    p.add_argument(
-        "--autoscaling",
-        action="store_true",
-        help="the cluster adds nodes on demand: skip the check "
-        "that a node can hold a trial; run max_concurrent (else num_samples) trials at once",
-    )
+    _add_tune_args(p, "sweep", "trial", "finished trials are kept", "track.repo=/abs/aim")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "study", help="compare methods: arms x seeds (x settings) trained on Ray, evaluated, summarised with floors"
     )
     p.add_argument("study", help="study YAML (see studies/)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted study; finished runs and evaluations are kept"
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster (default: $RAY_ADDRESS, e.g. under `ray job submit`, or a local instance)",
-    )
-    p.add_argument(
-        "--storage-path",
-        default=None,
-        help="where study directories go (overrides the study file's storage_path; use a shared path on a cluster)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a base config key for every run, e.g. train.epochs=1 (repeatable)",
-    )
-    p.add_argument(
-        "--autoscaling",
-        action="store_true",
-        help="the cluster adds nodes on demand: skip the check that a node can hold a run",
-    )
+    _add_tune_args(p, "study", "run", "finished runs and evaluations are kept", "train.epochs=1")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")

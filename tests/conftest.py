@@ -116,3 +116,20 @@ def tiny_builtin(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(builtin, "DATA", dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
     return tmp_path
+
+
+def indexed_aim_repo(repo_dir):
+    """The Aim repo at `repo_dir`, indexed first: a closed run is only visible to the SDK once the repo is
+    indexed (what `aim up` does on start)."""
+    import subprocess
+    import sys
+    import warnings
+
+    aim_cli = Path(sys.executable).with_name("aim")
+    subprocess.run([str(aim_cli), "storage", "--repo", str(repo_dir), "reindex", "--yes"], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from aim import Repo
+
+    return Repo(str(repo_dir))

@@ -11,6 +11,8 @@ import yaml
 from rayeq.config import ConfigError
 from rayeq.study.run import run_study
 
+from conftest import indexed_aim_repo
+
 
 @pytest.fixture(scope="module")
 def study_data(tmp_path_factory):
@@ -102,20 +104,9 @@ def test_a_study_trains_evaluates_and_summarises_every_run(finished_study):
 
 def test_every_run_is_an_aim_run_of_the_studys_experiment_with_its_arm_and_eval_metrics(finished_study):
     """Aim's explorers can group the study by run.hparams.study.arm; the eval scores sit beside training's."""
-    import subprocess
-    import sys
-    import warnings
-    from pathlib import Path
-
     tmp, _, _, _ = finished_study
-    aim_cli = Path(sys.executable).with_name("aim")
-    subprocess.run([str(aim_cli), "storage", "--repo", str(tmp / "aim"), "reindex", "--yes"], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from aim import Repo
-
-    runs = {r.name: r for r in Repo(str(tmp / "aim")).iter_runs() if r.experiment == "mini"}
+    repo = indexed_aim_repo(tmp / "aim")
+    runs = {r.name: r for r in repo.iter_runs() if r.experiment == "mini"}
     assert sorted(runs) == ["vicreg-s3", "xrecon-s3"]
     for name, run in runs.items():
         assert run["hparams"]["study"] == {"name": "mini", "arm": name[:-3], "setting": "", "seed": 3}

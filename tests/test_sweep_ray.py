@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ import yaml
 
 from rayeq.config import ConfigError, load_config
 from rayeq.sweep.run import run_sweep
+
+from conftest import indexed_aim_repo
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +97,8 @@ def test_sweep_writes_results_best_config_and_pareto(finished_sweep):
 
 def test_each_trial_is_an_aim_run_of_the_sweeps_experiment(finished_sweep):
     tmp, _, out, _ = finished_sweep
-    aim_cli = Path(sys.executable).with_name("aim")
-    subprocess.run([str(aim_cli), "storage", "--repo", str(tmp / "aim"), "reindex", "--yes"], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from aim import Repo
-
-    runs = [r for r in Repo(str(tmp / "aim")).iter_runs() if r.experiment == "t"]
+    repo = indexed_aim_repo(tmp / "aim")
+    runs = [r for r in repo.iter_runs() if r.experiment == "t"]
     assert sorted(r.name for r in runs) == sorted(row["trial"] for row in out["rows"])
     for run in runs:
         params = run["hparams"]["sweep"]["params"]

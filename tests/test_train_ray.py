@@ -12,7 +12,7 @@ from rayeq.config import ConfigError, load_config
 from rayeq.train.driver import run_dir_of, run_training
 from rayeq.train.probes import reported_metric_names
 
-from conftest import assert_same_state
+from conftest import assert_same_state, indexed_aim_repo
 
 by_value()
 
@@ -94,23 +94,11 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
 
 
 def test_aim_run_holds_metrics_and_an_image(first_run):
-    import subprocess
-    import sys
-    import warnings
-    from pathlib import Path
-
     tmp, cfg, res = first_run
     state = torch.load(_checkpoints(res.run_dir)[-1] / "state.pt", map_location="cpu", weights_only=False)
     repo_dir = tmp / "aim"
-    # a closed run is only visible to the SDK once the repo is indexed (what `aim up` does on start)
-    aim_cli = Path(sys.executable).with_name("aim")
-    subprocess.run([str(aim_cli), "storage", "--repo", str(repo_dir), "reindex", "--yes"], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from aim import Repo
-
-    run = Repo(str(repo_dir)).get_run(state["tracker_run_id"])
+    repo = indexed_aim_repo(repo_dir)
+    run = repo.get_run(state["tracker_run_id"])
     assert run is not None
     names = {m.name for m in run.metrics()}
     assert {"loss/total", "loss/recon", "train/top1", "val/top1", "val/rot_r2", "images_per_sec"} <= names

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from rayeq.config import ConfigError, ExperimentConfig, from_dict
+from rayeq.config import ExperimentConfig, from_dict
 from rayeq.study.spec import (
     Run,
     StudySpec,
@@ -47,9 +47,7 @@ def last_train_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def train_and_evaluate(
-    cfg: ExperimentConfig, run: Run, study: dict[str, Any], address: str | None = None, log=print
-) -> dict[str, Any]:
+def train_and_evaluate(cfg: ExperimentConfig, run: Run, study: dict[str, Any], log=print) -> dict[str, Any]:
     """One run of the study: train (or continue) it to its last epoch, evaluate it, write its eval JSON.
     Returns the stored result; a finished one is read back, not redone."""
     from rayeq.train.driver import build_trainer, run_dir_of
@@ -67,7 +65,7 @@ def train_and_evaluate(
         if done:
             log(f"continuing from its checkpoint at epoch {done}")
         extra = {"study": {"name": study["name"], "arm": run.arm, "setting": run.setting, "seed": run.seed}}
-        trainer, _, _ = build_trainer(cfg, address, extra_params=extra, log=log)
+        trainer, _, _ = build_trainer(cfg, extra_params=extra, log=log)  # in a Tune trial: Ray is connected
         trainer.fit()
     t1 = time.perf_counter()
     from rayeq.eval.run import evaluate
@@ -79,7 +77,6 @@ def train_and_evaluate(
         fast=e["fast"],
         which=e["checkpoint"],
         overrides=e["overrides"],
-        address=address,
         log=log,
     )
     train = last_train_metrics(run_dir)
@@ -123,7 +120,7 @@ def run_study(
     t0 = time.perf_counter()
     spec = load_study(path, storage_path)
     from rayeq.data.schema import is_objects
-    from rayeq.sweep.run import absolute_base, check_cluster
+    from rayeq.sweep.run import absolute_base, check_cluster, check_saved, record_of
     from rayeq.sweep.spec import base_config
 
     base, used_overrides = base_config(spec, list(overrides))
@@ -132,27 +129,9 @@ def run_study(
     base, meta = absolute_base(base)
     configs = check_study(spec, base, study_dir, is_objects(meta))
     runs = expand(spec)
-    record = {
-        "fingerprint": spec.fingerprint(),
-        "study": spec.model_dump(),
-        "base_overrides": used_overrides,
-        "base": base.to_dict(),
-    }
+    record = record_of(spec, used_overrides, base)
     saved = study_dir / STUDY_FILE
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        if not resume:
-            raise ConfigError(
-                f"study directory {str(study_dir)!r} already holds study {spec.name!r}: pass --resume to continue it, "
-                "or give the study another name (nothing there is overwritten)"
-            )
-        if old.get("fingerprint") != record["fingerprint"] or old.get("base") != record["base"]:
-            raise ConfigError(
-                f"--resume: {str(saved)!r} was made by a different study file or base config; resuming it with this "
-                "one is refused. Give the study another name to start a new one."
-            )
-    elif resume:
-        raise ConfigError(f"--resume: {str(study_dir)!r} holds no study {spec.name!r} to resume")
+    check_saved(saved, record, spec, resume)
 
     todo = [r for r in runs if not eval_path(study_dir, r.name).is_file()]
     log(
@@ -170,7 +149,7 @@ def run_study(
             from rayeq.track import ensure_aim_repo
 
             ensure_aim_repo(base.track.repo)
-        _fit(spec, base, configs, todo, study_dir, concurrency, address, log)
+        _fit(spec, base, configs, todo, study_dir, concurrency, log)
     from rayeq.study.summary import collect_rows, write_summary
 
     rows = collect_rows(runs, study_dir, spec)
@@ -179,7 +158,7 @@ def run_study(
     return out
 
 
-def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concurrency: int, address, log) -> None:
+def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concurrency: int, log) -> None:
     import ray
     from ray import tune
 

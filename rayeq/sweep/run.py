@@ -47,6 +47,36 @@ def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0}
 
 
+def record_of(spec, used_overrides: list[str], base: ExperimentConfig) -> dict[str, Any]:
+    """What a sweep or study directory records of what made it (its file, the resolved base config)."""
+    return {
+        "fingerprint": spec.fingerprint(),
+        spec.kind: spec.model_dump(),
+        "base_overrides": used_overrides,
+        "base": base.to_dict(),
+    }
+
+
+def check_saved(saved: Path, record: dict[str, Any], spec, resume: bool) -> None:
+    """A sweep's or study's directory is continued only with --resume and only by the same file and base;
+    nothing there is ever overwritten."""
+    kind, where = spec.kind, saved.parent
+    if saved.is_file():
+        old = yaml.safe_load(saved.read_text())
+        if not resume:
+            raise ConfigError(
+                f"{kind} directory {str(where)!r} already holds {kind} {spec.name!r}: pass --resume to continue it, "
+                f"or give the {kind} another name (nothing there is overwritten)"
+            )
+        if old.get("fingerprint") != record["fingerprint"] or old.get("base") != record["base"]:
+            raise ConfigError(
+                f"--resume: {str(saved)!r} was made by a different {kind} file or base config; resuming it with "
+                f"this one is refused. Give the {kind} another name to start a new one."
+            )
+    elif resume:
+        raise ConfigError(f"--resume: {str(where)!r} holds no {kind} {spec.name!r} to resume")
+
+
 def absolute_base(base: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
     """The base with absolute data and Aim paths (trials run in Tune's per-trial working directories)
     and its data checked; the built-in set is rendered here once, before any trial needs it."""
@@ -176,27 +206,9 @@ def run_sweep(
     check_metrics(spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes))
 
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
-    record = {
-        "fingerprint": spec.fingerprint(),
-        "sweep": spec.model_dump(),
-        "base_overrides": used_overrides,
-        "base": base.to_dict(),
-    }
+    record = record_of(spec, used_overrides, base)
     saved = sweep_dir / SWEEP_FILE
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        if not resume:
-            raise ConfigError(
-                f"sweep directory {str(sweep_dir)!r} already holds sweep {spec.name!r}: pass --resume to continue it, "
-                "or give the sweep another name (nothing there is overwritten)"
-            )
-        if old.get("fingerprint") != record["fingerprint"] or old.get("base") != record["base"]:
-            raise ConfigError(
-                f"--resume: {str(saved)!r} was made by a different sweep file or base config; resuming it with this "
-                "one is refused. Give the sweep another name to start a new one."
-            )
-    elif resume:
-        raise ConfigError(f"--resume: {str(sweep_dir)!r} holds no sweep {spec.name!r} to resume")
+    check_saved(saved, record, spec, resume)
 
     from rayeq.cluster import connect_ray
 
