@@ -44,6 +44,7 @@ OPERATIONAL_KEYS = (
     "data.cpus_per_actor",
     "data.rows_per_batch",
     "data.skip_corrupt",
+    "data.decoded",
     "eval",
     "track",
 )
@@ -92,9 +93,20 @@ class DataConfig(Section):
         "sie", description="hue change as SIE's raw difference or as (cos, sin) of the angle"
     )
     skip_corrupt: bool = Field(False, description="skip and count unreadable images instead of failing")
+    decoded: bool | None = Field(
+        None,
+        description="feed training from a copy of a 3D set with its views decoded once at data.image_size "
+        "(raw uint8, lz4; a pair is then a slice, not two image decodes); None = on for the built-in sets only",
+    )
     num_actors: int | None = Field(None, ge=1, description="Ray Data pair-maker actors; None = half the CPUs")
     cpus_per_actor: float = Field(0.5, gt=0.0, description="CPUs reserved by each pair-maker actor")
-    rows_per_batch: int = Field(16, ge=1, description="stored rows per map_batches call")
+    rows_per_batch: int = Field(64, ge=1, description="stored rows per map_batches call (pairs are made per batch)")
+    shuffle_rows: int | None = Field(
+        None,
+        ge=0,
+        description="Ray path: pairs in each train worker's local shuffle buffer, which mixes blocks of "
+        "different shards into a batch; None = 4 x the worker's batch (at least 256), 0 = off",
+    )
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -378,6 +390,11 @@ def _cross_field_problems(cfg: ExperimentConfig):
         yield (
             f"model.inv_dim={m.inv_dim} must lie in [1, {c - 1}] for method.name={meth.name!r}: "
             f"{m.backbone} has {c} channels, split into invariant and equivariant parts"
+        )
+    if cfg.data.decoded and cfg.data.source == "folder":
+        yield (
+            "data.decoded=true applies to 3D object sets (data.source=synth3d or 3diebench); an image folder's "
+            "views are cropped from the full image each step, so there is no fixed-size view to store"
         )
     if meth.name in ("sie", "supervised") and cfg.data.source == "folder":
         needs = "per-pair rotation targets" if meth.name == "sie" else "rotation, colour and pose labels"

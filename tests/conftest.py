@@ -8,6 +8,14 @@ import torch
 from rayeq.config import load_config
 
 
+def pytest_configure(config):
+    """The session's own cache directory (decoded copies, floors, built-in sets), set before Ray starts so its
+    workers see it too; the user's ~/.cache/rayeq is never written by the tests."""
+    import tempfile
+
+    os.environ["RAYEQ_CACHE"] = tempfile.mkdtemp(prefix="rayeq-test-cache-")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that use the shared Ray instance are the Ray tests (`-m ray`); the rest is the fast core (`-m "not
     ray"`), which runs without Ray and is what mutation testing runs (docs/TESTING.md)."""

@@ -82,3 +82,28 @@ def test_ray_data_pairs_hold_their_views_pixels_latents_and_targets(ray_session,
                         b["latent2"][k], b["rel_rotation"][k], b["rel_color"][k], i, j, 32)  # fmt: skip
             seen += 1
     assert seen == 16
+
+
+# ----------------------------------------------------------------------------- the decoded copy
+@pytest.mark.parametrize("size", [32, 16])
+def test_pairs_from_the_decoded_copy_hold_the_stored_views_pixels(tiny_synth3d, size):
+    """A decoded copy (views stored raw at the training size) gives the same pixels as decoding and resizing
+    the stored PNGs, for the views each pair names."""
+    from rayeq.data.feed.pipeline import maker_kwargs
+    from rayeq.data.make.decode import ensure_decoded
+    from rayeq.data.schema import RAW_ENCODING, open_dataset
+
+    copy = ensure_decoded(tiny_synth3d, size, log=lambda *a: None)
+    meta, shards = open_dataset(copy)
+    assert meta["image_encoding"] == RAW_ENCODING and meta["image_size"] == size
+    stored = {r["object_id"]: r for r in _rows(tiny_synth3d)}
+    table = pq.read_table(shards)  # the copy groups rows by split: match them by object
+    rows = [stored[o] for o in table.column("object_id").to_pylist()]
+    cfg = _cfg(tiny_synth3d, size)
+    out = ObjectPairs(**{**maker_kwargs(cfg, meta, None), "seed": 5})(table)
+    assert len(out["label"]) == len(stored) == len(rows) and out["view1"].flags["C_CONTIGUOUS"]
+    for k, row in enumerate(rows):
+        i, j = out["view_index"][k]
+        assert i != j and out["label"][k] == row["label"]
+        _check_pair(row["images"], row["latents"], out["view1"][k], out["view2"][k], out["latent1"][k],
+                    out["latent2"][k], out["rel_rotation"][k], out["rel_color"][k], i, j, size)  # fmt: skip

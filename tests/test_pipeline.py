@@ -9,7 +9,7 @@ import pytest
 from rayeq.config import load_config
 from rayeq.data.feed.normalize import norm_stats
 from rayeq.data.feed.pairs import ImagePairs, ObjectPairs
-from rayeq.data.feed.pipeline import check_data, iter_pairs, to_model_batch
+from rayeq.data.feed.pipeline import check_data, iter_pairs, pair_loader, to_model_batch
 from rayeq.data.feed.targets import relative_rotation_quaternion
 from rayeq.data.schema import DataError
 
@@ -39,6 +39,20 @@ def test_pairs_reproducible_by_seed_and_fresh_each_epoch(tiny_synth3d):
     np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
     two_epochs = [(x["label"], x["view_index"]) for x in iter_pairs(cfg, batch_size=16, seed=3, epochs=2)]
     assert not np.array_equal(two_epochs[0][1], two_epochs[1][1])
+
+
+def test_the_plain_dataloader_gives_every_object_once_per_epoch_across_its_workers(tiny_synth3d):
+    """`pair_loader` (plain PyTorch's DataLoader with worker processes, the fair baseline of `rayeq bench`)
+    shares the rows between its workers: one epoch holds every train object once, as whole batches."""
+    owner = {}
+    for row in pq.read_table(sorted(tiny_synth3d.glob("shard-*.parquet"))).to_pylist():
+        if row["split"] == "train":
+            for lat in row["latents"]:
+                owner[np.asarray(lat, np.float32).tobytes()] = row["object_id"]
+    batches = list(pair_loader(_cfg(tiny_synth3d), "train", batch_size=4, workers=2, epochs=1))
+    seen = [owner[np.asarray(b, np.float32).tobytes()] for batch in batches for b in batch["latent1"].numpy()]
+    assert all(batch["view1"].shape == (4, 3, 32, 32) for batch in batches)
+    assert sorted(seen) == sorted(set(owner.values())) and len(seen) == 16  # 16 train objects, each once
 
 
 def test_target_options(tiny_synth3d):

@@ -74,7 +74,7 @@ def test_corrupt_image_fails_the_ray_pipeline_with_its_shard(ray_session, tiny_s
         for r in rows:
             r["images"] = [b"garbage"] * len(r["images"])
         pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), shard)
-    cfg = load_config(None, [f"data.path={bad}", "data.image_size=32", "data.num_actors=1"])
+    cfg = load_config(None, [f"data.path={bad}", "data.image_size=32", "data.num_actors=1", "data.decoded=false"])
     with pytest.raises(Exception) as exc:
         _epoch(build_ray_dataset(cfg, "train"))
     assert "corrupt image in shard" in str(exc.value) and "shard-00000.parquet" in str(exc.value)

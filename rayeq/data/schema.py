@@ -65,6 +65,40 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
+# image_encoding of a set whose views are stored decoded: (3, S, S) uint8 bytes, S = meta["image_size"]
+RAW_ENCODING = "raw-chw-uint8"
+
+
+def is_raw(meta: dict[str, Any]) -> bool:
+    return meta.get("image_encoding") == RAW_ENCODING
+
+
+def encode_raw(chw: np.ndarray) -> bytes:
+    """A (3, S, S) uint8 view as stored in a decoded set."""
+    if chw.dtype != np.uint8 or chw.ndim != 3 or chw.shape[0] != 3 or chw.shape[1] != chw.shape[2]:
+        raise ValueError(f"a raw view is (3, S, S) uint8, got {chw.shape} {chw.dtype}")
+    return np.ascontiguousarray(chw).tobytes()
+
+
+def raw_views(flat: pa.Array, size: int) -> np.ndarray:
+    """A binary array of raw views (a decoded set's flattened `images`) -> (N, 3, size, size) uint8,
+    without copying; raises DataError at the first value of another length."""
+    flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+    nbytes = 3 * size * size
+    if flat.null_count:
+        raise DataError(f"a decoded set holds a missing view (null) among {len(flat)} views")
+    offsets = np.frombuffer(flat.buffers()[1], np.int32)[flat.offset : flat.offset + len(flat) + 1]
+    lengths = np.diff(offsets)
+    bad = np.flatnonzero(lengths != nbytes)
+    if len(bad):
+        raise DataError(
+            f"view {int(bad[0])} of this batch holds {int(lengths[bad[0]])} bytes; a decoded {size} px view holds "
+            f"{nbytes} (3 x {size} x {size}): the decoded set is corrupt, delete it to have it made again"
+        )
+    data = np.frombuffer(flat.buffers()[2], np.uint8)
+    return data[offsets[0] : offsets[0] + len(flat) * nbytes].reshape(len(flat), 3, size, size)
+
+
 def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
     """Refuse a non-empty directory unless `overwrite`; then remove only a previous data set's own
     files (meta.json, shard-*.parquet) and never anything else the user put there."""

@@ -18,6 +18,13 @@ from rayeq.train.engine import Engine
 from rayeq.train.hooks import ConsoleProgress, MetricsFile, TrackerHook, write
 
 
+def shuffle_rows(cfg: ExperimentConfig, batch_size: int) -> int | None:
+    """The worker's local shuffle buffer in pairs (data.shuffle_rows; None for off)."""
+    rows = cfg.data.shuffle_rows
+    rows = max(4 * batch_size, 256) if rows is None else rows
+    return rows or None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """config: {"cfg": the config as a dict, "info": RunInfo, "hooks": extra `Hooks` run on every rank}."""
     import ray.train
@@ -66,7 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch_size=engine.batch_size,
             drop_last=True,
             prefetch_batches=2,
-            local_shuffle_buffer_size=max(4 * engine.batch_size, 256),  # mix rows of different blocks
+            local_shuffle_buffer_size=shuffle_rows(cfg, engine.batch_size),  # mix rows of different blocks
         )
         result = engine.run_epoch(batches, hooks)
         # validate every N epochs, at the end, and in the first epoch of a session (so that the val

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from rayeq.config import ExperimentConfig
 from rayeq.data.feed.augment import PARAM_NAMES, apply_params, resize, sample_params
 from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion, target_widths
-from rayeq.data.schema import DataError, decode_image
+from rayeq.data.schema import N_LATENTS, RAW_ENCODING, DataError, decode_image, raw_views
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,21 @@ def _to_chw(img: np.ndarray) -> torch.Tensor:
 
 
 class _Pairs:
-    def __init__(self, cfg: ExperimentConfig | dict, split: str | None = "train", seed: int | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig | dict,
+        split: str | None = "train",
+        seed: int | None = None,
+        encoding: str | None = None,
+        stored_size: int | None = None,
+    ):
         self.cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.model_validate(cfg)
         self.split = split
         self.size = self.cfg.data.image_size
+        # how the views are stored: RAW_ENCODING (a decoded set, views of stored_size px) or image bytes
+        self.raw, self.stored_size = encoding == RAW_ENCODING, stored_size
+        if self.raw and not stored_size:
+            raise DataError(f"a {RAW_ENCODING} set must name its image_size in meta.json")
         base = self.cfg.train.seed if seed is None else seed
         # Under Ray each actor mixes its unique id into the seed, so actors never repeat each
         # other's stream; outside Ray the stream is fixed by the seed alone.
@@ -41,12 +53,14 @@ class _Pairs:
         self.rng, self.aug_rng = np.random.default_rng(pair_seq), np.random.default_rng(aug_seq)
         self.skipped = 0
 
-    def _rows(self, batch) -> list[dict[str, Any]]:
+    def _table(self, batch) -> pa.Table:
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
-        rows = table.to_pylist()
-        if self.split is not None:
-            rows = [r for r in rows if r.get("split", self.split) == self.split]
-        return rows
+        if self.split is not None and "split" in table.column_names:
+            table = table.filter(pc.equal(table.column("split"), self.split))
+        return table
+
+    def _rows(self, batch) -> list[dict[str, Any]]:
+        return self._table(batch).to_pylist()
 
     def _decode(self, data: bytes, row: dict[str, Any], what: str) -> np.ndarray | None:
         try:
@@ -65,67 +79,129 @@ class _Pairs:
 
 
 class ObjectPairs(_Pairs):
-    """3D rows (object_id, label, images, latents) -> pairs of distinct views with targets."""
+    """3D rows (object_id, label, images, latents) -> pairs of distinct views with targets.
+
+    Per batch, not per row: the two views of every row are drawn at once, their latents and the
+    targets computed on whole arrays; only image decoding (encoded sets) is per view. From a decoded
+    set (`schema.RAW_ENCODING`) the views are a gather from the batch's raw buffer.
+    """
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        aug = self.cfg.augment
-        out: dict[str, list] = {k: [] for k in ("view1", "view2", "latent1", "latent2", "label", "view_index")}
-        for row in self._rows(batch):
-            n = len(row["images"])
-            if n < 2:
-                raise DataError(f"object {row['object_id']!r} has {n} view(s); pairs need at least 2")
-            views, candidates = None, list(range(n))
-            while len(candidates) >= 2:  # with skip_corrupt, a bad view is dropped and another drawn
-                i, j = (int(x) for x in self.rng.choice(candidates, 2, replace=False))
-                a = self._decode(row["images"][i], row, f"view {i}")
-                b = self._decode(row["images"][j], row, f"view {j}") if a is not None else None
-                if a is not None and b is not None:
-                    views = (i, j, a, b)
-                    break
-                candidates.remove(i if a is None else j)
-            if views is None:
-                continue  # fewer than two readable views (only reachable with skip_corrupt)
-            i, j, a, b = views
-            v1, v2 = resize(_to_chw(a), self.size), resize(_to_chw(b), self.size)
-            if aug.photometric_3d:  # off by default, as in SIE
-                hw = (self.size, self.size)
-                p1 = sample_params(self.aug_rng, aug, hw, self.size, photometric_only=True)
-                p2 = sample_params(self.aug_rng, aug, hw, self.size, photometric_only=True)
-                v1, v2 = apply_params(v1, p1, self.size), apply_params(v2, p2, self.size)
-            out["view1"].append(v1.numpy())
-            out["view2"].append(v2.numpy())
-            out["latent1"].append(np.asarray(row["latents"][i], np.float32))
-            out["latent2"].append(np.asarray(row["latents"][j], np.float32))
-            out["label"].append(row["label"])
-            out["view_index"].append((i, j))
-        return self._finish(out)
+        table = self._table(batch)
+        if table.num_rows == 0:
+            return self._finish(None, None, None, None, None)
+        images = _list_array(table.column("images"))
+        offsets = images.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        n = np.diff(offsets)
+        if (n < 2).any():
+            k = int(np.flatnonzero(n < 2)[0])
+            raise DataError(
+                f"object {table.column('object_id')[k].as_py()!r} has {int(n[k])} view(s); pairs need at least 2"
+            )
+        # two distinct views per row, uniformly: i, then j among the other n - 1
+        i = (self.rng.random(len(n)) * n).astype(np.int64)
+        j = (i + 1 + (self.rng.random(len(n)) * (n - 1)).astype(np.int64)) % n
+        flat = pc.list_flatten(images)
+        if self.raw:
+            views = raw_views(flat, self.stored_size)
+            v1, v2 = views[offsets[:-1] + i], views[offsets[:-1] + j]
+            keep = np.arange(len(n))
+        else:
+            v1, v2, keep, i, j = self._decode_pairs(table, flat, offsets, i, j)
+        if len(keep) == 0:
+            return self._finish(None, None, None, None, None)
+        v1, v2 = self._resize(v1), self._resize(v2)
+        if self.cfg.augment.photometric_3d:  # off by default, as in SIE
+            v1, v2 = self._photometric(v1), self._photometric(v2)
+        latents = pc.list_flatten(_list_array(table.column("latents")))
+        lat = np.asarray(latents.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, N_LATENTS)
+        rows = offsets[:-1][keep]
+        labels = table.column("label").to_numpy().astype(np.int64)[keep]
+        return self._finish(v1, v2, lat[rows + i], lat[rows + j], labels, np.stack([i, j], 1))
 
-    def _finish(self, out) -> dict[str, np.ndarray]:
+    def _decode_pairs(self, table: pa.Table, flat: pa.Array, offsets: np.ndarray, i: np.ndarray, j: np.ndarray):
+        """Encoded views: decode only the two drawn per row; with data.skip_corrupt a row whose drawn
+        view is unreadable draws again among its other views (and is dropped below two)."""
+        chosen = flat.take(pa.array(np.stack([offsets[:-1] + i, offsets[:-1] + j], 1).reshape(-1))).to_pylist()
+        v1, v2, keep, ii, jj = [], [], [], [], []
+        for r in range(table.num_rows):
+            row = self._ident(table, r)
+            a = self._decode(chosen[2 * r], row, f"view {i[r]}")
+            b = self._decode(chosen[2 * r + 1], row, f"view {j[r]}") if a is not None else None
+            pair = (int(i[r]), int(j[r]), a, b) if a is not None and b is not None else self._redraw(table, r, a, i, j)
+            if pair is None:
+                continue  # fewer than two readable views (only reachable with skip_corrupt)
+            ii.append(pair[0])
+            jj.append(pair[1])
+            v1.append(_to_chw(pair[2]))
+            v2.append(_to_chw(pair[3]))
+            keep.append(r)
+        if not keep:
+            return None, None, [], None, None
+        return v1, v2, np.asarray(keep), np.asarray(ii, np.int64), np.asarray(jj, np.int64)
+
+    def _redraw(self, table: pa.Table, r: int, a, i: np.ndarray, j: np.ndarray):
+        """The old per-row draw, among the views of row r that are not known to be unreadable."""
+        row = {**self._ident(table, r), "images": table.column("images")[r].as_py()}
+        candidates = [v for v in range(len(row["images"])) if v != (i[r] if a is None else j[r])]
+        while len(candidates) >= 2:
+            x, y = (int(v) for v in self.rng.choice(candidates, 2, replace=False))
+            va = self._decode(row["images"][x], row, f"view {x}")
+            vb = self._decode(row["images"][y], row, f"view {y}") if va is not None else None
+            if va is not None and vb is not None:
+                return x, y, va, vb
+            candidates.remove(x if va is None else y)
+        return None
+
+    @staticmethod
+    def _ident(table: pa.Table, r: int) -> dict[str, Any]:
+        return {k: table.column(k)[r].as_py() for k in ("object_id", "path") if k in table.column_names}
+
+    def _resize(self, views) -> np.ndarray:
+        """Views (a (B, 3, h, w) array, or a list of (3, h, w) tensors of any size) -> (B, 3, S, S) uint8."""
         s = self.size
-        if not out["label"]:
-            empty = {"view1": np.zeros((0, 3, s, s), np.uint8), "view2": np.zeros((0, 3, s, s), np.uint8)}
+        if isinstance(views, np.ndarray):
+            if views.shape[-1] == s and views.shape[-2] == s:
+                return np.ascontiguousarray(views)
+            return resize(torch.from_numpy(np.ascontiguousarray(views)), s).numpy()
+        if all(v.shape[-2:] == views[0].shape[-2:] for v in views):  # one size: one batched resize
+            return resize(torch.stack(views), s).numpy()
+        return np.stack([resize(v, s).numpy() for v in views])
+
+    def _photometric(self, views: np.ndarray) -> np.ndarray:
+        hw = (self.size, self.size)
+        out = np.empty_like(views)
+        for k, v in enumerate(views):
+            p = sample_params(self.aug_rng, self.cfg.augment, hw, self.size, photometric_only=True)
+            out[k] = apply_params(torch.from_numpy(v), p, self.size).numpy()
+        return out
+
+    def _finish(self, v1, v2, l1, l2, labels, view_index=None) -> dict[str, np.ndarray]:
+        if v1 is None:
+            s = self.size
             widths = target_widths(self.cfg.data.color_target, three_d=True)
             return {
-                **empty,
+                "view1": np.zeros((0, 3, s, s), np.uint8),
+                "view2": np.zeros((0, 3, s, s), np.uint8),
                 "rel_rotation": np.zeros((0, widths["rel_rotation"]), np.float32),
                 "rel_color": np.zeros((0, widths["rel_color"]), np.float32),
-                "latent1": np.zeros((0, 7), np.float32),
-                "latent2": np.zeros((0, 7), np.float32),
+                "latent1": np.zeros((0, N_LATENTS), np.float32),
+                "latent2": np.zeros((0, N_LATENTS), np.float32),
                 "label": np.zeros((0,), np.int64),
                 "view_index": np.zeros((0, 2), np.int64),
             }
-        l1, l2 = np.stack(out["latent1"]), np.stack(out["latent2"])
         return {
-            "view1": np.stack(out["view1"]),  # (B, 3, S, S) uint8
-            "view2": np.stack(out["view2"]),
+            "view1": v1,  # (B, 3, S, S) uint8
+            "view2": v2,
             "rel_rotation": relative_rotation_quaternion(
                 l1[:, :3], l2[:, :3], canonical=self.cfg.data.rotation_target == "canonical"
             ),  # (B, 4)
             "rel_color": relative_color(l1, l2, self.cfg.data.color_target),  # (B, 2) or (B, 4)
             "latent1": l1,
             "latent2": l2,
-            "label": np.asarray(out["label"], np.int64),
-            "view_index": np.asarray(out["view_index"], np.int64),
+            "label": labels,
+            "view_index": view_index,
         }
 
 
@@ -155,6 +231,10 @@ class ImagePairs(_Pairs):
             "aug2": np.stack(p2s) if p2s else np.zeros((0, k), np.float32),
             "label": np.asarray(labels, np.int64),
         }
+
+
+def _list_array(col) -> pa.ListArray:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
 def pair_maker_class(source: str) -> type[_Pairs]:

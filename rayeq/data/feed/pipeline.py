@@ -20,7 +20,7 @@ import torch
 from rayeq.config import ExperimentConfig
 from rayeq.data.feed.normalize import normalize
 from rayeq.data.feed.pairs import pair_maker_class
-from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, open_dataset, split_filter
+from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, is_objects, open_dataset, split_filter
 
 READ_CPUS = 0.1  # Parquet reads are light; a full CPU per read task starves small clusters (2 cores)
 SOURCE_FORMATS = {"synth3d": OBJECTS_FORMAT, "3diebench": OBJECTS_FORMAT, "folder": IMAGES_FORMAT}
@@ -55,12 +55,46 @@ def check_data(cfg: ExperimentConfig, split: str | None = "train") -> tuple[dict
     return meta, shards
 
 
+DECODED_AUTO_BYTES = 4 * 2**30  # data.decoded=None: decode a 3D set when its raw views fit in this
+
+
+def uses_decoded(cfg: ExperimentConfig, meta: dict[str, Any]) -> bool:
+    """data.decoded, with None meaning: for a 3D set whose views at data.image_size take at most
+    DECODED_AUTO_BYTES raw (the built-in sets: 1.7 GB at 64 px; 3DIEBench's 2.6 M views do not fit),
+    unless data.skip_corrupt asks to step over unreadable views."""
+    if not is_objects(meta):
+        return False
+    if cfg.data.decoded is not None:
+        return cfg.data.decoded
+    if cfg.data.skip_corrupt:  # a decoded copy needs every view readable
+        return False
+    views = meta.get("n_images") or meta.get("n_objects", 0) * meta.get("views_per_object", 0)
+    return 0 < views * 3 * cfg.data.image_size**2 <= DECODED_AUTO_BYTES
+
+
+def feed_data(cfg: ExperimentConfig, split: str | None = "train", log=print) -> tuple[dict[str, Any], list[Path]]:
+    """The set training is fed from: `check_data`'s, or its decoded copy at data.image_size
+    (`data.decoded`; made once, `data/make/decode.py`)."""
+    meta, shards = check_data(cfg, split)
+    if not uses_decoded(cfg, meta):
+        return meta, shards
+    from rayeq.data.make.decode import ensure_decoded
+
+    return open_dataset(ensure_decoded(resolve_data_dir(cfg), cfg.data.image_size, log=log), split)
+
+
+def maker_kwargs(cfg: ExperimentConfig, meta: dict[str, Any], split: str | None) -> dict[str, Any]:
+    """What a pair maker needs besides the batch: the config, the split, and how views are stored."""
+    encoding, stored_size = meta.get("image_encoding"), meta.get("image_size")
+    return {"cfg": cfg.to_dict(), "split": split, "encoding": encoding, "stored_size": stored_size}
+
+
 def iter_pairs(
     cfg: ExperimentConfig, split: str = "train", batch_size: int = 64, seed: int | None = None, epochs: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
     """Plain, single-process pairs: rows shuffled per epoch, the same pair maker as the Ray path."""
-    meta, shards = check_data(cfg, split)
-    maker = pair_maker_class(cfg.data.source)(cfg, split=split, seed=seed)
+    meta, shards = feed_data(cfg, split)
+    maker = pair_maker_class(cfg.data.source)(**{**maker_kwargs(cfg, meta, split), "seed": seed})
     order_rng = np.random.default_rng(cfg.train.seed if seed is None else seed)
     tables = [pq.read_table(s).append_column("path", _path_column(s, pq.read_metadata(s).num_rows)) for s in shards]
     table = pa.concat_tables(tables).filter(split_filter(split))
@@ -102,16 +136,18 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train"):
     """The Ray Data pipeline of paired uint8 views for `split` (needs ray.init() first)."""
     import ray
 
-    meta, shards = check_data(cfg, split)
+    meta, shards = feed_data(cfg, split)
     ds = read_split(shards, split, shuffle="files")
     d = cfg.data
     n = d.num_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
     return ds.map_batches(
         pair_maker_class(cfg.data.source),
-        fn_constructor_kwargs={"cfg": cfg.to_dict(), "split": split},
+        fn_constructor_kwargs=maker_kwargs(cfg, meta, split),
         batch_size=d.rows_per_batch,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n),
+        # a pool of the size asked for from the start (a GPU must not wait for the pool to grow);
+        # by default it grows from 1 to half the CPUs as the data needs
+        compute=ray.data.ActorPoolStrategy(min_size=n if d.num_actors else 1, max_size=n),
         num_cpus=d.cpus_per_actor,
     )
 
@@ -134,3 +170,40 @@ def to_model_batch(
                 t = t.contiguous(memory_format=torch.channels_last)
         out[k] = t
     return out
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Plain PyTorch's way to feed the same pairs: an IterableDataset for a `DataLoader` with worker
+    processes (what a user would write without Ray; `rayeq bench throughput`'s plain side). Each loader
+    worker reads its share of the shards (all of them, if there are fewer shards than workers, and then
+    its share of the rows), shuffles rows per epoch and yields whole batches from the same pair maker."""
+
+    def __init__(self, cfg: ExperimentConfig, split: str, batch_size: int, seed: int = 0, epochs: int = 1):
+        meta, self.shards = feed_data(cfg, split)
+        self.kwargs = maker_kwargs(cfg, meta, split)
+        self.cfg, self.split, self.batch_size, self.seed, self.epochs = cfg, split, batch_size, seed, epochs
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        if info:
+            torch.set_num_threads(1)  # one core per loader worker, as one Ray Data actor per core
+        mine = self.shards[wid::nw] if len(self.shards) >= nw else self.shards
+        table = pa.concat_tables([pq.read_table(s, filters=split_filter(self.split)) for s in mine])
+        if len(self.shards) < nw:
+            table = table.take(np.arange(wid, table.num_rows, nw))
+        maker = pair_maker_class(self.cfg.data.source)(**{**self.kwargs, "seed": self.seed * 1000 + wid})
+        order = np.random.default_rng([self.seed, wid])
+        for _ in range(self.epochs):
+            idx = order.permutation(table.num_rows)
+            for start in range(0, len(idx) - self.batch_size + 1, self.batch_size):
+                yield maker(table.take(idx[start : start + self.batch_size]))
+
+
+def pair_loader(
+    cfg: ExperimentConfig, split: str, batch_size: int, workers: int, seed: int = 0, epochs: int = 1, pin: bool = False
+) -> torch.utils.data.DataLoader:
+    """A `DataLoader` of whole pair batches from `workers` processes (0: in this process)."""
+    stream = PairStream(cfg, split, batch_size, seed, epochs)
+    extra = {"prefetch_factor": 4, "persistent_workers": True} if workers else {}
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin, **extra)
