@@ -12,8 +12,9 @@ from rayeq.train.engine import Hooks
 
 
 class FaultInjection(Hooks):
-    """The last worker process dies once, at step 2 of epoch `epoch + 1` (after the previous epoch's
-    checkpoint has reached the controller). A marker file in the run directory makes it happen once."""
+    """The last worker process dies once in epoch `epoch + 1`, at its first log step from step 2 (after the
+    previous epoch's checkpoint has reached the controller). A marker file in the run directory makes it happen
+    once."""
 
     def __init__(self, run_dir: Path, epoch: int):
         self.run_dir, self.epoch = Path(run_dir), epoch
@@ -23,7 +24,7 @@ class FaultInjection(Hooks):
 
         ctx = ray.train.get_context()
         rank = ctx.get_world_rank()
-        if engine.epoch != self.epoch or n != 2 or rank != ctx.get_world_size() - 1:
+        if engine.epoch != self.epoch or n < 2 or rank != ctx.get_world_size() - 1:  # n: a log step
             return
         marker = self.run_dir / ".fault_injected"
         if marker.exists():

@@ -90,27 +90,32 @@ def test_a_checkpoint_from_another_config_is_refused_unless_forced(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_the_terms():
-    eng = _engine(_cfg("method.name=sie"))
-    batches = list(_batches(4))
+    batches = list(_batches(5))
     batches[1]["rel_rotation"][:] = float("nan")  # a corrupt target in the second batch: SIE's equi term is NaN
-    with pytest.raises(NonFiniteLossError) as exc:
-        eng.run_epoch(iter(batches))
-    msg = str(exc.value)
-    assert "at step 2 " in msg and "equi=nan" in msg and "total=nan" in msg and "sim=" in msg, msg
-    assert eng.step_count == 2  # stopped at the bad step, not at the end of the epoch
+    for every, stopped in ((1, 2), (3, 3)):  # the terms are read back (and checked) at each log step
+        eng = _engine(_cfg("method.name=sie", f"train.log_every_steps={every}"))
+        with pytest.raises(NonFiniteLossError) as exc:
+            eng.run_epoch(iter(batches))
+        msg = str(exc.value)
+        assert "at step 2 " in msg and "equi=nan" in msg and "total=nan" in msg and "sim=" in msg, msg
+        assert eng.step_count == stopped  # at the first log step after the bad one, not at the end of the epoch
 
 
-def test_an_epoch_stops_at_steps_per_epoch_and_hooks_see_every_step():
+def test_an_epoch_stops_at_steps_per_epoch_and_hooks_see_every_log_step():
     seen = []
 
     class Record(Hooks):
         def on_step(self, engine, n, out, terms):
             seen.append((engine.epoch, n, engine.step_count, math.isfinite(terms["total"])))
 
-    eng = _engine(_cfg("train.steps_per_epoch=2"))
-    assert eng.steps_per_epoch == 2
+    eng = _engine(_cfg("train.steps_per_epoch=3", "train.log_every_steps=2"))
+    assert eng.steps_per_epoch == 3
     res = eng.run_epoch(_batches(10), [Record()])
-    assert res.steps == 2 and seen == [(0, 1, 1, True), (0, 2, 2, True)]
+    assert res.steps == 3 and seen == [(0, 2, 2, True), (0, 3, 3, True)]  # and the epoch's last
+    # the epoch's mean terms still hold every step, not only the log steps
+    eng = _engine(_cfg("train.steps_per_epoch=3", "train.log_every_steps=1"))
+    one_by_one = eng.run_epoch(_batches(10), [Record()]).metrics
+    assert res.metrics["train/total"] == pytest.approx(one_by_one["train/total"], rel=1e-5)
     assert res.metrics["images_per_sec"] > 0 and "train/rot_r2" in res.metrics and "train/floor/top1" in res.metrics
     with pytest.raises(RuntimeError, match="no full batch"):
         eng.run_epoch(iter([]))

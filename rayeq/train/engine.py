@@ -75,7 +75,8 @@ class Hooks:
         """Right after a checkpoint was loaded."""
 
     def on_step(self, engine: Engine, n: int, out: StepOutput, terms: dict[str, float]) -> None:
-        """After step `n` (1-based) of epoch `engine.epoch`; `terms`: the loss terms as floats."""
+        """After each log step `n` (1-based, `Engine.is_log_step`) of epoch `engine.epoch`; `terms`: step n's loss
+        terms as floats (read back from the device only then, so that steps in between never wait on it)."""
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
         """After an epoch and its validation, before the checkpoint is reported."""
@@ -122,7 +123,9 @@ class Engine:
                 steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self.optimizer = build_optimizer(list(self.module.method.parameters()), cfg)
-        self.probe_optimizer = torch.optim.AdamW(self.module.probe_parameters(), lr=PROBE_LR, weight_decay=0.0)
+        self.probe_optimizer = torch.optim.AdamW(
+            self.module.probe_parameters(), lr=PROBE_LR, weight_decay=0.0, fused=on_gpu
+        )
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
         self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for the checkpoint
         self.epoch = 0  # epochs done
@@ -163,6 +166,8 @@ class Engine:
         sums: dict[str, float] = {}
         n, last, t_epoch = 0, None, time.perf_counter()
         self.epoch_started = None  # steady-state throughput is timed from the first batch's arrival
+        pending: list[tuple[int, torch.Tensor]] = []  # (step of the epoch, its stacked terms), still on the device
+        names: list[str] = []
         for raw in batches:
             if n >= self.steps_per_epoch:
                 break
@@ -174,18 +179,13 @@ class Engine:
             probes.update(probe_out)
             if floor is not None:
                 floor.update(probe_out["floor"])
-            terms = {k: float(v.detach()) for k, v in out.losses.items()}
-            if not all(math.isfinite(v) for v in terms.values()):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {self.step_count} (epoch {self.epoch + 1}, step {n} of the epoch): "
-                    + ", ".join(f"{k}={v}" for k, v in terms.items())
-                    + "; lower optim.lr, set optim.grad_clip, or check the loss weights"
-                )
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+            names = list(out.losses)
+            pending.append((n, torch.stack([v.detach().float() for v in out.losses.values()])))
             last = (batch, out)
-            for h in hooks:
-                h.on_step(self, n, out, terms)
+            if self.is_log_step(n):  # the only host sync of the loop: the terms read back every log step
+                self._read_terms(pending, names, sums, hooks, out)
+        if pending:
+            self._read_terms(pending, names, sums, hooks, last[1])
         if n == 0:
             raise RuntimeError(
                 f"a worker got no full batch of {self.batch_size} in epoch {self.epoch + 1}: {self.info.n_train} "
@@ -209,6 +209,29 @@ class Engine:
             }
         )
         return EpochResult(metrics, last, n)
+
+    def is_log_step(self, n: int) -> bool:
+        """Every `train.log_every_steps` steps of an epoch, and its last step."""
+        return n % self.cfg.train.log_every_steps == 0 or n == self.steps_per_epoch
+
+    def _read_terms(self, pending: list, names: list[str], sums: dict[str, float], hooks: list, out) -> None:
+        """Read the pending steps' loss terms back at once (one host sync), stop at the first non-finite
+        one naming its step, add them to the epoch's sums and hand the latest to the hooks' `on_step`."""
+        steps, values = [k for k, _ in pending], torch.stack([v for _, v in pending]).tolist()
+        pending.clear()
+        for k, row in zip(steps, values, strict=True):
+            terms = dict(zip(names, row, strict=True))
+            if not all(math.isfinite(v) for v in terms.values()):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.step_count - steps[-1] + k} (epoch {self.epoch + 1}, step {k} of "
+                    "the epoch): "
+                    + ", ".join(f"{name}={v}" for name, v in terms.items())
+                    + "; lower optim.lr, set optim.grad_clip, or check the loss weights"
+                )
+            for name, v in terms.items():
+                sums[name] = sums.get(name, 0.0) + v
+        for h in hooks:
+            h.on_step(self, steps[-1], out, terms)
 
     @torch.no_grad()
     def validate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -31,8 +31,8 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def is_log_step(cfg: ExperimentConfig, engine: Engine, n: int) -> bool:
-    """Every `train.log_every_steps` steps of an epoch, and its last step."""
-    return n % cfg.train.log_every_steps == 0 or n == engine.steps_per_epoch
+    """Every `train.log_every_steps` steps of an epoch, and its last step (`Engine.is_log_step`)."""
+    return engine.is_log_step(n)
 
 
 class ConsoleProgress(Hooks):

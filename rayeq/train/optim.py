@@ -49,10 +49,11 @@ def scaled_lr(cfg: ExperimentConfig) -> float:
 
 def build_optimizer(params: list[nn.Parameter], cfg: ExperimentConfig) -> torch.optim.Optimizer:
     o, lr = cfg.optim, scaled_lr(cfg)
+    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all parameters on a GPU
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay, fused=fused)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay, fused=fused)
     if o.name == "lars":
         return LARS(params, lr=lr, weight_decay=o.weight_decay)
     raise ValueError(f"unknown optim.name {o.name!r}")
