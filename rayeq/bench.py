@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -64,16 +65,15 @@ def bench_config(method: str, size: int, batch: int, threads: int, overrides: li
     )
 
 
-def _engine(cfg: ExperimentConfig, device: str, amp: bool) -> Engine:
-    """The training `Engine` of `cfg` in this process (bf16 autocast and channels_last with `amp`);
-    its schedule spans 10,000 steps per epoch x train.epochs, i.e. a constant lr here."""
+def _engine(cfg: ExperimentConfig, device: str) -> Engine:
+    """The training `Engine` of `cfg` in this process, compiled when train.compile; its schedule spans
+    10,000 steps per epoch x train.epochs, i.e. a constant lr here."""
     from rayeq.data.feed.pipeline import check_data
 
-    flags = ["train.precision=bf16", "train.channels_last=true"] if amp else ["train.channels_last=false"]
-    cfg = from_dict(apply_overrides(cfg.to_dict(), flags))
     meta, _ = check_data(cfg, "train")
     torch.manual_seed(0)
     engine = Engine(cfg, RunInfo.from_meta(cfg, meta), device, steps_per_epoch=10_000)
+    engine.wrap()
     engine.module.train()
     return engine
 
@@ -83,15 +83,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu", amp: bool = False) -> dict:
-    """(a) Single process: the same pair maker (`iter_pairs`), the same `Engine` step, no Ray.
-    Each repeat is timed like the Ray loop's epochs: from the first batch to the last."""
-    from rayeq.data.feed.pipeline import iter_pairs
+def plain_loop(cfg: ExperimentConfig, steps: int, repeats: int, device: str, data_cpus: int) -> dict:
+    """(a) Plain PyTorch: a `DataLoader` with `data_cpus` worker processes (`pair_loader`, the same pair
+    maker) feeding the same `Engine.step`, no Ray. Each repeat is timed like the Ray loop's epochs: from
+    its first batch to its last."""
+    from rayeq.data.feed.pipeline import pair_loader
 
-    engine = _engine(cfg, device, amp)
-    pairs = iter_pairs(cfg, "train", batch_size=cfg.train.batch_size, epochs=10_000)
+    engine = _engine(cfg, device)
+    loader = pair_loader(cfg, "train", cfg.train.batch_size, data_cpus, epochs=10_000, pin=device == "cuda")
+    pairs = iter(loader)
     rates = []
-    for r in range(repeats + 1):  # the first repeat warms up (allocator, caches, first batches)
+    for r in range(repeats + 1):  # the first repeat warms up (workers, allocator, caches, compilation)
         t_first = None
         for n in range(steps):
             batch = engine.to_batch(next(pairs))
@@ -102,6 +104,7 @@ def plain_loop(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "c
         _sync(device)
         if r:
             rates.append(2 * cfg.train.batch_size * (steps - 1) / (time.perf_counter() - t_first))
+    del pairs, loader
     return _stats(rates)
 
 
@@ -119,6 +122,7 @@ def ray_path(cfg: ExperimentConfig, repeats: int, log=print) -> dict:
                     f"train.storage_path={tmp}",
                     "train.name=bench",
                     "train.keep_checkpoints=1",
+                    "train.val_steps=1",  # the last epoch always validates; keep that short
                 ],
             )
         )
@@ -127,12 +131,16 @@ def ray_path(cfg: ExperimentConfig, repeats: int, log=print) -> dict:
     return _stats([r["images_per_sec"] for r in rows[1:]])
 
 
-def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu", amp: bool = False) -> dict:
-    """Median seconds per training step on one fixed real batch (no data loading in the timing)."""
+def _fixed_batch(cfg: ExperimentConfig, engine: Engine) -> dict[str, torch.Tensor]:
     from rayeq.data.feed.pipeline import iter_pairs
 
-    engine = _engine(cfg, device, amp)
-    batch = engine.to_batch(next(iter_pairs(cfg, "train", batch_size=cfg.train.batch_size)))
+    return engine.to_batch(next(iter_pairs(cfg, "train", batch_size=cfg.train.batch_size)))
+
+
+def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cpu") -> dict:
+    """Median seconds per training step on one fixed real batch (no data loading in the timing)."""
+    engine = _engine(cfg, device)
+    batch = _fixed_batch(cfg, engine)
     times = []
     for r in range(repeats + 1):
         _sync(device)
@@ -145,6 +153,37 @@ def step_time(cfg: ExperimentConfig, steps: int, repeats: int, device: str = "cp
     return _stats(times)
 
 
+def step_flops(cfg: ExperimentConfig, device: str) -> float:
+    """FLOPs of one training step (forward + backward of the method and its probes), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    engine = _engine(from_dict(apply_overrides(cfg.to_dict(), ["train.compile=false"])), device)
+    batch = _fixed_batch(cfg, engine)
+    with FlopCounterMode(display=False) as counter:
+        engine.step(batch)
+    return float(counter.get_total_flops())
+
+
+# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched on the device name
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+
+
+def bf16_peak(device_name: str) -> float | None:
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def data_resources(cpus: int, threads: int, data_cpus: int | None) -> tuple[int, float]:
+    """Data CPUs on both sides (default: what the training thread(s) leave) and the CPU reservation of
+    each Ray Data actor so that the worker, the actors and the Parquet reads fit on this machine."""
+    from rayeq.data.feed.pipeline import READ_CPUS
+
+    data_cpus = data_cpus or max(1, cpus - threads)
+    per_actor = min(1.0, round((cpus - threads - READ_CPUS) / data_cpus, 2))
+    if per_actor <= 0:
+        raise ConfigError(f"--threads {threads} leaves no CPU for data on this {cpus}-CPU machine")
+    return data_cpus, per_actor
+
+
 def bench_throughput(
     method: str = "xrecon",
     size: int = 32,
@@ -155,13 +194,33 @@ def bench_throughput(
     skip_ray: bool = False,
     out: str | None = None,
     log=print,
+    data_cpus: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    overrides: list[str] = (),
 ) -> dict[str, Any]:
-    from rayeq.data.feed.pipeline import check_data, resolve_data_dir
+    from rayeq.data.feed.pipeline import check_data, feed_data, resolve_data_dir
 
-    threads = threads or max(1, (os.cpu_count() or 2) - 1)
-    cfg = bench_config(method, size, batch, threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no GPU here")
+    cpus = os.cpu_count() or 2
+    threads = threads or (1 if device == "cuda" else max(1, cpus - 1))
+    data_cpus, per_actor = data_resources(cpus, threads, data_cpus)
+    gpu = device == "cuda"
+    flags = [
+        f"train.use_gpu={str(gpu).lower()}",
+        f"train.precision={'bf16' if gpu else 'fp32'}",
+        f"train.channels_last={str(gpu).lower()}",
+        f"train.compile={str(compile).lower()}",
+        f"data.num_actors={data_cpus}",
+        f"data.cpus_per_actor={per_actor}",
+        *overrides,
+    ]
+    cfg = bench_config(method, size, batch, threads, flags)
     resolve_data_dir(cfg)
     meta, _ = check_data(cfg, "train")
+    feed_data(cfg, "train", log=log)  # the decoded copy, made once, before any timing
     per_epoch = meta["splits"]["train"] // batch
     steps = steps or max(2, min(per_epoch, cfg.train.steps_per_epoch or per_epoch))  # one Ray epoch's worth
     torch.set_num_threads(threads)
@@ -172,100 +231,227 @@ def bench_throughput(
         "steps_per_repeat": steps,
         "repeats": repeats,
         "torch_threads": threads,
-        "cpus": os.cpu_count(),
+        "data_cpus": data_cpus,
+        "cpus": cpus,
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "precision": cfg.train.precision,
+        "channels_last": cfg.train.channels_last,
+        "compile": compile,
+        "stem": cfg.model.stem,
+        "decoded": cfg.data.decoded,
+        "overrides": list(overrides),
     }
     log(
-        f"bench throughput: {method}, {size} px, batch {batch}, {threads} torch thread(s), {steps} steps x "
-        f"{repeats} repeats (+1 warm-up) on {res['device']}"
+        f"bench throughput: {method}, {size} px, batch {batch}, stem {cfg.model.stem}, {cfg.train.precision}"
+        f"{' + channels_last' if gpu else ''}{' + compile' if compile else ''} on {res['device']}; "
+        f"{threads} torch thread(s), {data_cpus} data CPU(s) on both sides; "
+        f"{steps} steps x {repeats} repeats (+1 warm-up)"
     )
-    res["plain"] = plain_loop(cfg, steps, repeats)
-    log(f"  (a) plain PyTorch loop:   {_rate(res['plain'], 'img/s')}")
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    res["plain"] = plain_loop(cfg, steps, repeats, device, data_cpus)
+    if gpu:
+        res["memory_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    log(f"  (a) plain PyTorch (DataLoader, {data_cpus} workers): {_rate(res['plain'], 'img/s')}")
     if not skip_ray:
         res["ray"] = ray_path(cfg, repeats, log=lambda m: None)
         res["ray_over_plain_ratio"] = res["ray"]["median"] / res["plain"]["median"]
-        log(f"  (b) Ray Train + Ray Data: {_rate(res['ray'], 'img/s')}")
-        log(f"  ratio (b)/(a):            {res['ray_over_plain_ratio']:.3f}  (target >= 0.90)")
+        log(f"  (b) Ray Train + Ray Data ({data_cpus} actors):     {_rate(res['ray'], 'img/s')}")
+        log(f"  ratio (b)/(a): {res['ray_over_plain_ratio']:.3f}  (target >= 0.95)")
+    n_steps = 20 if gpu else min(steps, 10)
+    t = step_time(cfg, n_steps, repeats, device)
+    res["step_time_s"] = {method: t}
+    res["fixed_batch_images_per_sec"] = 2 * batch / t["median"]
+    log(
+        f"  step on a fixed batch (no data): {1000 * t['median']:.1f} ms = "
+        f"{res['fixed_batch_images_per_sec']:.0f} img/s"
+        + (f"; memory peak {res['memory_peak_gib']:.2f} GiB" if gpu else "")
+    )
     if method == "xrecon":
-        base = bench_config(cfg.method.base, size, batch, threads)
-        tx = step_time(cfg, min(steps, 10), repeats)
-        tb = step_time(base, min(steps, 10), repeats)
-        res["step_time_s"] = {"xrecon": tx, cfg.method.base: tb}
-        res["recon_overhead_pct"] = 100 * (tx["median"] / tb["median"] - 1)
+        tb = step_time(bench_config(cfg.method.base, size, batch, threads, flags), n_steps, repeats, device)
+        res["step_time_s"][cfg.method.base] = tb
+        res["recon_overhead_pct"] = 100 * (t["median"] / tb["median"] - 1)
         log(
-            f"  step time xrecon {1000 * tx['median']:.1f} ms vs {cfg.method.base} alone {1000 * tb['median']:.1f} ms: "
+            f"  step time xrecon {1000 * t['median']:.1f} ms vs {cfg.method.base} alone {1000 * tb['median']:.1f} ms: "
             f"reconstruction overhead {res['recon_overhead_pct']:.1f} %  (target <= 15 %)"
         )
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        gpu = {"plain_bf16_channels_last": plain_loop(cfg, steps, repeats, "cuda", amp=True)}
-        gpu["memory_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        if method == "xrecon":
-            tx = step_time(cfg, 20, repeats, "cuda", amp=True)
-            tb = step_time(bench_config(cfg.method.base, size, batch, threads), 20, repeats, "cuda", amp=True)
-            gpu["recon_overhead_pct"] = 100 * (tx["median"] / tb["median"] - 1)
-        if not skip_ray:
-            gcfg = bench_config(
-                method, size, batch, threads, ["train.use_gpu=true", "train.precision=bf16", "train.channels_last=true"]
-            )
-            gpu["ray_bf16"] = ray_path(gcfg, repeats, log=lambda m: None)
-            gpu["ray_over_plain_ratio"] = gpu["ray_bf16"]["median"] / gpu["plain_bf16_channels_last"]["median"]
-        res["gpu"] = gpu
+    if gpu:
+        flops = step_flops(cfg, device)
+        res["step_tflop"] = flops / 1e12
+        res["achieved_tflops"] = flops / t["median"] / 1e12
+        peak = bf16_peak(res["device"])
+        res["bf16_peak_tflops"] = peak
+        res["fraction_of_peak"] = res["achieved_tflops"] / peak if peak else None
         log(
-            f"  GPU bf16 + channels_last: plain {gpu['plain_bf16_channels_last']['median']:.0f} img/s, "
-            f"memory peak {gpu['memory_peak_gib']:.2f} GiB"
-            + (f", Ray {gpu['ray_bf16']['median']:.0f} img/s" if "ray_bf16" in gpu else "")
+            f"  {res['step_tflop']:.2f} TFLOP per step -> {res['achieved_tflops']:.0f} TFLOP/s"
+            + (f" = {100 * res['fraction_of_peak']:.0f} % of the {peak:.0f} TFLOP/s dense bf16 peak" if peak else "")
         )
     _write(res, out, log)
     return res
 
 
-def bench_data(
-    size: int = 32, batch: int = 32, seconds: float = 20.0, out: str | None = None, log=print
-) -> dict[str, Any]:
+def make_jpeg_set(out: Path, objects: int = 256, size: int = 256, quality: int = 90) -> Path:
+    """A 3DIEBench-like JPEG source (views of `size` px) from the first train objects of the built-in set:
+    its PNG views upscaled and re-encoded, for the pair pipeline's per-core figure on JPEG sources."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from rayeq.data.builtin import ensure_data
+    from rayeq.data.schema import OBJECTS_SCHEMA, decode_image, open_dataset, split_filter
+
+    src = ensure_data(log=lambda *a: None)
+    meta, shards = open_dataset(src)
+    rows: list[dict] = []
+    for shard in shards:
+        rows += pq.read_table(shard, filters=split_filter("train")).to_pylist()
+        if len(rows) >= objects:
+            break
+
+    def jpeg(data: bytes) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(decode_image(data))).resize((size, size), Image.BILINEAR).save(
+            buf, "JPEG", quality=quality
+        )
+        return buf.getvalue()
+
+    rows = [{**r, "images": [jpeg(b) for b in r["images"]]} for r in rows[:objects]]
+    out.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=OBJECTS_SCHEMA), out / "shard-00000.parquet")
+    made = {
+        **meta,
+        "source": "3diebench",
+        "image_encoding": "jpeg",
+        "n_objects": len(rows),
+        "splits": {"train": len(rows)},
+    }
+    made.pop("image_size", None)
+    (out / "meta.json").write_text(json.dumps({**made, "shards": ["shard-00000.parquet"]}))
+    return out
+
+
+def pairs_per_core(cfg: ExperimentConfig, seconds: float) -> float:
+    """Pairs/s of the whole pair path on one core (one torch thread, single-threaded Parquet reads):
+    read the split's shards in turn, make pairs in batches of data.rows_per_batch rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayeq.data.feed.pairs import pair_maker_class
+    from rayeq.data.feed.pipeline import feed_data, maker_kwargs
+    from rayeq.data.schema import split_filter
+
+    meta, shards = feed_data(cfg, "train", log=lambda *a: None)
+    maker = pair_maker_class(cfg.data.source)(**maker_kwargs(cfg, meta, "train"))
+    threads, arrow = torch.get_num_threads(), pa.cpu_count()
+    torch.set_num_threads(1)
+    pa.set_cpu_count(1)
+    try:
+        rows, pairs, k, t0 = cfg.data.rows_per_batch, 0, 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            table = pq.read_table(shards[k % len(shards)], filters=split_filter("train"), use_threads=False)
+            k += 1
+            for start in range(0, table.num_rows, rows):
+                pairs += len(maker(table.slice(start, rows))["label"])
+        return pairs / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+        pa.set_cpu_count(arrow)
+
+
+def ray_data_rate(cfg: ExperimentConfig, batch: int, passes: int = 3) -> tuple[dict, float]:
+    """The Ray Data pair pipeline on its own (`build_ray_dataset`, no training): pairs/s over full passes
+    of the training split after a first pass, which includes the actor pool's start (returned apart)."""
     from rayeq.cluster import connect_ray
-    from rayeq.data.feed.pipeline import build_ray_dataset, check_data, iter_pairs, resolve_data_dir
+    from rayeq.data.feed.pipeline import build_ray_dataset
+
+    ray = connect_ray(None, log=lambda m: None)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ds = build_ray_dataset(cfg, "train")
+    rates = []
+    for _ in range(passes):
+        t_first, pairs = None, 0
+        for b in ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True):
+            t_first = t_first or time.perf_counter()
+            pairs += len(b["view1"])
+        rates.append((pairs - batch) / (time.perf_counter() - t_first))
+    return _stats(rates[1:]), rates[0]
+
+
+def bench_data(
+    size: int = 64,
+    batch: int = 256,
+    seconds: float = 20.0,
+    out: str | None = None,
+    log=print,
+    feed: float | None = None,
+    sizes: tuple[int, ...] = (32, 64),
+) -> dict[str, Any]:
+    import math
+
+    from rayeq.data.feed.pipeline import feed_data, resolve_data_dir
+    from rayeq.data.make.decode import decoded_dir
     from rayeq.data.make.synth3d import generate
 
-    res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": os.cpu_count()}
+    cpus = os.cpu_count() or 2
+    res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": cpus, "pairs_per_s_per_core": {}}
     with tempfile.TemporaryDirectory() as tmp:
         n = 5 * 10 * 12  # enough that the render processes' start-up (pybullet) is a small part
         t0 = time.perf_counter()
         generate(Path(tmp) / "set", classes=5, objects_per_class=10, views=12, size=64, seed=0, log=lambda *a: None)
         res["render_images_per_sec"] = n / (time.perf_counter() - t0)
-    log(f"bench data: synth3d renders {res['render_images_per_sec']:.0f} images/s (64 px, {os.cpu_count()} processes)")
-    cfg = bench_config("xrecon", size, batch, max(1, (os.cpu_count() or 2) - 1))
+        log(f"bench data: synth3d renders {res['render_images_per_sec']:.0f} images/s (64 px, {cpus} processes)")
+        jpeg = make_jpeg_set(Path(tmp) / "jpeg")
+        # the whole pair path on one core: Parquet read + pairs + targets (no photometric augmentation)
+        cases = [("builtin-decoded", s, ["data.decoded=true"]) for s in sizes]
+        cases += [("builtin-png", s, ["data.decoded=false"]) for s in sizes]
+        cases += [
+            ("jpeg-256", size, ["data.source=3diebench", f"data.path={jpeg}", "data.decoded=false"]),
+            ("jpeg-256-decoded", size, ["data.source=3diebench", f"data.path={jpeg}", "data.decoded=true"]),
+        ]
+        log("  pairs/s per core (1 thread; Parquet read + pairs + targets, no photometric augmentation):")
+        for source, s, extra in cases:
+            cfg = bench_config("xrecon", s, batch, 1, [*extra, "data.image_size=" + str(s)])
+            feed_data(cfg, "train", log=log)  # a decoded copy is made once, outside the timing
+            rate = pairs_per_core(cfg, seconds / len(cases))
+            res["pairs_per_s_per_core"].setdefault(source, {})[str(s)] = rate
+            log(f"    {source:17s} {s:3d} px: {rate:8.0f}")
+        shutil.rmtree(decoded_dir(jpeg, size), ignore_errors=True)  # the temporary JPEG set's copy
+    # the Ray Data pipeline on its own, all but one CPU as actors, from the decoded copy at `size`
+    actors, per_actor = data_resources(cpus, 1, None)
+    cfg = bench_config("xrecon", size, batch, 1, [f"data.num_actors={actors}", f"data.cpus_per_actor={per_actor}"])
     resolve_data_dir(cfg)
-    meta, _ = check_data(cfg, "train")
-    # the plain, single-process pair maker (what `rayeq bench throughput`'s loop (a) is fed by)
-    it, t0, pairs = iter_pairs(cfg, "train", batch_size=batch, epochs=1000), time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds / 4:
-        pairs += len(next(it)["view1"])
-    res["plain_pairs_per_sec"] = pairs / (time.perf_counter() - t0)
-    log(f"  plain pair maker (1 process):   {res['plain_pairs_per_sec']:.0f} pairs/s")
-    ray = connect_ray(None, log=lambda m: None)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = build_ray_dataset(cfg, "train")
-    epoch_rates = []
-    for _ in range(3):  # the first pass includes the actor pool's start
-        t_first, pairs = None, 0
-        for b in ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True):
-            t_first = t_first or time.perf_counter()
-            pairs += len(b["view1"])
-        epoch_rates.append((pairs - batch) / (time.perf_counter() - t_first))
-    res["ray_data_pairs_per_sec"] = _stats(epoch_rates[1:])
+    res["ray_data_pairs_per_sec"], first = ray_data_rate(cfg, batch)
+    res["ray_data_actors"] = actors
+    res["ray_data_pairs_per_sec_per_actor"] = res["ray_data_pairs_per_sec"]["median"] / actors
     log(
-        f"  Ray Data pair pipeline:         {_rate(res['ray_data_pairs_per_sec'], 'pairs/s')}, "
-        f"{cfg.data.num_actors} actor(s) x {cfg.data.cpus_per_actor} CPU (first pass, with start-up: "
-        f"{epoch_rates[0]:.0f})"
+        f"  Ray Data pair pipeline, decoded {size} px: {_rate(res['ray_data_pairs_per_sec'], 'pairs/s')} with {actors} "
+        f"actor(s) = {res['ray_data_pairs_per_sec_per_actor']:.0f} per actor "
+        f"(first pass, with start-up: {first:.0f})"
     )
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    t = step_time(cfg, 5, 2)
-    res["training_pairs_per_sec"] = batch / t["median"]
+    torch.set_num_threads(max(1, cpus - 1))
+    small = bench_config("xrecon", 32, 32, max(1, cpus - 1))
+    t = step_time(small, 5, 2)
+    res["training_pairs_per_sec"] = 32 / t["median"]
     res["data_over_training_ratio"] = res["ray_data_pairs_per_sec"]["median"] / res["training_pairs_per_sec"]
-    log(f"  training consumes:              {res['training_pairs_per_sec']:.0f} pairs/s (xrecon step on a fixed batch)")
-    log(f"  data / training:                {res['data_over_training_ratio']:.1f}x  (target >= 2)")
+    log(
+        f"  CPU training consumes {res['training_pairs_per_sec']:.0f} pairs/s (xrecon, 32 px, batch 32); "
+        f"data / training {res['data_over_training_ratio']:.0f}x"
+    )
+    if feed:
+        per_core = res["pairs_per_s_per_core"]
+        res["feed"] = {
+            "pairs_per_s": feed,
+            "cores_needed": {src: {s: math.ceil(feed / r) for s, r in by.items()} for src, by in per_core.items()},
+        }
+        log(f"  cores to feed {feed:.0f} pairs/s (from the per-core figures; Ray's own overhead not included):")
+        for src, by in res["feed"]["cores_needed"].items():
+            log("    " + f"{src:17s} " + ", ".join(f"{s} px: {c}" for s, c in by.items()))
     _write(res, out, log)
     return res
 

@@ -181,10 +181,21 @@ def cmd_bench(args) -> int:
     bench.check_out(args.out, args.overwrite)
     if args.bench_command == "throughput":
         bench.bench_throughput(
-            args.method, args.size, args.batch, args.steps, args.repeats, args.threads, args.skip_ray, args.out
+            args.method,
+            args.size or 32,
+            args.batch or 32,
+            args.steps,
+            args.repeats,
+            args.threads,
+            args.skip_ray,
+            args.out,
+            data_cpus=args.data_cpus,
+            device=args.device,
+            compile=args.compile,
+            overrides=args.overrides,
         )
     else:
-        bench.bench_data(args.size, args.batch, args.seconds, args.out)
+        bench.bench_data(args.size or 64, args.batch or 256, args.seconds, args.out, feed=args.feed)
     return 0
 
 
@@ -291,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     common = argparse.ArgumentParser(add_help=False)  # what both benchmarks take
-    common.add_argument("--size", type=int, default=32, help="image side (the built-in set is resized)")
-    common.add_argument("--batch", type=int, default=32)
+    common.add_argument(
+        "--size", type=int, default=None, help="image side (the built-in set is resized; throughput 32, data 64)"
+    )
+    common.add_argument("--batch", type=int, default=None, help="pairs per batch (throughput 32, data 256)")
     common.add_argument("--out", default=None, help="write every figure as JSON")
     common.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     b = bsub.add_parser(
@@ -303,10 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     b.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: CPUs - 1)")
     b.add_argument("--skip-ray", action="store_true", help="only the plain loop and the overhead")
-    b = bsub.add_parser(
-        "data", parents=[common], help="render images/s and the pair pipeline's pairs/s against training's needs"
+    b.add_argument(
+        "--data-cpus",
+        type=int,
+        default=None,
+        help="CPUs making pairs on both sides: DataLoader workers and Ray Data actors (default: CPUs - threads)",
     )
-    b.add_argument("--seconds", type=float, default=20.0, help="time spent on the plain pair maker x 4")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when torch sees one")
+    b.add_argument("--compile", action="store_true", help="torch.compile the training module on both sides")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    b = bsub.add_parser(
+        "data", parents=[common], help="pairs/s per core (built-in set at 32, 64 px; a JPEG source), Ray Data's total"
+    )
+    b.add_argument("--seconds", type=float, default=20.0, help="time spent on the per-core figures, in all")
+    b.add_argument(
+        "--feed", type=float, default=None, metavar="PAIRS_PER_S", help="also print the cores needed to feed this rate"
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="validate or print a resolved experiment config")
