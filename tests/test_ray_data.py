@@ -37,6 +37,24 @@ def test_ray_pairs_shapes_dtypes_and_fresh_pairs_per_epoch(ray_session, cfg):
     assert sum(len(b["label"]) for b in val) == 4  # the pushdown filter keeps only the split's objects
 
 
+def test_all_epochs_stream_through_one_execution_with_fresh_pairs_per_pass(ray_session, cfg, tiny_synth3d):
+    """Training's dataset holds train.epochs passes: each train object once per pass, views drawn anew."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    owner = {}
+    for row in pq.read_table(sorted(tiny_synth3d.glob("shard-*.parquet"))).to_pylist():
+        for lat in row["latents"]:
+            owner[np.asarray(lat, np.float32).tobytes()] = row["object_id"]
+    pairs = []
+    for b in build_ray_dataset(cfg, "train", passes=3).iter_batches(batch_size=None, batch_format="numpy"):
+        pairs += [(owner[a.tobytes()], tuple(v)) for a, v in zip(b["latent1"], b["view_index"], strict=True)]
+    counts = Counter(obj for obj, _ in pairs)
+    assert len(counts) == 16 and set(counts.values()) == {3}  # every train object, once per pass
+    assert len(set(pairs)) > 16  # views drawn anew per pass, not the same pair three times
+
+
 def test_ray_pairs_reach_train_workers(ray_session, cfg, tmp_path):
     import ray.train
     from ray.train import RunConfig, ScalingConfig

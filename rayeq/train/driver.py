@@ -120,7 +120,7 @@ def build_trainer(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # rayeq prints steps, throughput and ETA itself
     ctx.print_on_execution_start = False
-    datasets = {"train": build_ray_dataset(cfg, "train")}
+    datasets = {"train": build_ray_dataset(cfg, "train", passes=cfg.train.epochs)}  # all epochs in one stream
     if info.has_val:
         datasets["val"] = build_ray_dataset(cfg, "val")
     t = cfg.train
