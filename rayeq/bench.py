@@ -179,10 +179,10 @@ def bf16_peak(device_name: str) -> float | None:
 def data_resources(cpus: int, threads: int, data_cpus: int | None) -> tuple[int, float]:
     """Data CPUs on both sides (default: what the training thread(s) leave) and the CPU reservation of
     each Ray Data actor so that the worker, the actors and the Parquet reads fit on this machine."""
-    from rayeq.data.feed.pipeline import READ_CPUS
+    from rayeq.data.feed.pipeline import READ_CPUS, VAL_CPUS
 
     data_cpus = data_cpus or max(1, cpus - threads)
-    per_actor = min(1.0, round((cpus - threads - READ_CPUS) / data_cpus, 2))
+    per_actor = min(1.0, round((cpus - threads - 2 * READ_CPUS - VAL_CPUS) / data_cpus, 2))
     if per_actor <= 0:
         raise ConfigError(f"--threads {threads} leaves no CPU for data on this {cpus}-CPU machine")
     return data_cpus, per_actor

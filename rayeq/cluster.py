@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rayeq.config import ConfigError, ExperimentConfig
-from rayeq.data.feed.pipeline import READ_CPUS
+from rayeq.data.feed.pipeline import READ_CPUS, VAL_CPUS
 
 
 def connect_ray(address: str | None, log=print):
@@ -31,9 +31,10 @@ def connect_ray(address: str | None, log=print):
 
 
 def run_cpus(cfg: ExperimentConfig) -> float:
-    """The CPUs one training run holds at least: its workers, one Ray Data actor and a read task."""
+    """The CPUs one training run holds at least: its workers, one Ray Data actor and a read task, and the
+    validation pipeline's actor and read task (it runs while the training stream holds its actors)."""
     t = cfg.train
-    return max(t.num_workers, 1) * t.cpus_per_worker + cfg.data.cpus_per_actor + READ_CPUS
+    return max(t.num_workers, 1) * t.cpus_per_worker + cfg.data.cpus_per_actor + READ_CPUS + VAL_CPUS + READ_CPUS
 
 
 def worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
@@ -49,7 +50,8 @@ def check_resources(cfg: ExperimentConfig, ray) -> None:
     if run_cpus(cfg) > cpus + 1e-9:
         raise ConfigError(
             f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} = {need_cpu} CPUs plus "
-            f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{READ_CPUS} to read) "
+            f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{READ_CPUS} to read, "
+            f"+{VAL_CPUS + READ_CPUS} for validation) "
             f"exceed the cluster's {cpus:g} "
             "CPUs (the run would hang waiting for data): lower them or add nodes"
         )

@@ -41,7 +41,7 @@ def test_bench_ray_path_and_data(tiny_builtin, ray_session):
 
 
 def test_cpu_split_between_training_and_data():
-    assert bench.data_resources(2, 1, None) == (1, 0.9)  # 1 training thread, 1 data CPU (0.1 left for reads)
+    assert bench.data_resources(2, 1, None) == (1, 0.7)  # 1 training thread, 1 data CPU (0.3: reads, validation)
     assert bench.data_resources(16, 1, 14) == (14, 1.0)
     with pytest.raises(ConfigError, match="leaves no CPU for data"):
         bench.data_resources(2, 2, None)

@@ -136,3 +136,19 @@ def test_same_pair_code_without_ray(ray_session, cfg, tiny_synth3d):
     plain = summary(iter_pairs(cfg, batch_size=4))
     ray_path = summary(build_ray_dataset(cfg, "train").iter_batches(batch_size=4, batch_format="numpy"))
     assert len(plain) == 16 and plain == ray_path  # the same objects with the same labels
+
+
+def test_validation_pipeline_can_start_beside_a_training_stream_that_holds_its_actors(ray_session, tiny_synth3d):
+    """The training stream keeps its actors between epochs (all epochs in one execution) and a fixed pool of
+    data.num_actors starts whole; validation runs beside it, so its pool must start from one actor reserving
+    a token CPU (on the H200 a validation pool of 14 one-CPU actors could not start next to the training's 14)."""
+    from rayeq.data.feed.pipeline import VAL_CPUS
+
+    cfg = load_config(None, [f"data.path={tiny_synth3d}", "data.num_actors=3", "data.cpus_per_actor=0.5"])
+
+    def pool(ds):  # the map_batches operator's actor pool and CPU reservation (Ray 2.60's logical plan)
+        op = ds._logical_plan.dag
+        return op.compute.min_size, op.compute.max_size, op.ray_remote_args["num_cpus"]
+
+    assert pool(build_ray_dataset(cfg, "train", passes=2)) == (3, 3, 0.5)
+    assert pool(build_ray_dataset(cfg, "val", beside_training=True)) == (1, 3, VAL_CPUS)

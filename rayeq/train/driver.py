@@ -122,7 +122,7 @@ def build_trainer(
     ctx.print_on_execution_start = False
     datasets = {"train": build_ray_dataset(cfg, "train", passes=cfg.train.epochs)}  # all epochs in one stream
     if info.has_val:
-        datasets["val"] = build_ray_dataset(cfg, "val")
+        datasets["val"] = build_ray_dataset(cfg, "val", beside_training=True)
     t = cfg.train
     resources = worker_resources(cfg)
     trainer = TorchTrainer(

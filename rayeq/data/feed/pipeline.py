@@ -24,6 +24,10 @@ from rayeq.data.feed.pairs import pair_maker_class
 from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, is_objects, open_dataset, split_filter
 
 READ_CPUS = 0.1  # Parquet reads are light; a full CPU per read task starves small clusters (2 cores)
+# Validation runs while the training stream (all epochs in one execution) keeps its actors: the
+# validation pipeline's actors reserve a token share of a CPU so that they can always be placed
+# (they work while the training stream waits for its consumer).
+VAL_CPUS = 0.1
 SOURCE_FORMATS = {"synth3d": OBJECTS_FORMAT, "3diebench": OBJECTS_FORMAT, "folder": IMAGES_FORMAT}
 
 
@@ -133,12 +137,13 @@ def read_split(shards: list[Path], split: str, shuffle: str | None = None, inclu
         ctx.use_datasource_v2 = previous
 
 
-def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int = 1):
+def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int = 1, beside_training: bool = False):
     """The Ray Data pipeline of paired uint8 views for `split` (needs ray.init() first): `passes`
     passes over the split in one stream, each in its own shard order (from train.seed), so that
     training runs all its epochs through one execution: Ray Data starts its actor pool once, not
     once per epoch (on a GPU node that start took ~15 s of each ~20 s epoch). Pairs are drawn anew
-    in every pass."""
+    in every pass. `beside_training`: a pipeline that runs while the training stream keeps its actors
+    (validation): its pool grows from one actor reserving VAL_CPUS, so it can always start."""
     import ray
 
     meta, shards = feed_data(cfg, split)
@@ -152,9 +157,9 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int =
         batch_size=d.rows_per_batch,
         batch_format="pyarrow",
         # a pool of the size asked for from the start (a GPU must not wait for the pool to grow);
-        # by default it grows from 1 to half the CPUs as the data needs
-        compute=ray.data.ActorPoolStrategy(min_size=n if d.num_actors else 1, max_size=n),
-        num_cpus=d.cpus_per_actor,
+        # by default, and beside training, it grows from 1 as the data needs
+        compute=ray.data.ActorPoolStrategy(min_size=n if d.num_actors and not beside_training else 1, max_size=n),
+        num_cpus=VAL_CPUS if beside_training else d.cpus_per_actor,
     )
 
 
