@@ -27,3 +27,15 @@ def test_dockerfile_copies_what_exists_and_pins_the_stack():
             for src in line.split()[2:-1]:
                 assert Path(src).exists(), src
     assert any("-c constraints.txt" in line for line in lines)
+
+
+def test_no_server_is_bound_beyond_the_cluster():
+    """Aim's tracking server has no authentication: nothing rayeq ships binds it (or anything else) to every
+    interface; on the launcher head it listens on the private address, and Aim stays below 4.x."""
+    shipped = [*Path("cluster").rglob("*"), *Path("rayeq").rglob("*.py")]
+    for path in (p for p in shipped if p.is_file()):
+        assert "0.0.0.0" not in path.read_text(), path
+    cfg = yaml.safe_load(Path("cluster/aws-gpu.yaml").read_text())
+    aim = [c for c in cfg["head_start_ray_commands"] if "aim server" in c]
+    assert len(aim) == 1 and "--host \"$(hostname -I | cut -d' ' -f1)\"" in aim[0]
+    assert '"aim>=3.29,<4"' in Path("pyproject.toml").read_text()
