@@ -39,3 +39,15 @@ def test_no_server_is_bound_beyond_the_cluster():
     aim = [c for c in cfg["head_start_ray_commands"] if "aim server" in c]
     assert len(aim) == 1 and "--host \"$(hostname -I | cut -d' ' -f1)\"" in aim[0]
     assert '"aim>=3.29,<4"' in Path("pyproject.toml").read_text()
+
+
+def test_gcp_config_is_valid_for_ray_up():
+    cfg = yaml.safe_load(Path("cluster/gcp-gpu.yaml").read_text())
+    full = fillout_defaults(cfg)
+    validate_config(full)
+    gpu = full["available_node_types"]["gpu_worker"]
+    assert full["provider"]["type"] == "gcp" and gpu["resources"]["GPU"] == 1 and gpu["max_workers"] >= 1
+    assert gpu["node_config"]["guestAccelerators"][0]["acceleratorCount"] == 1
+    assert {"onHostMaintenance": "TERMINATE"} in gpu["node_config"]["scheduling"]  # GPU VMs cannot live-migrate
+    assert any("--dashboard-host=127.0.0.1" in c for c in full["head_start_ray_commands"])
+    assert full["idle_timeout_minutes"] <= 15 and full["max_workers"] <= 8  # what bounds the bill
