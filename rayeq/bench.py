@@ -203,7 +203,7 @@ def bench_throughput(
     compile: bool = False,
     overrides: list[str] = (),
 ) -> dict[str, Any]:
-    from rayeq.data.feed.pipeline import check_data, feed_data, resolve_data_dir
+    from rayeq.data.feed.pipeline import feed_data
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if device == "cuda" and not torch.cuda.is_available():
@@ -222,9 +222,7 @@ def bench_throughput(
         *overrides,
     ]
     cfg = bench_config(method, size, batch, threads, flags)
-    resolve_data_dir(cfg)
-    meta, _ = check_data(cfg, "train")
-    feed_data(cfg, "train", log=log)  # the decoded copy, made once, before any timing
+    meta, _ = feed_data(cfg, "train", log=log)  # checks the data; the decoded copy is made once, before any timing
     per_epoch = meta["splits"]["train"] // batch
     steps = steps or max(2, min(per_epoch, cfg.train.steps_per_epoch or per_epoch))  # one Ray epoch's worth
     torch.set_num_threads(threads)
@@ -341,9 +339,10 @@ def make_jpeg_set(out: Path, objects: int = 256, size: int = 256, quality: int =
     return out
 
 
-def pairs_per_core(cfg: ExperimentConfig, seconds: float) -> float:
+def pairs_per_core(cfg: ExperimentConfig, seconds: float, log=print) -> float:
     """Pairs/s of the whole pair path on one core (one torch thread, single-threaded Parquet reads):
-    read the split's shards in turn, make pairs in batches of data.rows_per_batch rows."""
+    read the split's shards in turn, make pairs in batches of data.rows_per_batch rows. A decoded copy
+    the config asks for is made first, outside the timing (its progress goes to `log`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -351,7 +350,7 @@ def pairs_per_core(cfg: ExperimentConfig, seconds: float) -> float:
     from rayeq.data.feed.pipeline import feed_data, maker_kwargs
     from rayeq.data.schema import split_filter
 
-    meta, shards = feed_data(cfg, "train", log=lambda *a: None)
+    meta, shards = feed_data(cfg, "train", log=log)
     maker = pair_maker_class(cfg.data.source)(**maker_kwargs(cfg, meta, "train"))
     threads, arrow = torch.get_num_threads(), pa.cpu_count()
     torch.set_num_threads(1)
@@ -401,7 +400,6 @@ def bench_data(
 ) -> dict[str, Any]:
     import math
 
-    from rayeq.data.feed.pipeline import feed_data, resolve_data_dir
     from rayeq.data.make.decode import decoded_dir
     from rayeq.data.make.synth3d import generate
 
@@ -424,15 +422,13 @@ def bench_data(
         log("  pairs/s per core (1 thread; Parquet read + pairs + targets, no photometric augmentation):")
         for source, s, extra in cases:
             cfg = bench_config("xrecon", s, batch, 1, [*extra, "data.image_size=" + str(s)])
-            feed_data(cfg, "train", log=log)  # a decoded copy is made once, outside the timing
-            rate = pairs_per_core(cfg, seconds / len(cases))
+            rate = pairs_per_core(cfg, seconds / len(cases), log=log)
             res["pairs_per_s_per_core"].setdefault(source, {})[str(s)] = rate
             log(f"    {source:17s} {s:3d} px: {rate:8.0f}")
         shutil.rmtree(decoded_dir(jpeg, size), ignore_errors=True)  # the temporary JPEG set's copy
     # the Ray Data pipeline on its own, all but one CPU as actors, from the decoded copy at `size`
     actors, per_actor = data_resources(cpus, 1, None)
     cfg = bench_config("xrecon", size, batch, 1, [f"data.num_actors={actors}", f"data.cpus_per_actor={per_actor}"])
-    resolve_data_dir(cfg)
     res["ray_data_pairs_per_sec"], first = ray_data_rate(cfg, batch)
     res["ray_data_actors"] = actors
     res["ray_data_pairs_per_sec_per_actor"] = res["ray_data_pairs_per_sec"]["median"] / actors

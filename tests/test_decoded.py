@@ -3,6 +3,7 @@ and used for training when `data.decoded` (or its size rule) says so."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,9 @@ def _quiet(*a):
     pass
 
 
-def test_made_once_per_source_and_size_and_reused(tiny_synth3d):
+def test_made_once_per_source_and_size_and_reused(tiny_synth3d, tmp_path):
+    # a copy of the session's set, so that no other test has made its decoded copy already
+    tiny_synth3d = Path(shutil.copytree(tiny_synth3d, tmp_path / "set"))
     logs = []
     a = ensure_decoded(tiny_synth3d, 16, log=logs.append)
     assert a == decoded_dir(tiny_synth3d, 16) and a.parent != tiny_synth3d.parent and any("decoding" in m for m in logs)

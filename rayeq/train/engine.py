@@ -167,7 +167,6 @@ class Engine:
         n, last, t_epoch = 0, None, time.perf_counter()
         self.epoch_started = None  # steady-state throughput is timed from the first batch's arrival
         pending: list[tuple[int, torch.Tensor]] = []  # (step of the epoch, its stacked terms), still on the device
-        names: list[str] = []
         for raw in batches:
             if n >= self.steps_per_epoch:
                 break
@@ -179,13 +178,12 @@ class Engine:
             probes.update(probe_out)
             if floor is not None:
                 floor.update(probe_out["floor"])
-            names = list(out.losses)
             pending.append((n, torch.stack([v.detach().float() for v in out.losses.values()])))
             last = (batch, out)
             if self.is_log_step(n):  # the only host sync of the loop: the terms read back every log step
-                self._read_terms(pending, names, sums, hooks, out)
+                self._read_terms(pending, sums, hooks, out)
         if pending:
-            self._read_terms(pending, names, sums, hooks, last[1])
+            self._read_terms(pending, sums, hooks, last[1])
         if n == 0:
             raise RuntimeError(
                 f"a worker got no full batch of {self.batch_size} in epoch {self.epoch + 1}: {self.info.n_train} "
@@ -214,9 +212,11 @@ class Engine:
         """Every `train.log_every_steps` steps of an epoch, and its last step."""
         return n % self.cfg.train.log_every_steps == 0 or n == self.steps_per_epoch
 
-    def _read_terms(self, pending: list, names: list[str], sums: dict[str, float], hooks: list, out) -> None:
+    def _read_terms(self, pending: list, sums: dict[str, float], hooks: list, out: StepOutput) -> None:
         """Read the pending steps' loss terms back at once (one host sync), stop at the first non-finite
-        one naming its step, add them to the epoch's sums and hand the latest to the hooks' `on_step`."""
+        one naming its step, add them to the epoch's sums and hand the latest to the hooks' `on_step`.
+        `out`: the latest step's output (every step has the same loss terms, in the same order)."""
+        names = list(out.losses)
         steps, values = [k for k, _ in pending], torch.stack([v for _, v in pending]).tolist()
         pending.clear()
         for k, row in zip(steps, values, strict=True):

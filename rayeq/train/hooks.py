@@ -30,11 +30,6 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def is_log_step(cfg: ExperimentConfig, engine: Engine, n: int) -> bool:
-    """Every `train.log_every_steps` steps of an epoch, and its last step (`Engine.is_log_step`)."""
-    return engine.is_log_step(n)
-
-
 class ConsoleProgress(Hooks):
     """A line every `train.log_every_steps` steps (loss terms, steady images/s, ETA) and one per epoch."""
 
@@ -46,7 +41,7 @@ class ConsoleProgress(Hooks):
         if self.start_epoch is None:
             self.start_epoch = engine.epoch
         spe, epochs = engine.steps_per_epoch, self.cfg.train.epochs
-        if not is_log_step(self.cfg, engine, n):
+        if not engine.is_log_step(n):
             return
         elapsed = time.perf_counter() - engine.epoch_started
         ips = 2 * self.cfg.train.batch_size * (n - 1) / max(elapsed, 1e-9) if n > 1 else 0.0
@@ -75,7 +70,7 @@ class TrackerHook(Hooks):
         self.cfg, self.info, self.tracker = cfg, info, tracker
 
     def on_step(self, engine: Engine, n: int, out, terms: dict[str, float]) -> None:
-        if is_log_step(self.cfg, engine, n):
+        if engine.is_log_step(n):
             self.tracker.log_metrics({f"loss/{k}": v for k, v in terms.items()}, engine.step_count, engine.epoch)
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:

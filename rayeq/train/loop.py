@@ -67,17 +67,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if engine.epoch >= epochs and is_main:
         write(f"run already complete ({engine.epoch}/{epochs} epochs); raise train.epochs to continue")
     last_val: dict[str, float] = {}
-    stream = None  # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps
+    # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps; lazy: the
+    # dataset runs from the first batch taken
+    stream = iter(
+        ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=engine.batch_size,
+            drop_last=True,
+            prefetch_batches=2,
+            local_shuffle_buffer_size=shuffle_rows(cfg, engine.batch_size),  # mix rows of different blocks
+        )
+    )
     while engine.epoch < epochs:
-        if stream is None:
-            stream = iter(
-                ray.train.get_dataset_shard("train").iter_torch_batches(
-                    batch_size=engine.batch_size,
-                    drop_last=True,
-                    prefetch_batches=2,
-                    local_shuffle_buffer_size=shuffle_rows(cfg, engine.batch_size),  # mix rows of different blocks
-                )
-            )
         result = engine.run_epoch(itertools.islice(stream, engine.steps_per_epoch), hooks)
         # validate every N epochs, at the end, and in the first epoch of a session (so that the val
         # metrics, the checkpoint score among them, are in every report); carried forward in between

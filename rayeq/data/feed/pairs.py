@@ -124,12 +124,15 @@ class ObjectPairs(_Pairs):
         """Encoded views: decode only the two drawn per row; with data.skip_corrupt a row whose drawn
         view is unreadable draws again among its other views (and is dropped below two)."""
         chosen = flat.take(pa.array(np.stack([offsets[:-1] + i, offsets[:-1] + j], 1).reshape(-1))).to_pylist()
+        idents = self._idents(table)
         v1, v2, keep, ii, jj = [], [], [], [], []
-        for r in range(table.num_rows):
-            row = self._ident(table, r)
+        for r, row in enumerate(idents):
             a = self._decode(chosen[2 * r], row, f"view {i[r]}")
             b = self._decode(chosen[2 * r + 1], row, f"view {j[r]}") if a is not None else None
-            pair = (int(i[r]), int(j[r]), a, b) if a is not None and b is not None else self._redraw(table, r, a, i, j)
+            if a is not None and b is not None:
+                pair = (int(i[r]), int(j[r]), a, b)
+            else:
+                pair = self._redraw(table, row, r, a, i, j)
             if pair is None:
                 continue  # fewer than two readable views (only reachable with skip_corrupt)
             ii.append(pair[0])
@@ -141,9 +144,9 @@ class ObjectPairs(_Pairs):
             return None, None, [], None, None
         return v1, v2, np.asarray(keep), np.asarray(ii, np.int64), np.asarray(jj, np.int64)
 
-    def _redraw(self, table: pa.Table, r: int, a, i: np.ndarray, j: np.ndarray):
+    def _redraw(self, table: pa.Table, ident: dict[str, Any], r: int, a, i: np.ndarray, j: np.ndarray):
         """The old per-row draw, among the views of row r that are not known to be unreadable."""
-        row = {**self._ident(table, r), "images": table.column("images")[r].as_py()}
+        row = {**ident, "images": table.column("images")[r].as_py()}
         candidates = [v for v in range(len(row["images"])) if v != (i[r] if a is None else j[r])]
         while len(candidates) >= 2:
             x, y = (int(v) for v in self.rng.choice(candidates, 2, replace=False))
@@ -155,8 +158,9 @@ class ObjectPairs(_Pairs):
         return None
 
     @staticmethod
-    def _ident(table: pa.Table, r: int) -> dict[str, Any]:
-        return {k: table.column(k)[r].as_py() for k in ("object_id", "path") if k in table.column_names}
+    def _idents(table: pa.Table) -> list[dict[str, Any]]:
+        """Each row's object id (and shard path, when the batch has one), for error messages."""
+        return table.select([k for k in ("object_id", "path") if k in table.column_names]).to_pylist()
 
     def _resize(self, views) -> np.ndarray:
         """Views (a (B, 3, h, w) array, or a list of (3, h, w) tensors of any size) -> (B, 3, S, S) uint8."""

@@ -113,7 +113,7 @@ def _path_column(shard: Path, n: int) -> pa.Array:
     return pa.array([str(shard)] * n, pa.string())
 
 
-def read_split(shards: list[Path], split: str, shuffle: str | None = None, include_paths: bool = True):
+def read_split(shards: list[Path], split: str, include_paths: bool = True):
     """A Ray Dataset of one split's stored rows (objects or images); with `include_paths`, the
     shard's path in a `path` column."""
     import ray
@@ -130,7 +130,6 @@ def read_split(shards: list[Path], split: str, shuffle: str | None = None, inclu
             [str(s) for s in shards],
             include_paths=include_paths,  # a corrupt image's error names its shard
             num_cpus=READ_CPUS,
-            shuffle=shuffle,
             filter=split_filter(split),
         )
     finally:

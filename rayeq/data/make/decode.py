@@ -24,7 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayeq.data.make.progress import Progress
-from rayeq.data.schema import RAW_ENCODING, DataError, decode_image, encode_raw, is_objects, is_raw, open_dataset
+from rayeq.data.schema import (
+    RAW_ENCODING,
+    DataError,
+    decode_image,
+    encode_raw,
+    is_objects,
+    is_raw,
+    open_dataset,
+    read_meta,
+)
 
 COMPRESSION = "lz4"
 ROWS_PER_SHARD = 1024
@@ -140,7 +149,7 @@ def ensure_decoded(src: Path, size: int, log=print) -> Path:
     """The decoded copy of `src` at `size` px, made once (a set that is already raw at that size is
     its own copy)."""
     src = Path(src).expanduser()
-    meta, _ = open_dataset(src)
+    meta = read_meta(src)  # its shards are checked where it is opened (check_data, decode_set)
     if is_raw(meta) and meta["image_size"] == size:
         return src
     out = decoded_dir(src, size)
