@@ -115,11 +115,17 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rayeq.train.driver import run_training, summary
+    from rayeq.train.driver import failure_message, run_training, summary
 
     config, overrides = _split_config_and_overrides(args)
     cfg = load_config(config, overrides)
-    res = run_training(cfg, address=args.address, force=args.force)
+    from ray.train import TrainingFailedError
+
+    try:
+        res = run_training(cfg, address=args.address, force=args.force, autoscaling=args.autoscaling)
+    except TrainingFailedError as exc:
+        print(f"rayeq: {failure_message(cfg, exc)}", file=sys.stderr)
+        return 1
     print(summary(res, cfg))
     return 0
 
@@ -285,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS or a local one)")
     p.add_argument("--force", action="store_true", help="resume a run's checkpoint even under a changed config")
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: skip the check that its present nodes can hold the workers",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="hyper-parameter sweep: Ray Tune + Optuna (multi-objective), ASHA, resume")

@@ -39,13 +39,22 @@ def run_cpus(cfg: ExperimentConfig) -> float:
 
 def worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
     t = cfg.train
-    return {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+    return {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {}), **t.worker_resources}
 
 
 def check_resources(cfg: ExperimentConfig, ray) -> None:
+    """The cluster's nodes as they are now can hold the run (skipped on an autoscaling cluster, whose nodes may
+    not exist yet)."""
     t, d = cfg.train, cfg.data
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    for name, amount in t.worker_resources.items():
+        if max(t.num_workers, 1) * amount > total.get(name, 0) + 1e-9:
+            raise ConfigError(
+                f"train.worker_resources asks {amount:g} {name!r} for each of train.num_workers={t.num_workers} "
+                f"worker(s), but the cluster's nodes offer {total.get(name, 0):g} (start nodes with "
+                f"`ray start --resources '{{\"{name}\": N}}'`, or pass --autoscaling if the autoscaler adds them)"
+            )
     need_cpu = max(t.num_workers, 1) * t.cpus_per_worker
     if run_cpus(cfg) > cpus + 1e-9:
         raise ConfigError(

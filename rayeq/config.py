@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Width of the pooled representation (and of the last feature map) of each backbone.
 BACKBONE_DIMS = {"resnet18": 512, "resnet50": 2048}
@@ -35,6 +35,8 @@ OPERATIONAL_KEYS = (
     "train.use_gpu",
     "train.cpus_per_worker",
     "train.gpus_per_worker",
+    "train.worker_resources",
+    "train.placement_strategy",
     "train.precision",
     "train.compile",
     "train.channels_last",
@@ -232,6 +234,25 @@ class TrainConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0.0)
     gpus_per_worker: float = Field(1.0, ge=0.0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each Train worker asks for besides CPU/GPU, e.g. {accelerator_type:L4: "
+        "0.001} or a label that only some nodes carry; the nodes that offer them hold the workers",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the Train workers on nodes (SPREAD: over as many nodes as it can)"
+    )
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, amount in v.items():
+            if k in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{k!r} is set by train.cpus_per_worker / gpus_per_worker, not worker_resources")
+            if not amount > 0:
+                raise ValueError(f"resource {k!r}: amount {amount} must be > 0")
+        return v
+
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     channels_last: bool = True
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; None = Ray's (its CPUs)")

@@ -153,3 +153,57 @@ def test_resources_no_node_can_hold_are_refused():
         check_resources(load_config(None, ["train.num_workers=2", "train.cpus_per_worker=1"]), _FakeRay(2))
     with pytest.raises(ConfigError, match="GPU"):
         check_resources(load_config(None, ["train.use_gpu=true", "train.num_workers=2"]), _FakeRay(8, 1))
+
+
+def test_custom_worker_resources_the_cluster_lacks_are_refused_and_placement_reaches_ray():
+    from rayeq.cluster import worker_resources
+
+    cfg = load_config(None, ["train.num_workers=2", "train.worker_resources={trainer: 1}"])
+    assert worker_resources(cfg) == {"CPU": 0.5, "trainer": 1.0}
+    fake = _FakeRay(4)
+    with pytest.raises(ConfigError, match="'trainer'.*offer 0"):
+        check_resources(cfg, fake)
+    fake.cluster_resources = lambda: {"CPU": 4, "trainer": 2}
+    check_resources(cfg, fake)
+    with pytest.raises(ConfigError, match="worker_resources"):
+        load_config(None, ["train.worker_resources={CPU: 1}"])
+
+
+def test_a_storage_path_that_cannot_be_written_or_is_full_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    import rayeq.train.driver as driver
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="train.storage_path: cannot write the run directory"):
+        check_run_dir(load_config(None, [f"train.storage_path={blocker}", "train.name=r"]), force=False)
+    real = shutil.disk_usage
+    monkeypatch.setattr(driver.shutil, "disk_usage", lambda p: real(p)._replace(free=100 << 20))
+    with pytest.raises(ConfigError, match="has 100 MiB free"):
+        check_run_dir(load_config(None, [f"train.storage_path={tmp_path / 'runs'}", "train.name=r"]), force=False)
+    assert not list((tmp_path / "runs" / "r").iterdir())  # the probe file is gone
+
+
+def test_metrics_file_keeps_one_line_per_epoch_when_an_epoch_runs_again(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from rayeq.train.hooks import MetricsFile
+
+    hook = MetricsFile(tmp_path)
+    for epoch, loss in [(1, 5.0), (2, 4.0), (3, 3.0), (2, 3.5), (3, 3.2), (4, 3.0)]:  # lost after 3, resumed from 1
+        hook.on_epoch_end(None, SimpleNamespace(metrics={"epoch": epoch, "loss": loss}))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["loss"]) for r in rows] == [(1, 5.0), (2, 3.5), (3, 3.2), (4, 3.0)]
+
+
+def test_a_failed_run_says_what_is_kept_and_how_to_go_on(tmp_path):
+    from rayeq.train.driver import failure_message
+
+    cfg = load_config(None, [f"train.storage_path={tmp_path}", "train.name=r", "train.epochs=6"])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    msg = failure_message(cfg, RuntimeError("\nWorkerGroupError: the actor's node died\nmore"))
+    assert "'r' failed after epoch 2 of 6" in msg and "train.max_failures=0" in msg
+    assert "the actor's node died" in msg and "rerun the same command to resume" in msg

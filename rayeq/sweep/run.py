@@ -44,7 +44,9 @@ def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
 
     t = cfg.train
     cpus = run_cpus(cfg) + TRAINABLE_CPUS
-    return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0}
+    workers = max(t.num_workers, 1)
+    custom = {k: workers * v for k, v in t.worker_resources.items()}
+    return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0, **custom}
 
 
 def record_of(spec, used_overrides: list[str], base: ExperimentConfig) -> dict[str, Any]:
@@ -99,22 +101,23 @@ def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool
         return spec.max_concurrent or spec.num_samples
     t = cfg.train
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    per_worker = {"CPU": t.cpus_per_worker, "GPU": t.gpus_per_worker if t.use_gpu else 0.0}
+    per_worker = {"CPU": t.cpus_per_worker, "GPU": t.gpus_per_worker if t.use_gpu else 0.0, **t.worker_resources}
     if not any(all(n.get(k, 0) >= v for k, v in per_worker.items()) for n in nodes):
         biggest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
         raise ConfigError(
             f"{spec.kind} {spec.name!r}: a trial worker needs {per_worker} (resources.cpus_per_worker / "
-            f"gpus_per_worker), but no node of this cluster has that much (the biggest has {biggest[0]:g} CPU, "
-            f"{biggest[1]:g} GPU)"
+            f"gpus_per_worker, train.worker_resources), but no node of this cluster has that much (the biggest "
+            f"has {biggest[0]:g} CPU, {biggest[1]:g} GPU)"
         )
     need = trial_footprint(cfg)
     total = ray.cluster_resources()
     fits = min(total.get(k, 0) / v for k, v in need.items() if v > 0)
     if fits < 1:
+        have = {k: total.get(k, 0) for k in need}
         raise ConfigError(
-            f"{spec.kind} {spec.name!r}: one trial needs {need['CPU']:g} CPU and {need['GPU']:g} GPU ({t.num_workers} "
-            f"worker(s) x {t.cpus_per_worker} CPU, a Ray Data actor of {cfg.data.cpus_per_actor} CPU, reads and the "
-            f"trainable), more than the cluster's {total.get('CPU', 0):g} CPU / {total.get('GPU', 0):g} GPU"
+            f"{spec.kind} {spec.name!r}: one trial needs {need} ({t.num_workers} worker(s) x {t.cpus_per_worker} "
+            f"CPU, a Ray Data actor of {cfg.data.cpus_per_actor} CPU, reads and the trainable), more than the "
+            f"cluster's {have}"
         )
     n = int(fits + 1e-9)
     return max(1, min(n, spec.max_concurrent or n, spec.num_samples))

@@ -3,6 +3,7 @@ runs `train_loop_per_worker` over the Ray Data pipeline; `summary` prints the re
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -67,17 +68,49 @@ def check_run_dir(cfg: ExperimentConfig, force: bool) -> Path:
             while (run_dir / f"config.{n}.yaml").exists():
                 n += 1
             shutil.copy(saved, run_dir / f"config.{n}.yaml")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_storage(run_dir)
     return run_dir
 
 
+MIN_FREE_BYTES = 1 << 30  # a ResNet-18 run keeps ~3 checkpoints of ~200 MB (weights, AdamW moments, probes)
+
+
+def check_storage(run_dir: Path) -> None:
+    """The run directory can be made and written, with room for checkpoints, before anything starts (a
+    read-only or full train.storage_path would otherwise fail at the first checkpoint, after an epoch of work)."""
+    probe = run_dir / ".write_probe"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise ConfigError(
+            f"train.storage_path: cannot write the run directory {str(run_dir)!r} ({exc.strerror or exc}); "
+            "use a writable path (on a cluster: shared storage every node mounts)"
+        ) from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"train.storage_path: {str(run_dir)!r} has {free / 2**20:.0f} MiB free; a run needs at least "
+            f"{MIN_FREE_BYTES / 2**20:.0f} MiB for its checkpoints (train.keep_checkpoints best + the latest)"
+        )
+
+
 def run_training(
-    cfg: ExperimentConfig, address: str | None = None, force: bool = False, log=print, hooks: list[Hooks] | tuple = ()
+    cfg: ExperimentConfig,
+    address: str | None = None,
+    force: bool = False,
+    log=print,
+    hooks: list[Hooks] | tuple = (),
+    autoscaling: bool = False,
 ) -> TrainResult:
     """Train `cfg` to its last epoch (resuming the run directory's latest checkpoint). `hooks` run
-    on every worker beside rayeq's own (e.g. a test's fault injection)."""
+    on every worker beside rayeq's own (e.g. a test's fault injection); `autoscaling`: the cluster adds the
+    nodes the workers need, so its present resources are not checked."""
     t0 = time.perf_counter()
-    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, hooks=hooks)
+    trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, hooks=hooks, autoscaling=autoscaling)
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     ckpt = result.checkpoint.path if result.checkpoint else None
@@ -92,6 +125,7 @@ def build_trainer(
     callbacks: list | tuple = (),
     extra_params: dict[str, Any] | None = None,
     hooks: list[Hooks] | tuple = (),
+    autoscaling: bool = False,
 ):
     """Check everything, connect to Ray and build the TorchTrainer of a run (not started). `callbacks`
     go on Train's RunConfig (a sweep's TuneReportCallback); `extra_params` are logged to the run's
@@ -110,7 +144,8 @@ def build_trainer(
     )
 
     ray = connect_ray(address, log)
-    check_resources(cfg, ray)
+    if not autoscaling:
+        check_resources(cfg, ray)
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -128,7 +163,12 @@ def build_trainer(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "info": info, "hooks": list(hooks)},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=t.placement_strategy,
+        ),
         run_config=RunConfig(
             name=t.name,
             storage_path=str(run_dir.parent),
@@ -148,6 +188,28 @@ def build_trainer(
         f"{t.num_workers} worker(s) x {resources}; run dir {run_dir}"
     )
     return trainer, run_dir, track_repo
+
+
+def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
+    """What a user needs after Ray Train gave up: which run, what failed, what is kept, how to go on."""
+    import json
+
+    run_dir = run_dir_of(cfg)
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    done = json.loads(lines[-1])["epoch"] if lines else 0
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # Ray's first line is a heading ("Training failed due to worker errors:"); the cause is further down
+    cause = next((x for x in lines if "died" in x or "Error:" in x), lines[0] if lines else type(exc).__name__)
+    allowed = cfg.train.max_failures
+    return (
+        f"training run {cfg.train.name!r} failed after epoch {done} of {cfg.train.epochs} "
+        f"(train.max_failures={allowed}: "
+        + ("no lost worker or node is retried" if allowed == 0 else f"{allowed} restart(s) were used up")
+        + f"). Ray Train said: {cause[:400]}\n"
+        f"Nothing finished is lost: {run_dir} keeps the checkpoint of epoch {done}; rerun the same command to "
+        "resume from it, or set train.max_failures=N (-1: no limit) so that Ray restarts lost workers by itself."
+    )
 
 
 SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim")

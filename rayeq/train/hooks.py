@@ -85,14 +85,24 @@ class TrackerHook(Hooks):
 
 
 class MetricsFile(Hooks):
-    """One JSON line of metrics per epoch in `<run dir>/metrics.jsonl` (appended: a resumed run adds to it)."""
+    """One JSON line of metrics per epoch in `<run dir>/metrics.jsonl` (a resumed run adds to it). An epoch that
+    ran again after a restart (a worker or node lost after its line was written but before its checkpoint was
+    kept) replaces its earlier line and any later one, so each epoch has exactly one line."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "metrics.jsonl"
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(result.metrics) + "\n")
+        epoch = result.metrics["epoch"]
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        kept = [line for line in lines if json.loads(line).get("epoch", 0) < epoch]
+        if len(kept) == len(lines):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(result.metrics) + "\n")
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in [*kept, json.dumps(result.metrics)]))
+        tmp.replace(self.path)
 
 
 def image_grid(batch, out, mean, std, n: int = 8) -> np.ndarray:

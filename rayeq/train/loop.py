@@ -53,6 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if is_main:
             write(f"resumed from checkpoint at epoch {engine.epoch} (step {engine.step_count})")
     engine.wrap(lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": False}))
+    record_placement(info.run_dir, engine.epoch, is_main)
 
     tracker = None
     if is_main:
@@ -104,6 +105,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(result.metrics, checkpoint=ckpt)
     if tracker is not None:
         tracker.close()
+
+
+def record_placement(run_dir: str | None, epoch: int, is_main: bool) -> None:
+    """Where this session's workers run: rank 0 prints it and appends one line to `<run dir>/workers.jsonl`
+    (a restart after a lost worker or node adds another line, with the epoch it resumed from)."""
+    import json
+    import os
+    import socket
+    import time
+
+    import ray
+    import torch.distributed as dist
+
+    me = {"rank": dist.get_rank() if dist.is_initialized() else 0, "node_id": ray.get_runtime_context().get_node_id(),
+          "host": socket.gethostname(), "pid": os.getpid()}  # fmt: skip
+    everyone = [me]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, me)
+    if not is_main:
+        return
+    write("workers: " + ", ".join(f"rank {w['rank']} on node {w['node_id'][:8]} ({w['host']})" for w in everyone))
+    if run_dir:
+        with open(os.path.join(run_dir, "workers.jsonl"), "a") as f:
+            f.write(json.dumps({"time": time.time(), "from_epoch": epoch, "workers": everyone}) + "\n")
 
 
 def _quiet_train_console() -> None:
