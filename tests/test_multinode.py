@@ -1,8 +1,8 @@
 """A real multi-node Ray cluster on this machine (a head and two worker nodes, each its own raylet, token auth on;
-tests/_local_cluster.py): `rayeq train` spreads its two Train workers over the worker nodes, survives its driver
-being interrupted (the rerun resumes), survives a worker node removed mid-run (resumed from the last checkpoint on
-a replacement node, every epoch logged once), fails with a clear error when no failure is allowed, and a sweep
-submitted with `ray job submit` spreads its trials over the nodes.
+tests/_local_cluster.py): one `rayeq train` run spreads its two Train workers over the worker nodes and goes through
+a node lost with no failure allowed (a clear error), the command rerun, a worker process killed, a node lost and
+replaced, the driver interrupted and the command rerun, with every epoch logged once; a sweep submitted with
+`ray job submit` spreads its trials over the nodes.
 
 Everything that touches the cluster runs in subprocesses with the cluster's environment (private RAY_TMPDIR, the
 token): the test process keeps its own Ray session for the other tests and never joins this one."""
@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -151,102 +152,161 @@ def _wait_for_epoch(run_dir: Path, epoch: int, proc: subprocess.Popen, log: Path
     raise AssertionError(f"no epoch {epoch} in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-def test_workers_on_two_nodes_and_an_interrupted_driver_resumes(cluster, mn_data, tmp_path):
-    """Two Train workers, each asking for the `trainer` resource that only the worker nodes offer, run on the two
-    worker nodes and write to one storage path; the driver interrupted (Ctrl-C) in epoch 3 and the same command
-    rerun resumes from the last checkpoint and ends with epochs 1..4 logged once each."""
+def _wait_for_session_epoch(run_dir: Path, sessions: int, proc: subprocess.Popen, log: Path, timeout=300) -> None:
+    """Until the run's session number `sessions` has finished an epoch: its rank 0 printed an epoch's "done" line
+    after its own "workers:" line (the `sessions`-th in the log, which every session of this run appends to: the
+    console lines reach the log later than workers.jsonl reaches the disk)."""
+    end = time.monotonic() + timeout
+    while True:
+        text = log.read_text()
+        starts = [m.start() for m in re.finditer("workers: rank", text)]
+        if len(starts) >= sessions and " done in " in text[starts[sessions - 1] :]:
+            return
+        assert proc.poll() is None, f"run ended early:\n{text[-4000:]}"
+        assert time.monotonic() < end, f"no epoch of session {sessions} in {timeout}s:\n{text[-4000:]}"
+        time.sleep(0.2)
+
+
+def _kill_worker(run_dir: Path, rank: int) -> int:
+    """SIGKILL the Train worker process of `rank` in the run's latest session (the pid from workers.jsonl)."""
+    pid = next(w["pid"] for w in _sessions(run_dir)[-1]["workers"] if w["rank"] == rank)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _nodes(session: dict) -> set[str]:
+    return {w["node_id"] for w in session["workers"]}
+
+
+def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path):
+    """One `rayeq train` run of 6 epochs, its two Train workers on the two worker nodes (each asks for the
+    `trainer` resource that only they offer), through five sessions:
+
+    1. `train.max_failures=0`: a worker node removed after epoch 2 -> exit 1 with rayeq's message (which epoch is
+       kept, how to go on); a replacement node joins;
+    2. the command rerun with `train.max_failures=2` (an operational key) resumes from the last checkpoint;
+    3. a Train worker process SIGKILLed -> Ray Train restarts the group on the same nodes from the last checkpoint;
+    4. a worker node removed -> the group restarts on the remaining node and a replacement the test adds;
+    5. the driver interrupted (SIGINT, as Ctrl-C) and the command rerun -> resumes and finishes.
+    Every epoch is logged exactly once; `workers.jsonl` shows where each session ran."""
     runs, log = tmp_path / "runs", tmp_path / "train.log"
-    run_dir = runs / "spread"
-    proc = _train(cluster, mn_data, runs, "spread", "train.epochs=4", log=log)
-    _wait_for_epoch(run_dir, 2, proc, log)  # epoch 1's checkpoint is kept by now (its line comes before it)
-    proc.send_signal(signal.SIGINT)
-    _finish(proc, log, timeout=120)
-    assert proc.returncode != 0 and _epochs(run_dir)[-1] < 4  # it was interrupted before the end
-    proc = _train(cluster, mn_data, runs, "spread", "train.epochs=4", log=log)
-    out = _finish(proc, log)
-    assert proc.returncode == 0, out[-4000:]
-    assert "resumed from checkpoint at epoch" in out
-    assert _epochs(run_dir) == [1, 2, 3, 4]
-    first, last = _sessions(run_dir)[0], _sessions(run_dir)[-1]
-    workers = set(cluster.workers().values())
-    for session in (first, last):
-        assert sorted(w["rank"] for w in session["workers"]) == [0, 1]
-        assert {w["node_id"] for w in session["workers"]} == workers  # one worker on each worker node
-    assert first["from_epoch"] == 0 and last["from_epoch"] >= 1
-    print(f"\nplacement: {json.dumps(first['workers'])}\nepochs: {_epochs(run_dir)}")
+    run_dir = runs / "faults"
+    first_nodes = set(cluster.workers().values())
 
+    def train(*extra: str) -> subprocess.Popen:
+        return _train(cluster, mn_data, runs, "faults", "train.epochs=6", *extra, log=log)
 
-def test_a_worker_node_removed_mid_run_is_survived_from_the_last_checkpoint(cluster, mn_data, tmp_path):
-    """A worker node's raylet and every process on it killed in epoch 3: Ray Train restarts the worker group
-    (train.max_failures=2), which waits for the `trainer` resource until the test adds a replacement node; the run
-    resumes from its last checkpoint there and logs every epoch exactly once."""
-    runs, log = tmp_path / "runs", tmp_path / "train.log"
-    run_dir = runs / "nodeloss"
-    before = set(cluster.workers().values())
-    proc = _train(cluster, mn_data, runs, "nodeloss", "train.epochs=5", "train.max_failures=2", log=log)
-    _wait_for_epoch(run_dir, 2, proc, log)  # epoch 1's checkpoint is kept by now
-    lost = cluster.remove_worker()
-    lost_at = max(_epochs(run_dir))
-    added = cluster.add_worker()
-    out = _finish(proc, log)
-    assert proc.returncode == 0, out[-4000:]
-    assert lost_at < 5, "the node was removed after the run's last epoch"
-    assert _epochs(run_dir) == [1, 2, 3, 4, 5]
-    sessions = _sessions(run_dir)
-    assert {w["node_id"] for w in sessions[0]["workers"]} == before
-    assert {w["node_id"] for w in sessions[-1]["workers"]} == before - {lost} | {added}
-    assert 1 <= sessions[-1]["from_epoch"] <= lost_at < 5
-    print(f"\nnode {lost[:8]} removed after epoch {lost_at}; sessions: {json.dumps(sessions)}")
-    print(f"epochs: {_epochs(run_dir)}")
-
-
-def test_a_node_lost_without_failures_allowed_fails_with_a_clear_error(cluster, mn_data, tmp_path):
-    runs, log = tmp_path / "runs", tmp_path / "train.log"
-    run_dir = runs / "nofail"
-    proc = _train(cluster, mn_data, runs, "nofail", "train.epochs=4", "train.max_failures=0", log=log)
-    _wait_for_epoch(run_dir, 1, proc, log)
-    cluster.remove_worker()
-    cluster.add_worker()  # two worker nodes again, for the tests after this one
+    # 1. a node lost with no failure allowed: a clear error, nothing finished lost
+    proc = train("train.max_failures=0")
+    _wait_for_epoch(run_dir, 2, proc, log)
+    lost1 = cluster.remove_worker()
+    added1 = cluster.add_worker()
     out = _finish(proc, log)
     assert proc.returncode == 1, out[-4000:]
-    assert "training run 'nofail' failed after epoch" in out and "train.max_failures=0" in out, out[-4000:]
-    assert "rerun the same command to resume" in out
-    assert _epochs(run_dir)[-1] < 4
+    assert "training run 'faults' failed (last epoch logged: " in out and "train.max_failures=0" in out, out[-4000:]
+    assert "keeps the checkpoint of epoch 1; rerun the same command to resume from it" in out, out[-4000:]
+    failed_at = max(_epochs(run_dir))
+    assert failed_at < 6
+
+    # 2. rerun, failures allowed; 3. a worker process killed
+    proc = train("train.max_failures=2")
+    _wait_for_epoch(run_dir, failed_at + 1, proc, log)
+    killed = _kill_worker(run_dir, rank=1)
+    # 4. a node lost once the restarted group has finished an epoch
+    _wait_for_session_epoch(run_dir, 3, proc, log)
+    lost2 = cluster.remove_worker()
+    added2 = cluster.add_worker()
+    # 5. the driver interrupted once the group on the new node has finished an epoch, and the command rerun
+    _wait_for_session_epoch(run_dir, 4, proc, log)
+    interrupted_at = max(_epochs(run_dir))
+    proc.send_signal(signal.SIGINT)
+    _finish(proc, log, timeout=120)
+    assert proc.returncode != 0 and interrupted_at < 6, "the run ended before the interruption"
+    proc = train("train.max_failures=2")
+    out = _finish(proc, log)
+    assert proc.returncode == 0, out[-4000:]
+
+    assert _epochs(run_dir) == [1, 2, 3, 4, 5, 6]  # every epoch once, whatever ran twice
+    s = _sessions(run_dir)
+    assert len(s) == 5, s
+    assert all(sorted(w["rank"] for w in x["workers"]) == [0, 1] for x in s)
+    assert _nodes(s[0]) == first_nodes  # one worker on each worker node, none on the head
+    assert _nodes(s[1]) == first_nodes - {lost1} | {added1}
+    assert _nodes(s[2]) == _nodes(s[1]) and killed not in {w["pid"] for w in s[2]["workers"]}  # new process
+    assert _nodes(s[3]) == _nodes(s[2]) - {lost2} | {added2}
+    assert [x["from_epoch"] for x in s] == sorted(x["from_epoch"] for x in s) and s[0]["from_epoch"] == 0
+    assert all(x["from_epoch"] >= 1 for x in s[1:])  # every later session resumed from a checkpoint
+    assert out.count("resumed from checkpoint at epoch") >= 2  # (the log holds every session's lines)
+    print("\nsessions (from_epoch: rank -> node):")
+    for x in s:
+        print(f"  {x['from_epoch']}: " + ", ".join(f"{w['rank']} -> {w['node_id'][:8]} (pid {w['pid']})"
+                                                 for w in x["workers"]))  # fmt: skip
+    print(f"lost nodes {lost1[:8]}, {lost2[:8]}; replacements {added1[:8]}, {added2[:8]}; killed pid {killed}")
+    print(f"failed after epoch {failed_at}, interrupted after epoch {interrupted_at}; epochs: {_epochs(run_dir)}")
 
 
-def test_a_sweep_submitted_as_a_job_spreads_its_trials_over_the_nodes(cluster, mn_data, tmp_path):
+def test_a_sweep_job_spreads_over_the_nodes_and_a_stopped_one_resumes(cluster, mn_data, tmp_path):
+    """`rayeq sweep` submitted with `ray job submit` (token auth): two trials one after the other, each with a Train
+    worker on each worker node; the job stopped (`ray job stop`) once the first trial is done and submitted again
+    with --resume finishes the sweep, the finished trial not run again. A client without the token is refused."""
     work = tmp_path / "project"
     work.mkdir()
     base = [o for o in _overrides(mn_data, tmp_path / "unused", "x") if not o.startswith(("train.", "track."))]
     spec = {
         "name": "mn",
-        "base": {"config": None, "overrides": [*base, "train.batch_size=8", "train.epochs=2",
+        "base": {"config": None, "overrides": [*base, "train.batch_size=8", "train.epochs=1",
                                                "train.floor_probes=false", "train.worker_resources={trainer: 1}",
-                                               "track.backend=none"]},
+                                               "train.val_every_epochs=100", "track.backend=none"]},
         "space": {"loss.recon_weight": {"type": "loguniform", "low": 0.1, "high": 10}},
         "objectives": [{"metric": "val/top1", "mode": "max"}],
         "num_samples": 2,
-        "resources": {"workers": 1, "cpus_per_worker": 0.5},
+        "max_concurrent": 1,
+        "resources": {"workers": 2, "cpus_per_worker": 0.5},
         "storage_path": str(tmp_path / "sweeps"),
     }  # fmt: skip
     (work / "mn.yaml").write_text(yaml.safe_dump(spec))
-    # the sweep file by its path on the shared file system, not `--working-dir`: here every node shares one session
-    # directory, and a node's runtime-env agent deletes the unpacked working dir once its own trial is done,
-    # under the feet of the job's driver on the head (on a real cluster each node has its own copy)
-    cmd = [RAY_CLI, "job", "submit", "--address", f"http://{cluster.dashboard}", "--",
-           PY, "-m", "rayeq.cli", "sweep", str(work / "mn.yaml")]  # fmt: skip
-    proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "succeeded" in proc.stdout, (proc.stdout + proc.stderr)[-4000:]
+    address = f"http://{cluster.dashboard}"
+
+    def submit(*sweep_args: str, wait: bool = True) -> subprocess.CompletedProcess:
+        # the sweep file by its path on the shared file system, not `--working-dir`: here every node shares one
+        # session directory, and a node's runtime-env agent deletes the unpacked working dir once its own work is
+        # done, under the feet of the job's driver on the head (on a real cluster each node has its own copy)
+        cmd = [RAY_CLI, "job", "submit", "--address", address, *([] if wait else ["--no-wait"]), "--",
+               PY, "-m", "rayeq.cli", "sweep", str(work / "mn.yaml"), *sweep_args]  # fmt: skip
+        for _ in range(12):
+            proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600)
+            # after nodes come and go the head may briefly have no job agent to give the job to: Ray says to retry
+            if "No available agent to submit job" not in proc.stderr:
+                break
+            time.sleep(5)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        return proc
+
+    job_id = re.search(r"raysubmit_\w+", submit(wait=False).stdout).group(0)
+    trials = tmp_path / "sweeps" / "mn" / "trials"
+    end = time.monotonic() + 480
+    while len(list(trials.glob("*/config.yaml"))) < 2:  # the second trial starts once the first is done
+        assert time.monotonic() < end, "the sweep's second trial never started"
+        time.sleep(0.5)
+    stop = subprocess.run([RAY_CLI, "job", "stop", "--address", address, job_id], env=cluster.env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert stop.returncode == 0, (stop.stdout + stop.stderr)[-3000:]
+    done = {p.parent.name for p in trials.glob("*/metrics.jsonl") if _epochs(p.parent) == [1]}
+    assert len(done) == 1, done  # the first trial finished before the stop, the second did not
+
+    proc = submit("--resume")
+    assert "succeeded" in proc.stdout and "resuming sweep mn" in proc.stdout, proc.stdout[-4000:]
     with open(tmp_path / "sweeps" / "mn" / "sweep_results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(r["status"] == "complete" for r in rows), rows
-    runs = sorted((tmp_path / "sweeps" / "mn").rglob("workers.jsonl"))
-    nodes = {w["node_id"] for p in runs for s in _sessions(p.parent) for w in s["workers"]}
-    assert len(runs) == 2 and len(nodes) == 2 and nodes <= set(cluster.nodes.values()) - {cluster.nodes["head"]}
+    assert all(_epochs(Path(r["run_dir"])) == [1] for r in rows)  # the finished trial not run again
+    workers = set(cluster.workers().values())
+    for r in rows:  # each trial's two workers on the two worker nodes
+        assert all(_nodes(x) == workers for x in _sessions(Path(r["run_dir"]))), r["trial"]
 
     # a client without the cluster's token is refused
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
-    proc = subprocess.run([RAY_CLI, "job", "list", "--address", f"http://{cluster.dashboard}"], env=env,
+    proc = subprocess.run([RAY_CLI, "job", "list", "--address", address], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode != 0, proc.stdout[-2000:]

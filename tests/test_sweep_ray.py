@@ -124,53 +124,26 @@ def test_rerun_is_refused_and_resume_keeps_finished_trials(finished_sweep, sweep
         run_sweep(_sweep_file(tmp, sweep_data, name="fresh"), resume=True, log=lambda *a: None)
 
 
-def test_ray_job_submit_runs_the_sweep_and_a_stopped_sweep_resumes(ray_session, sweep_data, tmp_path):
-    """`ray job submit --working-dir . -- rayeq sweep ...` against the session's own head node; the job stopped
-    (`ray job stop`) once its first trial is done, then submitted again with --resume, finishes the sweep: both
-    trials complete, the finished one not run again (its epochs logged once)."""
-    import re
-    import time
-
+def test_ray_job_submit_runs_the_sweep(ray_session, sweep_data, tmp_path):
+    """`ray job submit --working-dir . -- rayeq sweep ...` against the session's own head node (stopped and resumed
+    on a multi-node cluster: tests/test_multinode.py)."""
     import ray
 
     dashboard = ray._private.worker.get_dashboard_url()
     assert dashboard, "the session's Ray instance has no dashboard (needed for jobs)"
     work = tmp_path / "project"
     work.mkdir()
-    spec = yaml.safe_load(_sweep_file(work, sweep_data, name="job", samples=2).read_text())
-    spec["max_concurrent"] = 1  # one trial after the other
-    (work / "job.yaml").write_text(yaml.safe_dump(spec))
+    spec = _sweep_file(work, sweep_data, name="job", samples=1)
+    spec.rename(work / "job.yaml")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray >= 2.59 heads use token auth
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    out = tmp_path / "out"
-
-    def submit(*extra: str, wait: bool = True) -> subprocess.CompletedProcess:
-        cmd = [ray_cli, "job", "submit", "--address", f"http://{dashboard}", "--working-dir", str(work),
-               *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "rayeq.cli", "sweep", "job.yaml",
-               "--storage-path", str(out), *extra]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        # the verdict is on stdout; stderr carries Ray's warnings, which grow on a loaded machine (the last 3,000
-        # characters of both together once lost the verdict behind them: the flaky failure this test had)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-        return proc
-
-    job_id = re.search(r"raysubmit_\w+", submit(wait=False).stdout).group(0)
-    trials = out / "job" / "trials"
-    end = time.monotonic() + 480
-    while len(list(trials.glob("*/config.yaml"))) < 2:  # the second trial starts once the first is done
-        assert time.monotonic() < end, "the sweep's second trial never started"
-        time.sleep(0.5)
-    stop = subprocess.run([ray_cli, "job", "stop", "--address", f"http://{dashboard}", job_id], env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert stop.returncode == 0, (stop.stdout + stop.stderr)[-3000:]
-    done = {p.parent.name: _epochs(p.parent) for p in trials.glob("*/metrics.jsonl") if _epochs(p.parent) == [1, 2]}
-    assert len(done) == 1, done  # the first trial finished before the stop, the second did not
-
-    proc = submit("--resume")
-    assert "succeeded" in proc.stdout and "resuming sweep job" in proc.stdout, proc.stdout[-4000:]
-    with open(out / "job" / "sweep_results.csv") as f:
+    ray_cli = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_cli), "job", "submit", "--address", f"http://{dashboard}", "--working-dir", str(work), "--",
+           sys.executable, "-m", "rayeq.cli", "sweep", "job.yaml", "--storage-path", str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # the verdict is on stdout; stderr carries Ray's warnings, which grow on a loaded machine (the last 3,000
+    # characters of both together once lost the verdict behind them: the flaky failure this test had)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "succeeded" in proc.stdout, proc.stdout[-4000:]
+    with open(tmp_path / "out" / "job" / "sweep_results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and all(r["status"] == "complete" for r in rows), rows
-    for name, epochs in done.items():
-        assert _epochs(trials / name) == epochs  # not run again
-    assert all(_epochs(Path(r["run_dir"])) == [1, 2] for r in rows)
+    assert len(rows) == 1 and rows[0]["status"] == "complete"

@@ -1,4 +1,5 @@
-"""Ray Train runs on 2 CPU workers: completes and learns, resumes, survives a worker crash, tracks.
+"""Ray Train runs on 2 CPU workers: completes and learns, resumes, refuses another config, stops on a corrupt view,
+tracks (a worker killed, a node lost: tests/test_multinode.py).
 These share one local Ray instance (the session fixture) and a small synth3d set."""
 
 import json
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _hooks import FaultInjection, RecordResume, by_value
+from _hooks import RecordResume, by_value
 
 from rayeq.config import ConfigError, load_config
 from rayeq.train.driver import run_dir_of, run_training
@@ -138,29 +139,6 @@ def test_resume_under_changed_config_is_refused(first_run, train_data):
         run_training(_cfg(train_data, tmp, "run", "loss.recon_weight=3"), log=lambda *a: None)
 
 
-def test_injected_worker_crash_is_survived_with_the_full_epoch_count(ray_session, train_data, tmp_path):
-    cfg = _cfg(train_data, tmp_path, "crash", "train.max_failures=1")
-    res = run_training(cfg, log=lambda *a: None, hooks=[FaultInjection(run_dir_of(cfg), epoch=1)])
-    rows = _epochs(res.run_dir)
-    assert (res.run_dir / ".fault_injected").read_text().startswith("rank 1 epoch 2")  # the worker did die
-    assert res.metrics["epoch"] == 3
-    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 2 ran after the restart, from epoch 1's checkpoint
-
-
-def test_without_failures_allowed_the_crash_fails_the_run(ray_session, train_data, tmp_path):
-    """The run fails with Ray Train's error, and the failure is the injected one: worker 1 died in epoch 2."""
-    from ray.train import TrainingFailedError
-
-    cfg = _cfg(train_data, tmp_path, "crash0", "train.max_failures=0", "train.epochs=2")
-    with pytest.raises(TrainingFailedError) as exc:
-        run_training(cfg, log=lambda *a: None, hooks=[FaultInjection(run_dir_of(cfg), epoch=1)])
-    run_dir = tmp_path / "runs" / "crash0"
-    assert (run_dir / ".fault_injected").read_text() == "rank 1 epoch 2\n"
-    msg = str(exc.value)  # Ray Train's WorkerGroupError: one snippet per rank
-    assert "[Rank 1 Error Snippet]" in msg and "died unexpectedly" in msg, msg
-    assert [r["epoch"] for r in _epochs(run_dir)] == [1]  # epoch 1 finished; nothing after the crash
-
-
 def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):
     """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its terms fall;
     its checkpoint loads as an encoder for `rayeq eval`."""
@@ -177,3 +155,28 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     assert loaded.cfg.method.name == "supervised" and loaded.num_classes == 4
     x = torch.zeros(2, 3, 32, 32)
     assert loaded.encoder().encode(x).shape == (2, 512)
+
+
+def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path):
+    """Every view of one object unreadable, read from the PNG shards (no decoded copy, which would refuse it before
+    training): the run stops in its first epoch naming the shard, the object and `data.skip_corrupt`."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.train import TrainingFailedError
+
+    from rayeq.train.driver import failure_message
+
+    bad = tmp_path / "bad"
+    shutil.copytree(train_data, bad)
+    shard = sorted(bad.glob("shard-*.parquet"))[0]
+    rows = pq.read_table(shard).to_pylist()
+    rows[0]["images"] = [b"not a png"] * len(rows[0]["images"])
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), shard)
+    cfg = _cfg(bad, tmp_path, "corrupt", "data.decoded=false", "train.epochs=1")
+    with pytest.raises(TrainingFailedError) as exc:
+        run_training(cfg, log=lambda *a: None)
+    msg = failure_message(cfg, exc.value)
+    assert "corrupt image in shard" in msg and rows[0]["object_id"] in msg and "data.skip_corrupt" in msg, msg
+    # (with data.skip_corrupt the pair maker skips and counts them: tests/test_pipeline.py)

@@ -199,11 +199,19 @@ def test_metrics_file_keeps_one_line_per_epoch_when_an_epoch_runs_again(tmp_path
 
 
 def test_a_failed_run_says_what_is_kept_and_how_to_go_on(tmp_path):
+    import json
+
     from rayeq.train.driver import failure_message
 
     cfg = load_config(None, [f"train.storage_path={tmp_path}", "train.name=r", "train.epochs=6"])
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
-    msg = failure_message(cfg, RuntimeError("\nWorkerGroupError: the actor's node died\nmore"))
-    assert "'r' failed after epoch 2 of 6" in msg and "train.max_failures=0" in msg
-    assert "the actor's node died" in msg and "rerun the same command to resume" in msg
+    exc = RuntimeError("Training failed due to worker errors:\nWorkerGroupError: the actor's node died\nmore")
+    msg = failure_message(cfg, exc)
+    assert "'r' failed (last epoch logged: 2 of 6; train.max_failures=0" in msg
+    assert "the actor's node died" in msg and "no checkpoint was kept yet" in msg
+    # the epoch Ray Train resumes from is the one in its checkpoint manager's snapshot, not the last line
+    snap = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_x", "metrics": {"epoch": 1}}}
+    (tmp_path / "r" / "checkpoint_manager_snapshot.json").write_text(json.dumps(snap))
+    msg = failure_message(cfg, exc)
+    assert "keeps the checkpoint of epoch 1; rerun the same command to resume from it" in msg

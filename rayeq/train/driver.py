@@ -190,6 +190,17 @@ def build_trainer(
     return trainer, run_dir, track_repo
 
 
+def kept_epoch(run_dir: Path) -> int | None:
+    """The epoch of the checkpoint Ray Train resumes from (its checkpoint manager's snapshot), if any."""
+    import json
+
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snap["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     """What a user needs after Ray Train gave up: which run, what failed, what is kept, how to go on."""
     import json
@@ -197,18 +208,27 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     run_dir = run_dir_of(cfg)
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    done = json.loads(lines[-1])["epoch"] if lines else 0
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # Ray's first line is a heading ("Training failed due to worker errors:"); the cause is further down
-    cause = next((x for x in lines if "died" in x or "Error:" in x), lines[0] if lines else type(exc).__name__)
+    logged = json.loads(lines[-1])["epoch"] if lines else 0
+    kept = kept_epoch(run_dir)
+    errors = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # Ray's first line is a heading ("Training failed due to worker errors:"); the cause is further down: one of
+    # rayeq's own errors (which name the culprit), else a lost actor or node, else the first error line
+    cause = next(
+        (x for pick in ("DataError", "ConfigError", "died", "Error:") for x in errors if pick in x),
+        errors[0] if errors else type(exc).__name__,
+    )
     allowed = cfg.train.max_failures
+    retries = "no lost worker or node is retried" if allowed == 0 else f"its {allowed} restart(s) were used up"
+    resume = (
+        f"{run_dir} keeps the checkpoint of epoch {kept}; rerun the same command to resume from it"
+        if kept
+        else "no checkpoint was kept yet; rerunning the same command starts again from epoch 1"
+    )
     return (
-        f"training run {cfg.train.name!r} failed after epoch {done} of {cfg.train.epochs} "
-        f"(train.max_failures={allowed}: "
-        + ("no lost worker or node is retried" if allowed == 0 else f"{allowed} restart(s) were used up")
-        + f"). Ray Train said: {cause[:400]}\n"
-        f"Nothing finished is lost: {run_dir} keeps the checkpoint of epoch {done}; rerun the same command to "
-        "resume from it, or set train.max_failures=N (-1: no limit) so that Ray restarts lost workers by itself."
+        f"training run {cfg.train.name!r} failed (last epoch logged: {logged} of {cfg.train.epochs}; "
+        f"train.max_failures={allowed}: {retries}). Ray Train said: {cause[:400]}\n"
+        f"Nothing finished is lost: {resume}, or set train.max_failures=N (-1: no limit) so that Ray restarts "
+        "lost workers by itself."
     )
 
 
