@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -103,7 +104,19 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mn_data(tmp_path_factory):
-    return rendered_set(tmp_path_factory, "mn", classes=4, objects_per_class=15, views=4, size=32, seed=2)
+    """A small synth3d set with every object in the train split: no validation pipeline (an actor, its process and
+    a pass over the val split) in each of the many sessions these tests start; the run's probes report on train."""
+    import pyarrow.parquet as pq
+
+    out = rendered_set(tmp_path_factory, "mn", classes=4, objects_per_class=15, views=4, size=32, seed=2)
+    for shard in sorted(out.glob("shard-*.parquet")):
+        table = pq.read_table(shard)
+        split = table.schema.get_field_index("split")
+        pq.write_table(table.set_column(split, "split", pa.array(["train"] * table.num_rows)), shard)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["splits"] = {"train": sum(meta["splits"].values()), "val": 0}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out
 
 
 def _overrides(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
@@ -112,7 +125,7 @@ def _overrides(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
         "model.stem=compact", "model.projector=[64,64]", "method.decoder.width=16",
         "optim.scale_lr=false", "optim.warmup_epochs=0", "train.floor_probes=false",
         "train.num_workers=2", "train.cpus_per_worker=0.5", "train.worker_resources={trainer: 1}",
-        "train.batch_size=8", "train.log_every_steps=100", "train.val_every_epochs=100", "track.backend=none",
+        "train.batch_size=8", "train.log_every_steps=100", "track.backend=none",
         f"train.storage_path={runs}", f"train.name={name}", *extra,
     ]  # fmt: skip
 
@@ -167,6 +180,19 @@ def _wait_for_session_epoch(run_dir: Path, sessions: int, proc: subprocess.Popen
         time.sleep(0.2)
 
 
+def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, log: Path, timeout: float = 120) -> int:
+    """Until Ray Train has kept the checkpoint of the last epoch logged (its line comes first), so that the fault
+    that follows lands in the next epoch; returns that epoch."""
+    from rayeq.train.driver import kept_epoch
+
+    end = time.monotonic() + timeout
+    while (kept_epoch(run_dir) or 0) < max(_epochs(run_dir)):
+        assert proc.poll() is None, f"run ended early:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < end, f"no checkpoint of epoch {max(_epochs(run_dir))} in {timeout}s"
+        time.sleep(0.2)
+    return max(_epochs(run_dir))
+
+
 def _kill_worker(run_dir: Path, rank: int) -> int:
     """SIGKILL the Train worker process of `rank` in the run's latest session (the pid from workers.jsonl)."""
     pid = next(w["pid"] for w in _sessions(run_dir)[-1]["workers"] if w["rank"] == rank)
@@ -179,7 +205,7 @@ def _nodes(session: dict) -> set[str]:
 
 
 def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path):
-    """One `rayeq train` run of 6 epochs, its two Train workers on the two worker nodes (each asks for the
+    """One `rayeq train` run of 7 epochs, its two Train workers on the two worker nodes (each asks for the
     `trainer` resource that only they offer), through five sessions:
 
     1. `train.max_failures=0`: a worker node removed after epoch 2 -> exit 1 with rayeq's message (which epoch is
@@ -194,39 +220,42 @@ def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path
     first_nodes = set(cluster.workers().values())
 
     def train(*extra: str) -> subprocess.Popen:
-        return _train(cluster, mn_data, runs, "faults", "train.epochs=6", *extra, log=log)
+        return _train(cluster, mn_data, runs, "faults", "train.epochs=7", *extra, log=log)
 
     # 1. a node lost with no failure allowed: a clear error, nothing finished lost
     proc = train("train.max_failures=0")
     _wait_for_epoch(run_dir, 2, proc, log)
+    kept1 = _wait_for_checkpoint(run_dir, proc, log)
     lost1 = cluster.remove_worker()
     added1 = cluster.add_worker()
     out = _finish(proc, log)
     assert proc.returncode == 1, out[-4000:]
     assert "training run 'faults' failed (last epoch logged: " in out and "train.max_failures=0" in out, out[-4000:]
-    assert "keeps the checkpoint of epoch 1; rerun the same command to resume from it" in out, out[-4000:]
+    assert f"keeps the checkpoint of epoch {kept1}; rerun the same command to resume from it" in out, out[-4000:]
     failed_at = max(_epochs(run_dir))
-    assert failed_at < 6
+    assert failed_at < 7
 
     # 2. rerun, failures allowed; 3. a worker process killed
     proc = train("train.max_failures=2")
     _wait_for_epoch(run_dir, failed_at + 1, proc, log)
+    _wait_for_checkpoint(run_dir, proc, log)
     killed = _kill_worker(run_dir, rank=1)
     # 4. a node lost once the restarted group has finished an epoch
     _wait_for_session_epoch(run_dir, 3, proc, log)
+    _wait_for_checkpoint(run_dir, proc, log)
     lost2 = cluster.remove_worker()
     added2 = cluster.add_worker()
     # 5. the driver interrupted once the group on the new node has finished an epoch, and the command rerun
     _wait_for_session_epoch(run_dir, 4, proc, log)
-    interrupted_at = max(_epochs(run_dir))
+    interrupted_at = _wait_for_checkpoint(run_dir, proc, log)
     proc.send_signal(signal.SIGINT)
     _finish(proc, log, timeout=120)
-    assert proc.returncode != 0 and interrupted_at < 6, "the run ended before the interruption"
+    assert proc.returncode != 0 and interrupted_at < 7, "the run ended before the interruption"
     proc = train("train.max_failures=2")
     out = _finish(proc, log)
     assert proc.returncode == 0, out[-4000:]
 
-    assert _epochs(run_dir) == [1, 2, 3, 4, 5, 6]  # every epoch once, whatever ran twice
+    assert _epochs(run_dir) == [1, 2, 3, 4, 5, 6, 7]  # every epoch once, whatever ran twice
     s = _sessions(run_dir)
     assert len(s) == 5, s
     assert all(sorted(w["rank"] for w in x["workers"]) == [0, 1] for x in s)
@@ -234,8 +263,8 @@ def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path
     assert _nodes(s[1]) == first_nodes - {lost1} | {added1}
     assert _nodes(s[2]) == _nodes(s[1]) and killed not in {w["pid"] for w in s[2]["workers"]}  # new process
     assert _nodes(s[3]) == _nodes(s[2]) - {lost2} | {added2}
-    assert [x["from_epoch"] for x in s] == sorted(x["from_epoch"] for x in s) and s[0]["from_epoch"] == 0
-    assert all(x["from_epoch"] >= 1 for x in s[1:])  # every later session resumed from a checkpoint
+    # every later session resumed from the checkpoint kept before its fault: each made progress
+    assert [x["from_epoch"] for x in s] == sorted({x["from_epoch"] for x in s}) and s[0]["from_epoch"] == 0, s
     assert out.count("resumed from checkpoint at epoch") >= 2  # (the log holds every session's lines)
     print("\nsessions (from_epoch: rank -> node):")
     for x in s:
@@ -246,22 +275,22 @@ def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path
 
 
 def test_a_sweep_job_spreads_over_the_nodes_and_a_stopped_one_resumes(cluster, mn_data, tmp_path):
-    """`rayeq sweep` submitted with `ray job submit` (token auth): two trials one after the other, each with a Train
-    worker on each worker node; the job stopped (`ray job stop`) once the first trial is done and submitted again
-    with --resume finishes the sweep, the finished trial not run again. A client without the token is refused."""
+    """`rayeq sweep` submitted with `ray job submit` (token auth): two trials at once, each Train worker asking for
+    the `trainer` resource, so one on each worker node; the job stopped (`ray job stop`) once both trials have
+    logged their first epoch, and submitted again with --resume, finishes: both trials complete from their
+    checkpoints, every epoch logged once. A client without the token is refused."""
     work = tmp_path / "project"
     work.mkdir()
     base = [o for o in _overrides(mn_data, tmp_path / "unused", "x") if not o.startswith(("train.", "track."))]
     spec = {
         "name": "mn",
-        "base": {"config": None, "overrides": [*base, "train.batch_size=8", "train.epochs=1",
+        "base": {"config": None, "overrides": [*base, "train.batch_size=8", "train.epochs=3",
                                                "train.floor_probes=false", "train.worker_resources={trainer: 1}",
-                                               "train.val_every_epochs=100", "track.backend=none"]},
+                                               "track.backend=none"]},
         "space": {"loss.recon_weight": {"type": "loguniform", "low": 0.1, "high": 10}},
-        "objectives": [{"metric": "val/top1", "mode": "max"}],
+        "objectives": [{"metric": "train/top1", "mode": "max"}],
         "num_samples": 2,
-        "max_concurrent": 1,
-        "resources": {"workers": 2, "cpus_per_worker": 0.5},
+        "resources": {"workers": 1, "cpus_per_worker": 0.5},
         "storage_path": str(tmp_path / "sweeps"),
     }  # fmt: skip
     (work / "mn.yaml").write_text(yaml.safe_dump(spec))
@@ -285,24 +314,31 @@ def test_a_sweep_job_spreads_over_the_nodes_and_a_stopped_one_resumes(cluster, m
     job_id = re.search(r"raysubmit_\w+", submit(wait=False).stdout).group(0)
     trials = tmp_path / "sweeps" / "mn" / "trials"
     end = time.monotonic() + 480
-    while len(list(trials.glob("*/config.yaml"))) < 2:  # the second trial starts once the first is done
-        assert time.monotonic() < end, "the sweep's second trial never started"
-        time.sleep(0.5)
+    while sum(1 for p in trials.glob("*/metrics.jsonl") if _epochs(p.parent)) < 2:
+        assert time.monotonic() < end, "the sweep's trials never logged an epoch"
+        time.sleep(0.2)
     stop = subprocess.run([RAY_CLI, "job", "stop", "--address", address, job_id], env=cluster.env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert stop.returncode == 0, (stop.stdout + stop.stderr)[-3000:]
-    done = {p.parent.name for p in trials.glob("*/metrics.jsonl") if _epochs(p.parent) == [1]}
-    assert len(done) == 1, done  # the first trial finished before the stop, the second did not
+    stopped_at = {p.parent.name: _epochs(p.parent) for p in trials.glob("*/metrics.jsonl")}
+    assert all(e[-1] < 3 for e in stopped_at.values()), stopped_at  # both were stopped mid-run
+    from rayeq.train.driver import kept_epoch
+
+    kept = {name: kept_epoch(trials / name) or 0 for name in stopped_at}  # what Ray Train resumes from
 
     proc = submit("--resume")
     assert "succeeded" in proc.stdout and "resuming sweep mn" in proc.stdout, proc.stdout[-4000:]
     with open(tmp_path / "sweeps" / "mn" / "sweep_results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(r["status"] == "complete" for r in rows), rows
-    assert all(_epochs(Path(r["run_dir"])) == [1] for r in rows)  # the finished trial not run again
-    workers = set(cluster.workers().values())
-    for r in rows:  # each trial's two workers on the two worker nodes
-        assert all(_nodes(x) == workers for x in _sessions(Path(r["run_dir"]))), r["trial"]
+    nodes = set()
+    for r in rows:
+        run_dir = Path(r["run_dir"])
+        assert _epochs(run_dir) == [1, 2, 3], r["trial"]  # each epoch once
+        assert _sessions(run_dir)[-1]["from_epoch"] == kept[run_dir.name], r["trial"]  # from its kept checkpoint
+        nodes |= _nodes(_sessions(run_dir)[0])
+    assert nodes == set(cluster.workers().values())  # the two trials on the two worker nodes
+    print(f"\nsweep stopped at {stopped_at} (checkpoints kept: {kept}); resumed, complete: {len(rows)} trials")
 
     # a client without the cluster's token is refused
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}

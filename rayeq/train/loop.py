@@ -42,12 +42,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     hooks = list(config.get("hooks", ()))
 
     run_id, checkpoint = None, ray.train.get_checkpoint()
+    last_val: dict[str, float] = {}
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = TrainState.load(d)
         state.check_config(info.config_hash, info.force)
         engine.load_state_dict(state.training_state())
         run_id = state.tracker_run_id
+        # the checkpoint's validation is carried forward (a resumed session need not validate at once)
+        last_val = {k: v for k, v in state.metrics.items() if k.startswith("val/")}
         for h in hooks:
             h.on_restored(engine)
         if is_main:
@@ -67,7 +70,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     epochs = cfg.train.epochs
     if engine.epoch >= epochs and is_main:
         write(f"run already complete ({engine.epoch}/{epochs} epochs); raise train.epochs to continue")
-    last_val: dict[str, float] = {}
     # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps; lazy: the
     # dataset runs from the first batch taken
     stream = iter(
@@ -80,8 +82,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     while engine.epoch < epochs:
         result = engine.run_epoch(itertools.islice(stream, engine.steps_per_epoch), hooks)
-        # validate every N epochs, at the end, and in the first epoch of a session (so that the val
-        # metrics, the checkpoint score among them, are in every report); carried forward in between
+        # validate every N epochs, at the end, and in a new run's first epoch (so that the val metrics, the
+        # checkpoint score among them, are in every report); carried forward in between and across a resume
         if info.has_val and (engine.epoch % cfg.train.val_every_epochs == 0 or engine.epoch == epochs or not last_val):
             val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=engine.val_batch_size)
             val = itertools.islice(val, cfg.train.val_steps)  # None: all of them
