@@ -214,7 +214,7 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     # Ray's first line is a heading ("Training failed due to worker errors:"); the cause is further down: one of
     # rayeq's own errors (which name the culprit), else a lost actor or node, else the first error line
     cause = next(
-        (x for pick in ("DataError", "ConfigError", "died", "Error:") for x in errors if pick in x),
+        (x for pick in ("DataError", "ConfigError", "node has died", "died", "Error:") for x in errors if pick in x),
         errors[0] if errors else type(exc).__name__,
     )
     allowed = cfg.train.max_failures
