@@ -200,3 +200,9 @@ def test_launcher_configs_turn_token_auth_on_and_share_storage_with_the_containe
     assert "-e RAYEQ_CACHE=/mnt/shared/cache" in opts
     starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    # these commands run on the nodes: a variable of the user's shell would be empty there (Ray sets RAY_HEAD_IP)
+    import re
+
+    commands = [c for k in ("initialization_commands", "setup_commands", "head_start_ray_commands",
+                            "worker_start_ray_commands") for c in cfg[k]]  # fmt: skip
+    assert {v for c in commands for v in re.findall(r"\$\{?([A-Za-z_]\w*)", c)} <= {"RAY_HEAD_IP"}
