@@ -95,7 +95,13 @@ def cluster(tmp_path_factory):
     # a short private temp dir (Ray's socket paths must stay under ~100 characters), never /tmp/ray
     tmp = tempfile.mkdtemp(prefix="rqmn-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONUNBUFFERED="1")
+    env.update(
+        RAY_TMPDIR=tmp,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        PYTHONUNBUFFERED="1",
+        RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+    )  # one process less per session (no cloud to preempt here)
     c = LocalCluster(env, tmp_path_factory.mktemp("cluster") / "cluster.log")
     yield c
     c.close()
@@ -204,76 +210,6 @@ def _nodes(session: dict) -> set[str]:
     return {w["node_id"] for w in session["workers"]}
 
 
-def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path):
-    """One `rayeq train` run of 7 epochs, its two Train workers on the two worker nodes (each asks for the
-    `trainer` resource that only they offer), through five sessions:
-
-    1. `train.max_failures=0`: a worker node removed after epoch 2 -> exit 1 with rayeq's message (which epoch is
-       kept, how to go on); a replacement node joins;
-    2. the command rerun with `train.max_failures=2` (an operational key) resumes from the last checkpoint;
-    3. a Train worker process SIGKILLed -> Ray Train restarts the group on the same nodes from the last checkpoint;
-    4. a worker node removed -> the group restarts on the remaining node and a replacement the test adds;
-    5. the driver interrupted (SIGINT, as Ctrl-C) and the command rerun -> resumes and finishes.
-    Every epoch is logged exactly once; `workers.jsonl` shows where each session ran."""
-    runs, log = tmp_path / "runs", tmp_path / "train.log"
-    run_dir = runs / "faults"
-    first_nodes = set(cluster.workers().values())
-
-    def train(*extra: str) -> subprocess.Popen:
-        return _train(cluster, mn_data, runs, "faults", "train.epochs=7", *extra, log=log)
-
-    # 1. a node lost with no failure allowed: a clear error, nothing finished lost
-    proc = train("train.max_failures=0")
-    _wait_for_epoch(run_dir, 2, proc, log)
-    kept1 = _wait_for_checkpoint(run_dir, proc, log)
-    lost1 = cluster.remove_worker()
-    added1 = cluster.add_worker()
-    out = _finish(proc, log)
-    assert proc.returncode == 1, out[-4000:]
-    assert "training run 'faults' failed (last epoch logged: " in out and "train.max_failures=0" in out, out[-4000:]
-    assert f"keeps the checkpoint of epoch {kept1}; rerun the same command to resume from it" in out, out[-4000:]
-    failed_at = max(_epochs(run_dir))
-    assert failed_at < 7
-
-    # 2. rerun, failures allowed; 3. a worker process killed
-    proc = train("train.max_failures=2")
-    _wait_for_epoch(run_dir, failed_at + 1, proc, log)
-    _wait_for_checkpoint(run_dir, proc, log)
-    killed = _kill_worker(run_dir, rank=1)
-    # 4. a node lost once the restarted group has finished an epoch
-    _wait_for_session_epoch(run_dir, 3, proc, log)
-    _wait_for_checkpoint(run_dir, proc, log)
-    lost2 = cluster.remove_worker()
-    added2 = cluster.add_worker()
-    # 5. the driver interrupted once the group on the new node has finished an epoch, and the command rerun
-    _wait_for_session_epoch(run_dir, 4, proc, log)
-    interrupted_at = _wait_for_checkpoint(run_dir, proc, log)
-    proc.send_signal(signal.SIGINT)
-    _finish(proc, log, timeout=120)
-    assert proc.returncode != 0 and interrupted_at < 7, "the run ended before the interruption"
-    proc = train("train.max_failures=2")
-    out = _finish(proc, log)
-    assert proc.returncode == 0, out[-4000:]
-
-    assert _epochs(run_dir) == [1, 2, 3, 4, 5, 6, 7]  # every epoch once, whatever ran twice
-    s = _sessions(run_dir)
-    assert len(s) == 5, s
-    assert all(sorted(w["rank"] for w in x["workers"]) == [0, 1] for x in s)
-    assert _nodes(s[0]) == first_nodes  # one worker on each worker node, none on the head
-    assert _nodes(s[1]) == first_nodes - {lost1} | {added1}
-    assert _nodes(s[2]) == _nodes(s[1]) and killed not in {w["pid"] for w in s[2]["workers"]}  # new process
-    assert _nodes(s[3]) == _nodes(s[2]) - {lost2} | {added2}
-    # every later session resumed from the checkpoint kept before its fault: each made progress
-    assert [x["from_epoch"] for x in s] == sorted({x["from_epoch"] for x in s}) and s[0]["from_epoch"] == 0, s
-    assert out.count("resumed from checkpoint at epoch") >= 2  # (the log holds every session's lines)
-    print("\nsessions (from_epoch: rank -> node):")
-    for x in s:
-        print(f"  {x['from_epoch']}: " + ", ".join(f"{w['rank']} -> {w['node_id'][:8]} (pid {w['pid']})"
-                                                 for w in x["workers"]))  # fmt: skip
-    print(f"lost nodes {lost1[:8]}, {lost2[:8]}; replacements {added1[:8]}, {added2[:8]}; killed pid {killed}")
-    print(f"failed after epoch {failed_at}, interrupted after epoch {interrupted_at}; epochs: {_epochs(run_dir)}")
-
-
 def test_a_sweep_job_spreads_over_the_nodes_and_a_stopped_one_resumes(cluster, mn_data, tmp_path):
     """`rayeq sweep` submitted with `ray job submit` (token auth): two trials at once, each Train worker asking for
     the `trainer` resource, so one on each worker node; the job stopped (`ray job stop`) once both trials have
@@ -346,3 +282,73 @@ def test_a_sweep_job_spreads_over_the_nodes_and_a_stopped_one_resumes(cluster, m
     proc = subprocess.run([RAY_CLI, "job", "list", "--address", address], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode != 0, proc.stdout[-2000:]
+
+
+def test_one_run_through_every_fault_a_cluster_brings(cluster, mn_data, tmp_path):
+    """One `rayeq train` run of 7 epochs, its two Train workers on the two worker nodes (each asks for the
+    `trainer` resource that only they offer), through five sessions:
+
+    1. `train.max_failures=0`: a worker node removed after epoch 2 -> exit 1 with rayeq's message (which epoch is
+       kept, how to go on); a replacement node joins;
+    2. the command rerun with `train.max_failures=2` (an operational key) resumes from the last checkpoint;
+    3. a Train worker process SIGKILLed -> Ray Train restarts the group on the same nodes from the last checkpoint;
+    4. a worker node removed -> the group restarts on the remaining node and a replacement the test adds;
+    5. the driver interrupted (SIGINT, as Ctrl-C) and the command rerun -> resumes and finishes.
+    Every epoch is logged exactly once; `workers.jsonl` shows where each session ran."""
+    runs, log = tmp_path / "runs", tmp_path / "train.log"
+    run_dir = runs / "faults"
+    first_nodes = set(cluster.workers().values())
+
+    def train(*extra: str) -> subprocess.Popen:
+        return _train(cluster, mn_data, runs, "faults", "train.epochs=7", *extra, log=log)
+
+    # 1. a node lost with no failure allowed: a clear error, nothing finished lost
+    proc = train("train.max_failures=0")
+    _wait_for_epoch(run_dir, 2, proc, log)
+    kept1 = _wait_for_checkpoint(run_dir, proc, log)
+    lost1 = cluster.remove_worker()
+    added1 = cluster.add_worker()
+    out = _finish(proc, log)
+    assert proc.returncode == 1, out[-4000:]
+    assert "training run 'faults' failed (last epoch logged: " in out and "train.max_failures=0" in out, out[-4000:]
+    assert f"keeps the checkpoint of epoch {kept1}; rerun the same command to resume from it" in out, out[-4000:]
+    failed_at = max(_epochs(run_dir))
+    assert failed_at < 7
+
+    # 2. rerun, failures allowed; 3. a worker process killed
+    proc = train("train.max_failures=2")
+    _wait_for_epoch(run_dir, failed_at + 1, proc, log)
+    _wait_for_checkpoint(run_dir, proc, log)
+    killed = _kill_worker(run_dir, rank=1)
+    # 4. a node lost once the restarted group has finished an epoch
+    _wait_for_session_epoch(run_dir, 3, proc, log)
+    _wait_for_checkpoint(run_dir, proc, log)
+    lost2 = cluster.remove_worker()
+    added2 = cluster.add_worker()
+    # 5. the driver interrupted once the group on the new node has finished an epoch, and the command rerun
+    _wait_for_session_epoch(run_dir, 4, proc, log)
+    interrupted_at = _wait_for_checkpoint(run_dir, proc, log)
+    proc.send_signal(signal.SIGINT)
+    _finish(proc, log, timeout=120)
+    assert proc.returncode != 0 and interrupted_at < 7, "the run ended before the interruption"
+    proc = train("train.max_failures=2")
+    out = _finish(proc, log)
+    assert proc.returncode == 0, out[-4000:]
+
+    assert _epochs(run_dir) == [1, 2, 3, 4, 5, 6, 7]  # every epoch once, whatever ran twice
+    s = _sessions(run_dir)
+    assert len(s) == 5, s
+    assert all(sorted(w["rank"] for w in x["workers"]) == [0, 1] for x in s)
+    assert _nodes(s[0]) == first_nodes  # one worker on each worker node, none on the head
+    assert _nodes(s[1]) == first_nodes - {lost1} | {added1}
+    assert _nodes(s[2]) == _nodes(s[1]) and killed not in {w["pid"] for w in s[2]["workers"]}  # new process
+    assert _nodes(s[3]) == _nodes(s[2]) - {lost2} | {added2}
+    # every later session resumed from the checkpoint kept before its fault: each made progress
+    assert [x["from_epoch"] for x in s] == sorted({x["from_epoch"] for x in s}) and s[0]["from_epoch"] == 0, s
+    assert out.count("resumed from checkpoint at epoch") >= 2  # (the log holds every session's lines)
+    print("\nsessions (from_epoch: rank -> node):")
+    for x in s:
+        print(f"  {x['from_epoch']}: " + ", ".join(f"{w['rank']} -> {w['node_id'][:8]} (pid {w['pid']})"
+                                                 for w in x["workers"]))  # fmt: skip
+    print(f"lost nodes {lost1[:8]}, {lost2[:8]}; replacements {added1[:8]}, {added2[:8]}; killed pid {killed}")
+    print(f"failed after epoch {failed_at}, interrupted after epoch {interrupted_at}; epochs: {_epochs(run_dir)}")

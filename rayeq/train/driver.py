@@ -210,11 +210,18 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     logged = json.loads(lines[-1])["epoch"] if lines else 0
     kept = kept_epoch(run_dir)
-    errors = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    texts = [str(exc)]  # Ray's summary, then each worker's exception and what caused it (Ray Data wraps a UDF's)
+    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+        for _ in range(8):
+            if failure is None:
+                break
+            texts.append(f"{type(failure).__name__}: {failure}")
+            failure = failure.__cause__ or getattr(failure, "cause", None)
+    errors = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
     # Ray's first line is a heading ("Training failed due to worker errors:"); the cause is further down: one of
     # rayeq's own errors (which name the culprit), else a lost actor or node, else the first error line
     cause = next(
-        (x for pick in ("DataError", "ConfigError", "node has died", "died", "Error:") for x in errors if pick in x),
+        (x for pick in ("DataError:", "ConfigError:", "node has died", "died", "Error:") for x in errors if pick in x),
         errors[0] if errors else type(exc).__name__,
     )
     allowed = cfg.train.max_failures
@@ -226,7 +233,7 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     )
     return (
         f"training run {cfg.train.name!r} failed (last epoch logged: {logged} of {cfg.train.epochs}; "
-        f"train.max_failures={allowed}: {retries}). Ray Train said: {cause[:400]}\n"
+        f"train.max_failures={allowed}: {retries}). Ray Train said: {cause[:600]}\n"
         f"Nothing finished is lost: {resume}, or set train.max_failures=N (-1: no limit) so that Ray restarts "
         "lost workers by itself."
     )
