@@ -36,6 +36,9 @@ def main() -> None:
             "include_dashboard": True,  # `ray job submit` needs it
             "dashboard_host": "127.0.0.1",
             "dashboard_port": free_port(),
+            # not Ray's default agent port, which the test session's own Ray instance holds: the head's agent
+            # could not start, and every job submission got "No available agent to submit job"
+            "dashboard_agent_listen_port": free_port(),
             # a lost node is declared dead within ~3 s instead of ~30 s
             "_system_config": {
                 "health_check_initial_delay_ms": 0,
