@@ -65,12 +65,20 @@ _POD_TEMPLATE = {
     "properties": {"spec": {"type": "object", "required": ["containers"], "properties": {"containers": _CONTAINERS}}},
 }  # fmt: skip
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-RAYCLUSTER_SCHEMA = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayCluster"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
+
+
+def _ray_io(kind: str, spec: dict) -> dict:
+    """A ray.io/v1 object of `kind`: the envelope every KubeRay resource has, around its spec's schema."""
+    return {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": kind},
+                       "metadata": {"type": "object", "required": ["name"]}, "spec": spec},
+    }  # fmt: skip
+
+
+RAYCLUSTER_SCHEMA = _ray_io(
+    "RayCluster",
+    {
             "type": "object", "required": ["headGroupSpec"],
             "properties": {
                 "rayVersion": {"type": "string"},
@@ -94,14 +102,10 @@ RAYCLUSTER_SCHEMA = {
                                    "template": _POD_TEMPLATE}}},
             },
         },
-    },
-}  # fmt: skip
-RAYJOB_SCHEMA = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayJob"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
+)  # fmt: skip
+RAYJOB_SCHEMA = _ray_io(
+    "RayJob",
+    {
             "type": "object", "required": ["entrypoint"],
             "oneOf": [{"required": ["clusterSelector"]}, {"required": ["rayClusterSpec"]}],
             "properties": {"entrypoint": {"type": "string"}, "clusterSelector": _STR_MAP,
@@ -111,8 +115,7 @@ RAYJOB_SCHEMA = {
                            "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
                            "submitterPodTemplate": _POD_TEMPLATE},
         },
-    },
-}  # fmt: skip
+)  # fmt: skip
 
 
 def _kuberay():
