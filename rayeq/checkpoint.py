@@ -116,6 +116,8 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
     path = Path(path).expanduser()
     if (path / STATE_FILE).is_file():
         return path
+    if not path.exists():
+        raise DataError(f"{str(path)!r} does not exist (rayeq eval takes a run directory or a checkpoint directory)")
     if not path.is_dir():
         raise DataError(f"{str(path)!r} is neither a run directory nor a checkpoint")
     ckpts = sorted(p for p in path.glob("checkpoint_*") if p.is_dir() and (p / STATE_FILE).is_file())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from rayeq import __version__
 from rayeq.config import ConfigError, load_config
@@ -52,6 +54,16 @@ def _add_tune_args(p: argparse.ArgumentParser, kind: str, unit: str, kept: str, 
         action="store_true",
         help=f"the cluster adds nodes on demand: skip the check that a node can hold a {unit}; run max_concurrent "
         f"(else all) {unit}s at once",
+    )
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own output on the console: its start-up lines, every worker's output, Tune's status "
+        "tables (by default they go to Ray's log files only)",
     )
 
 
@@ -144,6 +156,8 @@ def cmd_eval(args) -> int:
     if not paths or paths == [None]:
         raise ConfigError("rayeq eval needs a run directory or checkpoint (or --compare RUN RUN ...)")
     protocols = args.protocols.split(",") if args.protocols else None
+    if args.out and not args.compare and Path(args.out).exists() and not args.overwrite:
+        raise DataError(f"{args.out!r} exists; pass --overwrite to replace it")  # refused before the work
     results = []
     for p in paths:
         res = evaluate(
@@ -257,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the quickstart's epoch count")
     p.add_argument("--runs", default="runs", help="where run directories go")
     p.add_argument("--aim-repo", default="aim", help="directory of the local Aim repo")
+    _add_verbose(p)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("eval", help="frozen-encoder protocols (linear, kNN, rotation/colour R², transforms)")
@@ -285,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     p.add_argument("--out", default=None, help="results JSON (default: <checkpoint>/eval/results.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_verbose(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train on Ray Train (TorchTrainer + Ray Data); reruns resume")
@@ -296,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the cluster adds nodes on demand: skip the check that its present nodes can hold the workers",
     )
+    _add_verbose(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="hyper-parameter sweep: Ray Tune + Optuna (multi-objective), ASHA, resume")
     p.add_argument("sweep", help="sweep YAML (see sweeps/)")
     _add_tune_args(p, "sweep", "trial", "finished trials are kept", "track.repo=/abs/aim")
+    _add_verbose(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
@@ -308,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("study", help="study YAML (see studies/)")
     _add_tune_args(p, "study", "run", "finished runs and evaluations are kept", "train.epochs=1")
+    _add_verbose(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("bench", help="measure: Ray path vs plain PyTorch, reconstruction overhead, data pipeline")
@@ -319,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch", type=int, default=None, help="pairs per batch (throughput 32, data 256)")
     common.add_argument("--out", default=None, help="write every figure as JSON")
     common.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_verbose(common)
     b = bsub.add_parser(
         "throughput", parents=[common], help="training images/s: plain PyTorch loop vs Ray Train + Ray Data"
     )
@@ -358,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")):
+        # a local Ray instance, if one starts, uses token auth (Ray's default), said before Ray is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if getattr(args, "verbose", False):
+        os.environ["RAYEQ_VERBOSE"] = "1"  # read where Ray is started (rayeq.cluster.connect_ray)
     try:
         return args.func(args)
     except (ConfigError, DataError) as exc:

@@ -7,6 +7,7 @@ Sweeps name the same dotted keys (`loss.recon_weight`, `augment.color.strength`)
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -575,5 +576,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
         data = loaded or {}
-    data = apply_overrides(data, list(overrides))
-    return from_dict(data)
+    merged = apply_overrides(copy.deepcopy(data), list(overrides))
+    try:
+        return from_dict(merged)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        try:  # name the culprit: the file itself, or the overrides given with it
+            from_dict(data)
+        except ConfigError:
+            raise ConfigError(f"config file {str(path)!r}: {exc}") from None
+        raise ConfigError(f"the overrides given with config file {str(path)!r}: {exc}") from None

@@ -97,4 +97,16 @@ def open_tracker(
 
 
 def aim_up_command(repo: str) -> str:
-    return f"aim up --repo {repo} --host 127.0.0.1 --port 43800"
+    """The `aim up` line to print: the `aim` installed beside this Python (a venv's, which a user who never
+    activated it has not on their PATH), as a path relative to the working directory when it lies below it."""
+    import os
+    import shlex
+    import sys
+
+    aim = Path(sys.executable).parent / "aim"
+    if aim.is_file():
+        here = Path.cwd()
+        exe = os.path.relpath(aim, here) if aim.is_relative_to(here) else str(aim)
+    else:
+        exe = "aim"
+    return f"{shlex.quote(exe)} up --repo {shlex.quote(repo)} --host 127.0.0.1 --port 43800"

@@ -25,48 +25,61 @@ def builtin_data_dir(name: str = "standard") -> Path:
     return cache_dir() / (TINY_NAME if name == "tiny" else DATA_NAME)
 
 
-def _usable(path: Path, spec: dict | None = None) -> bool:
-    """A readable data set, made (when `spec` is given) with exactly these generator settings."""
+def _unusable(path: Path, spec: dict | None = None) -> str | None:
+    """Why the set at `path` cannot be used (missing, unreadable, or made with other generator settings than
+    `spec`), or None when it can."""
     from rayeq.data.make.synth3d import GENERATOR_VERSION
     from rayeq.data.schema import DataError, open_dataset
 
+    if not path.exists():
+        return "it is not there yet"
     try:
         meta, _ = open_dataset(path)
-    except DataError:
-        return False
+    except DataError as exc:
+        return f"it cannot be read ({exc})"
     if spec is None:
-        return True
-    made = (
-        len(meta.get("classes", [])),
-        meta.get("objects_per_class"),
-        meta.get("views_per_object"),
-        meta.get("image_size"),
-        meta.get("seed"),
-        meta.get("generator_version"),
-    )
-    want = (spec["classes"], spec["objects_per_class"], spec["views"], spec["size"], spec["seed"], GENERATOR_VERSION)
-    return made == want
+        return None
+    made = {
+        "classes": len(meta.get("classes", [])),
+        "objects_per_class": meta.get("objects_per_class"),
+        "views": meta.get("views_per_object"),
+        "size": meta.get("image_size"),
+        "seed": meta.get("seed"),
+        "generator_version": meta.get("generator_version"),
+    }
+    want = {**{k: spec[k] for k in ("classes", "objects_per_class", "views", "size", "seed")},
+            "generator_version": GENERATOR_VERSION}  # fmt: skip
+    differ = [f"{k} {made[k]!r} (wanted {want[k]!r})" for k in want if made[k] != want[k]]
+    return f"it was made with other settings: {', '.join(differ)}" if differ else None
+
+
+_announced: set[Path] = set()  # "reusing ..." is said once per process, however often the set is looked up
 
 
 def ensure_data(log=print, name: str = "standard") -> Path:
-    """The built-in set `name` (standard or tiny), rendered once into the cache directory."""
+    """The built-in set `name` (standard or tiny), rendered once into the cache directory. A cached copy that
+    cannot be used is kept aside (`.broken-<time>`), and the console says why."""
     from rayeq.data.make.synth3d import generate
 
     path = builtin_data_dir(name)
     spec = TINY_DATA if name == "tiny" else DATA
-    if _usable(path, spec):
-        log(f"reusing the built-in data set at {path}")
+    why = _unusable(path, spec)
+    if why is None:
+        if path not in _announced:
+            _announced.add(path)
+            log(f"reusing the built-in data set at {path}")
         return path
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"building the built-in data set (once) at {path}")
+    log(f"building the built-in data set (once) at {path}: {why}")
     generate(tmp, **spec, log=log)
-    if _usable(path, spec):  # another process finished it meanwhile
+    if _unusable(path, spec) is None:  # another process finished it meanwhile
         shutil.rmtree(tmp)
         return path
     if path.exists():  # an unusable earlier attempt: keep it aside rather than delete it
         aside = path.with_name(path.name + f".broken-{int(time.time())}")
-        log(f"the cached set at {path} is unreadable or was made with other settings; kept aside as {aside}")
+        log(f"the cached set that could not be used is kept aside as {aside}")
         path.rename(aside)
     tmp.rename(path)
+    _announced.add(path)
     return path

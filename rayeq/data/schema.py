@@ -189,8 +189,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise DataError(
-            f"{str(path)!r} has no meta.json: not a rayeq data set (make one with `rayeq data synth3d`, "
-            "`rayeq data 3diebench` or `rayeq data folder`)"
+            f"{str(path)!r} has no meta.json: not a rayeq data set (make one with `rayeq data synth3d --out DIR`, "
+            "`rayeq data 3diebench --src SRC --out DIR` or `rayeq data folder --src SRC --out DIR`)"
         )
     try:
         meta = json.loads(meta_file.read_text())

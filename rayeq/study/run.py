@@ -100,10 +100,10 @@ def _trial(params: dict[str, Any], configs: dict[str, dict], runs: dict[str, Run
     """The Tune function trainable: one run of the study, trained then evaluated."""
     from ray import tune
 
+    from rayeq.cluster import worker_console
+
     name = params["run"]
-    result = train_and_evaluate(
-        from_dict(configs[name]), runs[name], study, log=lambda m: print(f"[{name}] {m}", flush=True)
-    )
+    result = train_and_evaluate(from_dict(configs[name]), runs[name], study, log=worker_console(f"[{name}] "))
     shown = {k: v for k, v in result["metrics"].items() if k in study["metrics"]}
     tune.report({**shown, "epoch": result["epoch"]})
 
@@ -126,6 +126,10 @@ def run_study(
     base, used_overrides = base_config(spec, list(overrides))
     study_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     check_runs(spec, base, study_dir)  # arms and grid refused before any data is touched
+    from rayeq.cluster import LocalResources, starts_local_ray
+
+    if starts_local_ray(address):
+        check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made
     base, meta = absolute_base(base)
     configs = check_study(spec, base, study_dir, is_objects(meta))
     runs = expand(spec)
@@ -162,7 +166,7 @@ def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concu
     import ray
     from ray import tune
 
-    from rayeq.sweep.run import TRAINABLE_CPUS, Progress
+    from rayeq.sweep.run import TRAINABLE_CPUS, Progress, tune_verbosity
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -198,7 +202,7 @@ def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concu
             name=f"tune-{session}",
             storage_path=str(study_dir),
             callbacks=[Progress(len(todo), spec.summary.metrics, "study", "run")],
-            verbose=1,
+            verbose=tune_verbosity(),
         ),
     )
     tuner.fit()

@@ -106,7 +106,8 @@ def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool
         biggest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
         raise ConfigError(
             f"{spec.kind} {spec.name!r}: a trial worker needs {per_worker} (resources.cpus_per_worker / "
-            f"gpus_per_worker, train.worker_resources), but no node of this cluster has that much (the biggest "
+            f"gpus_per_worker, train.worker_resources), but no node of "
+            f"{getattr(ray, 'where', 'the cluster')} has that much (the biggest "
             f"has {biggest[0]:g} CPU, {biggest[1]:g} GPU)"
         )
     need = trial_footprint(cfg)
@@ -116,11 +117,19 @@ def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool
         have = {k: total.get(k, 0) for k in need}
         raise ConfigError(
             f"{spec.kind} {spec.name!r}: one trial needs {need} ({t.num_workers} worker(s) x {t.cpus_per_worker} "
-            f"CPU, a Ray Data actor of {cfg.data.cpus_per_actor} CPU, reads and the trainable), more than the "
-            f"cluster's {have}"
+            f"CPU, a Ray Data actor of {cfg.data.cpus_per_actor} CPU, reads and the trainable), more than "
+            f"{getattr(ray, 'where', 'the cluster')} has: {have}"
         )
     n = int(fits + 1e-9)
     return max(1, min(n, spec.max_concurrent or n, spec.num_samples))
+
+
+def tune_verbosity() -> int:
+    """Tune's status tables on the console only with --verbose: rayeq prints a line per finished trial and the
+    trials' epoch lines."""
+    from rayeq.cluster import verbose_ray
+
+    return 1 if verbose_ray() else 0
 
 
 def _sampler(spec: SweepSpec):
@@ -147,8 +156,10 @@ def _trial(params: dict[str, Any], base: dict, sweep: dict) -> None:
     cfg = trial_config(from_dict(base), params, name, sweep["trials_dir"])
     cfg.track.experiment = cfg.track.experiment or sweep["name"]  # the sweep's trials side by side in Aim
     extra = {"sweep": {"name": sweep["name"], "trial": name, "params": params}}
+    from rayeq.cluster import worker_console
+
     trainer, _, _ = build_trainer(
-        cfg, callbacks=[TuneReportCallback()], extra_params=extra, log=lambda m: print(f"[{name}] {m}")
+        cfg, callbacks=[TuneReportCallback()], extra_params=extra, log=worker_console(f"[{name}] ")
     )
     trainer.fit()
 
@@ -201,6 +212,10 @@ def run_sweep(
     spec = load_sweep(path, storage_path)
     base, used_overrides = base_config(spec, list(overrides))
     check_space(spec, base)
+    from rayeq.cluster import LocalResources, starts_local_ray
+
+    if starts_local_ray(address):
+        check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made
     from rayeq.data.schema import is_objects
     from rayeq.train.probes import reported_metric_names
 
@@ -278,7 +293,9 @@ def run_sweep(
                 trial_name_creator=lambda t: trial_name(spec.name, t.trial_id),
                 trial_dirname_creator=lambda t: trial_name(spec.name, t.trial_id),
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=callbacks, verbose=1),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=str(sweep_dir), callbacks=callbacks, verbose=tune_verbosity()
+            ),
         )
         log(
             f"sweep {spec.name}: {spec.num_samples} trials of {base.method.name}, {concurrency} at a time, "

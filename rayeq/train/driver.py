@@ -3,7 +3,6 @@ runs `train_loop_per_worker` over the Ray Data pipeline; `summary` prints the re
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 
 from rayeq.checkpoint import score_attribute
-from rayeq.cluster import check_resources, connect_ray, worker_resources
+from rayeq.cluster import LocalResources, check_resources, connect_ray, starts_local_ray, worker_resources
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.feed.pipeline import check_data
 from rayeq.runinfo import RunInfo
@@ -48,54 +47,81 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def check_run_dir(cfg: ExperimentConfig, force: bool) -> Path:
-    """A run directory with another config is refused (unless force, which keeps the old config file
-    as config.<n>.yaml); the same config resumes."""
+    """A run directory with another config is refused (unless force); the same config resumes. Writes nothing
+    (`prepare_run_dir` does, once every check has passed)."""
     run_dir = run_dir_of(cfg)
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        try:
+            old = from_dict(upgrade_stored_config(yaml.safe_load(saved.read_text())))
+        except (yaml.YAMLError, ConfigError) as exc:
+            raise ConfigError(
+                f"{saved} (the run's saved config) cannot be read ({str(exc).splitlines()[0]}); it is kept as it is: "
+                "use another train.name for a new run, or move that run directory aside"
+            ) from None
+        if old.fingerprint() != cfg.fingerprint() and not force:
+            from rayeq.config import OPERATIONAL_KEYS
+
+            diff = [d for d in _diff(old.to_dict(), cfg.to_dict()) if not d.startswith(OPERATIONAL_KEYS)]
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} holds a run made under a different config; resuming it "
+                "with this one is refused. Differences:\n  " + "\n  ".join(diff) + "\nUse another "
+                "train.name for a new run, or --force to resume that run's checkpoint with this config."
+            )
+    check_storage(run_dir)
+    return run_dir
+
+
+def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """The run directory and its `config.yaml`; under --force a different saved config is kept as config.<n>.yaml."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / CONFIG_FILE
     if saved.is_file():
         old = from_dict(upgrade_stored_config(yaml.safe_load(saved.read_text())))
         if old.fingerprint() != cfg.fingerprint():
-            from rayeq.config import OPERATIONAL_KEYS
-
-            diff = [d for d in _diff(old.to_dict(), cfg.to_dict()) if not d.startswith(OPERATIONAL_KEYS)]
-            if not force:
-                raise ConfigError(
-                    f"run directory {str(run_dir)!r} holds a run made under a different config; resuming it "
-                    "with this one is refused. Differences:\n  " + "\n  ".join(diff) + "\nUse another "
-                    "train.name for a new run, or --force to resume that run's checkpoint with this config."
-                )
             n = 1
             while (run_dir / f"config.{n}.yaml").exists():
                 n += 1
             shutil.copy(saved, run_dir / f"config.{n}.yaml")
-    check_storage(run_dir)
-    return run_dir
+    cfg.dump(saved)
 
 
 MIN_FREE_BYTES = 1 << 30  # a ResNet-18 run keeps ~3 checkpoints of ~200 MB (weights, AdamW moments, probes)
 
 
 def check_storage(run_dir: Path) -> None:
-    """The run directory can be made and written, with room for checkpoints, before anything starts (a
-    read-only or full train.storage_path would otherwise fail at the first checkpoint, after an epoch of work)."""
-    probe = run_dir / ".write_probe"
+    """The run directory can be made and written, with room for checkpoints, before anything starts (a read-only
+    or full train.storage_path would otherwise fail at the first checkpoint, after an epoch of work). Probed in
+    the nearest directory that exists, with a temporary file that is removed: nothing is left behind."""
+    import tempfile
+
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rayeq-write-probe-") as f:
+            f.write(b"0" * 4096)
+            f.flush()
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
         raise ConfigError(
-            f"train.storage_path: cannot write the run directory {str(run_dir)!r} ({exc.strerror or exc}); "
-            "use a writable path (on a cluster: shared storage every node mounts)"
+            f"train.storage_path: cannot write the run directory {str(run_dir)!r} ({exc.strerror or exc} in "
+            f"{str(existing)!r}); use a writable path (on a cluster: shared storage every node mounts)"
         ) from None
-    free = shutil.disk_usage(run_dir).free
+    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         raise ConfigError(
             f"train.storage_path: {str(run_dir)!r} has {free / 2**20:.0f} MiB free; a run needs at least "
             f"{MIN_FREE_BYTES / 2**20:.0f} MiB for its checkpoints (train.keep_checkpoints best + the latest)"
         )
+
+
+def finished_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The latest kept checkpoint's result when the run already reached train.epochs (a rerun of a finished run
+    answers at once, without starting Ray); None otherwise."""
+    kept = kept_result(run_dir_of(cfg))
+    return kept if kept and int(kept["metrics"].get("epoch", 0)) >= cfg.train.epochs else None
 
 
 def run_training(
@@ -110,8 +136,22 @@ def run_training(
     on every worker beside rayeq's own (e.g. a test's fault injection); `autoscaling`: the cluster adds the
     nodes the workers need, so its present resources are not checked."""
     t0 = time.perf_counter()
+    check_run_dir(cfg, force)  # a changed config is refused before a finished run is reported
+    done, run_dir = finished_run(cfg), run_dir_of(cfg)
+    if done is not None:
+        log(
+            f"run {cfg.train.name!r} is already complete ({done['metrics']['epoch']}/{cfg.train.epochs} epochs) in "
+            f"{run_dir}; raise train.epochs to train further, or use another train.name for a new run"
+        )
+        ckpt = str(run_dir / done["checkpoint_dir_name"])
+        return TrainResult(run_dir, done["metrics"], ckpt, time.perf_counter() - t0, resolve_track_repo(cfg))
     trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, hooks=hooks, autoscaling=autoscaling)
-    result = trainer.fit()
+    from rayeq.cluster import flush_console
+
+    try:
+        result = trainer.fit()
+    finally:
+        flush_console()  # the workers' last lines before the summary (or the failure message)
     metrics = dict(result.metrics or {})
     ckpt = result.checkpoint.path if result.checkpoint else None
     return TrainResult(run_dir, metrics, ckpt, time.perf_counter() - t0, track_repo)
@@ -130,6 +170,8 @@ def build_trainer(
     """Check everything, connect to Ray and build the TorchTrainer of a run (not started). `callbacks`
     go on Train's RunConfig (a sweep's TuneReportCallback); `extra_params` are logged to the run's
     Aim hparams next to the config (a sweep's name, trial and sampled values)."""
+    if not autoscaling and starts_local_ray(address):
+        check_resources(cfg, LocalResources())  # refused before Ray starts, and before the data is made
     meta, _ = check_data(cfg, "train")
     n_train = meta["splits"]["train"]
     if n_train < cfg.train.batch_size:
@@ -137,7 +179,6 @@ def build_trainer(
             f"train.batch_size={cfg.train.batch_size} is larger than the {n_train} training rows of {cfg.data.path!r}"
         )
     run_dir = check_run_dir(cfg, force)
-    cfg.dump(run_dir / CONFIG_FILE)
     track_repo = resolve_track_repo(cfg)
     info = RunInfo.from_meta(
         cfg, meta, run_dir=str(run_dir), track_repo=track_repo, force=force, extra_params=extra_params or {}
@@ -146,6 +187,7 @@ def build_trainer(
     ray = connect_ray(address, log)
     if not autoscaling:
         check_resources(cfg, ray)
+    prepare_run_dir(cfg, run_dir)  # every check has passed: the first write
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -190,14 +232,24 @@ def build_trainer(
     return trainer, run_dir, track_repo
 
 
-def kept_epoch(run_dir: Path) -> int | None:
-    """The epoch of the checkpoint Ray Train resumes from (its checkpoint manager's snapshot), if any."""
+def kept_result(run_dir: Path) -> dict[str, Any] | None:
+    """The result Ray Train resumes from (its checkpoint manager's snapshot): `checkpoint_dir_name` and the
+    `metrics` reported with it; None before the first kept checkpoint."""
     import json
 
     try:
-        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        return int(snap["latest_checkpoint_result"]["metrics"]["epoch"])
+        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+        return {"checkpoint_dir_name": str(latest["checkpoint_dir_name"]), "metrics": dict(latest["metrics"])}
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def kept_epoch(run_dir: Path) -> int | None:
+    """The epoch of the checkpoint Ray Train resumes from, if any."""
+    kept = kept_result(run_dir)
+    try:
+        return int(kept["metrics"]["epoch"]) if kept else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 

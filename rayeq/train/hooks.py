@@ -54,12 +54,39 @@ class ConsoleProgress(Hooks):
         )
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
-        m = result.metrics
-        shown = {k: round(v, 4) for k, v in m.items() if k.startswith(("val/", "train/top1", "train/rot"))}
+        m, epochs = result.metrics, self.cfg.train.epochs
+        done = max(engine.epoch - (self.start_epoch or 0), 1)
+        eta = (time.perf_counter() - self.t_run) / done * (epochs - engine.epoch)
         self.say(
-            f"epoch {engine.epoch}/{self.cfg.train.epochs} done in {m['epoch_seconds']:.1f}s: loss "
-            f"{m['train/total']:.4f}, {m['images_per_sec']:.0f} img/s steady, {shown}"
+            f"epoch {engine.epoch}/{epochs} done in {fmt_seconds(m['epoch_seconds'])}: loss {m['train/total']:.4f}, "
+            f"{m['images_per_sec']:.0f} img/s" + (f", ETA {fmt_seconds(eta)}" if engine.epoch < epochs else "")
         )
+        # the probes only when they were measured now: held-out objects when validation ran this epoch (other
+        # epochs carry the last validation forward), else, on a set without a held-out split, train objects
+        split = "val" if m.get("val/epoch") == engine.epoch else None if "val/epoch" in m else "train"
+        line = probe_line(m, split) if split else ""
+        if line:
+            where = "held-out" if split == "val" else "train"
+            self.say(f"  probes on {where} objects: {line}")
+
+
+PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²"}
+
+
+def probe_line(m: dict[str, float], split: str) -> str:
+    """`top-1 0.096 (untrained 0.085) · rotation R² 0.218 ▼ (untrained 0.214, mean 0.230) · ...`: each probe of
+    `split` beside its floors (the untrained encoder's probe, the mean predictor), ▼ when not above one."""
+    parts = []
+    for key, label in PROBE_LABELS.items():
+        value = m.get(f"{split}/{key}")
+        if value is None:
+            continue
+        floors = {"untrained": m.get(f"{split}/floor/{key}"), "mean": m.get(f"{split}/{key}_mean_predictor")}
+        floors = {k: v for k, v in floors.items() if v is not None}
+        mark = " ▼" if floors and value <= max(floors.values()) else ""
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in floors.items())
+        parts.append(f"{label} {value:.3f}{mark}" + (f" ({shown})" if shown else ""))
+    return " · ".join(parts)
 
 
 class TrackerHook(Hooks):

@@ -15,7 +15,7 @@ from rayeq.checkpoint import TrainState
 from rayeq.config import ExperimentConfig
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine
-from rayeq.train.hooks import ConsoleProgress, MetricsFile, TrackerHook, write
+from rayeq.train.hooks import ConsoleProgress, MetricsFile, TrackerHook
 
 
 def shuffle_rows(cfg: ExperimentConfig, batch_size: int) -> int | None:
@@ -38,6 +38,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     _quiet_train_console()
+    from rayeq.cluster import worker_console
+
+    # a sweep's trials and a study's runs say which one is speaking
+    part_of = info.extra_params.get("sweep") or info.extra_params.get("study")
+    say = worker_console(f"[{cfg.train.name}] " if part_of else "")
     engine = Engine(cfg, info, ray.train.torch.get_device(), ctx.get_world_size())
     hooks = list(config.get("hooks", ()))
 
@@ -54,9 +59,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for h in hooks:
             h.on_restored(engine)
         if is_main:
-            write(f"resumed from checkpoint at epoch {engine.epoch} (step {engine.step_count})")
+            say(f"resumed from checkpoint at epoch {engine.epoch} (step {engine.step_count})")
     engine.wrap(lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": False}))
-    record_placement(info.run_dir, engine.epoch, is_main)
+    record_placement(info.run_dir, engine.epoch, is_main, say)
 
     tracker = None
     if is_main:
@@ -66,10 +71,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if checkpoint is None:
             tracker.log_params({**cfg.to_dict(), **info.extra_params})
         files = [MetricsFile(info.run_dir)] if info.run_dir else []
-        hooks = [ConsoleProgress(cfg), TrackerHook(cfg, info, tracker), *files, *hooks]
+        hooks = [ConsoleProgress(cfg, say), TrackerHook(cfg, info, tracker), *files, *hooks]
     epochs = cfg.train.epochs
     if engine.epoch >= epochs and is_main:
-        write(f"run already complete ({engine.epoch}/{epochs} epochs); raise train.epochs to continue")
+        say(f"run already complete ({engine.epoch}/{epochs} epochs); raise train.epochs to continue")
     # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps; lazy: the
     # dataset runs from the first batch taken
     stream = iter(
@@ -109,7 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.close()
 
 
-def record_placement(run_dir: str | None, epoch: int, is_main: bool) -> None:
+def record_placement(run_dir: str | None, epoch: int, is_main: bool, say=print) -> None:
     """Where this session's workers run: rank 0 prints it and appends one line to `<run dir>/workers.jsonl`
     (a restart after a lost worker or node adds another line, with the epoch it resumed from)."""
     import json
@@ -128,7 +133,7 @@ def record_placement(run_dir: str | None, epoch: int, is_main: bool) -> None:
         dist.all_gather_object(everyone, me)
     if not is_main:
         return
-    write("workers: " + ", ".join(f"rank {w['rank']} on node {w['node_id'][:8]} ({w['host']})" for w in everyone))
+    say("workers: " + ", ".join(f"rank {w['rank']} on node {w['node_id'][:8]} ({w['host']})" for w in everyone))
     if run_dir:
         with open(os.path.join(run_dir, "workers.jsonl"), "a") as f:
             f.write(json.dumps({"time": time.time(), "from_epoch": epoch, "workers": everyone}) + "\n")
