@@ -127,6 +127,7 @@ def tiny_builtin(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(builtin, "DATA", dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
+    monkeypatch.setattr(builtin, "_announced", set())
     return tmp_path
 
 

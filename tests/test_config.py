@@ -145,3 +145,15 @@ def test_shipped_configs_load(path):
 def test_shipped_configs_cover_every_method():
     names = {load_config(p).method.name for p in CONFIGS}
     assert names == {"vicreg", "simclr", "sie", "xrecon", "supervised"}
+
+
+def test_a_wrong_value_names_the_file_or_the_overrides_it_came_from(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: abc\n")
+    with pytest.raises(ConfigError, match=r"config file '.*bad\.yaml': invalid config:\n  train\.epochs"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"the overrides given with config file '.*good\.yaml'(.|\n)*train\.epochs"):
+        load_config(good, ["train.epochs=abc"])
+    assert load_config(good).train.epochs == 3  # the file itself was not changed by the failed overrides

@@ -180,3 +180,34 @@ def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path
     msg = failure_message(cfg, exc.value)
     assert "corrupt image in shard" in msg and rows[0]["object_id"] in msg and "data.skip_corrupt" in msg, msg
     # (with data.skip_corrupt the pair maker skips and counts them: tests/test_pipeline.py)
+
+
+def test_the_console_of_a_healthy_run_holds_rayeqs_lines_only(ray_session, train_data, tmp_path):
+    """`rayeq train` as a user runs it (here joining the session's Ray instance): every line on the console is one of
+    rayeq's (Ray's start-up lines, worker prefixes, warnings and errors go to Ray's log files), the held-out probes
+    are printed beside their floors exactly in the epochs that validated (the first, then every val_every_epochs),
+    and a rerun of the finished run answers without joining Ray."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    cfg = _cfg(train_data, tmp_path, "console", "train.epochs=3", "train.val_every_epochs=3", "train.log_every_steps=2")
+    cfg.dump(tmp_path / "console.yaml")
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    cmd = [sys.executable, "-m", "rayeq.cli", "train", str(tmp_path / "console.yaml")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for noise in ("WARNING", "ERROR", "core_worker", "(raylet)", "(RayTrainWorker", "pid=", "Traceback", "INFO"):
+        assert noise not in out, f"{noise!r} on the console:\n{out}"
+    lines = out.splitlines()
+    done = [i for i, line in enumerate(lines) if re.match(r"epoch \d/3 done in \S+: loss [\d.]+, \d+ img/s", line)]
+    assert len(done) == 3, out
+    probes = [lines[i + 1].startswith("  probes on held-out objects: top-1 ") for i in done]
+    assert probes == [True, False, True], out  # validated in epochs 1 and 3 only
+    assert "(untrained " in lines[done[0] + 1] and "rotation R² " in lines[done[0] + 1] and "mean " in out
+    assert "{" not in "\n".join(lines[i] for i in done), "an epoch line dumps a dict"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already complete (3/3 epochs)" in again.stdout, again.stdout + again.stderr
+    assert "connecting to Ray" not in again.stdout and "val/rot_r2" in again.stdout  # the summary, without Ray

@@ -7,7 +7,7 @@ import torch
 from rayeq.cluster import check_resources
 from rayeq.config import ConfigError, load_config
 from rayeq.metrics import R2Accumulator, r2_global, r2_per_dim
-from rayeq.train.driver import check_run_dir
+from rayeq.train.driver import check_run_dir, prepare_run_dir
 from rayeq.train.optim import LARS, build_optimizer, build_scheduler, scaled_lr
 from rayeq.train.probes import OnlineProbes, ProbeMetrics
 
@@ -126,7 +126,9 @@ def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_confi
     base = [f"train.storage_path={tmp_path}", "train.name=run1"]
     cfg = load_config(None, base)
     run_dir = check_run_dir(cfg, force=False)
-    cfg.dump(run_dir / "config.yaml")
+    assert not run_dir.exists()  # checks write nothing
+    prepare_run_dir(cfg, run_dir)
+    saved = (run_dir / "config.yaml").read_text()
     # operational changes (more epochs, logging, workers) resume
     check_run_dir(
         load_config(None, [*base, "train.epochs=500", "train.log_every_steps=3", "train.num_workers=2"]), False
@@ -135,7 +137,10 @@ def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_confi
     with pytest.raises(ConfigError, match=r"different config(.|\n)*loss.recon_weight: 1.0 -> 2.0(.|\n)*--force"):
         check_run_dir(changed, force=False)
     check_run_dir(changed, force=True)
-    assert (run_dir / "config.1.yaml").read_text() == (run_dir / "config.yaml").read_text()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]  # still nothing written
+    prepare_run_dir(changed, run_dir)  # once every check passed: the old config kept, the new one saved
+    assert (run_dir / "config.1.yaml").read_text() == saved
+    assert load_config(run_dir / "config.yaml").loss.recon_weight == 2
 
 
 class _FakeRay:
@@ -161,7 +166,7 @@ def test_custom_worker_resources_the_cluster_lacks_are_refused_and_placement_rea
     cfg = load_config(None, ["train.num_workers=2", "train.worker_resources={trainer: 1}"])
     assert worker_resources(cfg) == {"CPU": 0.5, "trainer": 1.0}
     fake = _FakeRay(4)
-    with pytest.raises(ConfigError, match="'trainer'.*offer 0"):
+    with pytest.raises(ConfigError, match="'trainer'.*offers 0"):
         check_resources(cfg, fake)
     fake.cluster_resources = lambda: {"CPU": 4, "trainer": 2}
     check_resources(cfg, fake)
@@ -182,7 +187,7 @@ def test_a_storage_path_that_cannot_be_written_or_is_full_is_refused_before_trai
     monkeypatch.setattr(driver.shutil, "disk_usage", lambda p: real(p)._replace(free=100 << 20))
     with pytest.raises(ConfigError, match="has 100 MiB free"):
         check_run_dir(load_config(None, [f"train.storage_path={tmp_path / 'runs'}", "train.name=r"]), force=False)
-    assert not list((tmp_path / "runs" / "r").iterdir())  # the probe file is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # probed where it exists; nothing left
 
 
 def test_metrics_file_keeps_one_line_per_epoch_when_an_epoch_runs_again(tmp_path):
