@@ -48,13 +48,29 @@ def _epochs(run_dir):
 
 @pytest.fixture(scope="module")
 def first_run(ray_session, train_data, tmp_path_factory):
+    """`rayeq train` run as a user runs it (a process of its own, here joining the session's Ray instance); its
+    console output is kept for test_the_console_of_a_healthy_run_holds_rayeqs_lines_only. The result is what
+    `run_training` answers for the finished run: its last report and checkpoint, read without Ray."""
+    import os
+    import subprocess
+    import sys
+
     tmp = tmp_path_factory.mktemp("train")
     cfg = _cfg(train_data, tmp, "run")
-    return tmp, cfg, run_training(cfg, log=lambda *a: None)
+    cfg.dump(tmp / "run.yaml")
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    cmd = [sys.executable, "-m", "rayeq.cli", "train", str(tmp / "run.yaml")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    said = []
+    res = run_training(cfg, log=said.append)
+    assert said and "already complete (3/3 epochs)" in said[0], said
+    return tmp, cfg, res, console, cmd, env
 
 
 def test_two_worker_run_completes_and_loss_falls(first_run):
-    tmp, cfg, res = first_run
+    tmp, cfg, res, *_ = first_run
     rows = _epochs(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     # with 4 images per worker VICReg's variance hinge rises while the encoder trains, which makes the
@@ -95,7 +111,7 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
 
 
 def test_aim_run_holds_metrics_and_an_image(first_run):
-    tmp, cfg, res = first_run
+    tmp, cfg, res, *_ = first_run
     state = torch.load(_checkpoints(res.run_dir)[-1] / "state.pt", map_location="cpu", weights_only=False)
     repo_dir = tmp / "aim"
     repo = indexed_aim_repo(repo_dir)
@@ -114,7 +130,7 @@ def test_aim_run_holds_metrics_and_an_image(first_run):
 def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
     """The second run continues at epoch 4 with the model, both optimisers, the schedule and the scaler exactly as
     the epoch-3 checkpoint holds them, on every worker."""
-    tmp, cfg, res = first_run
+    tmp, cfg, res, *_ = first_run
     saved = torch.load(Path(res.checkpoint_path) / "state.pt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 3
     more = _cfg(train_data, tmp, "run", "train.epochs=4")
@@ -134,7 +150,7 @@ def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
 
 
 def test_resume_under_changed_config_is_refused(first_run, train_data):
-    tmp, _, _ = first_run
+    tmp, *_ = first_run
     with pytest.raises(ConfigError, match="loss.recon_weight"):
         run_training(_cfg(train_data, tmp, "run", "loss.recon_weight=3"), log=lambda *a: None)
 
@@ -182,23 +198,14 @@ def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path
     # (with data.skip_corrupt the pair maker skips and counts them: tests/test_pipeline.py)
 
 
-def test_the_console_of_a_healthy_run_holds_rayeqs_lines_only(ray_session, train_data, tmp_path):
-    """`rayeq train` as a user runs it (here joining the session's Ray instance): every line on the console is one of
-    rayeq's (Ray's start-up lines, worker prefixes, warnings and errors go to Ray's log files), the held-out probes
-    are printed beside their floors exactly in the epochs that validated (the first, then every val_every_epochs),
-    and a rerun of the finished run answers without joining Ray."""
-    import os
+def test_the_console_of_a_healthy_run_holds_rayeqs_lines_only(first_run):
+    """Every line of `rayeq train`'s console is one of rayeq's (Ray's start-up lines, worker prefixes, warnings and
+    errors go to Ray's log files); the held-out probes are printed beside their floors exactly in the epochs that
+    validated (the first and the last here); a rerun of the finished run answers without joining Ray."""
     import re
     import subprocess
-    import sys
 
-    cfg = _cfg(train_data, tmp_path, "console", "train.epochs=3", "train.val_every_epochs=3", "train.log_every_steps=2")
-    cfg.dump(tmp_path / "console.yaml")
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
-    cmd = [sys.executable, "-m", "rayeq.cli", "train", str(tmp_path / "console.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    tmp, cfg, res, out, cmd, env = first_run
     for noise in ("WARNING", "ERROR", "core_worker", "(raylet)", "(RayTrainWorker", "pid=", "Traceback", "INFO"):
         assert noise not in out, f"{noise!r} on the console:\n{out}"
     lines = out.splitlines()
@@ -208,6 +215,8 @@ def test_the_console_of_a_healthy_run_holds_rayeqs_lines_only(ray_session, train
     assert probes == [True, False, True], out  # validated in epochs 1 and 3 only
     assert "(untrained " in lines[done[0] + 1] and "rotation R² " in lines[done[0] + 1] and "mean " in out
     assert "{" not in "\n".join(lines[i] for i in done), "an epoch line dumps a dict"
+    assert "look at it: " in out and "aim up --repo" in out
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "already complete (3/3 epochs)" in again.stdout, again.stdout + again.stderr
+    # (test_second_run_resumes_from_the_saved_epoch may have taken the run on to epoch 4)
+    assert again.returncode == 0 and re.search(r"already complete \([34]/3 epochs\)", again.stdout), again.stdout
     assert "connecting to Ray" not in again.stdout and "val/rot_r2" in again.stdout  # the summary, without Ray
