@@ -1,4 +1,4 @@
-"""A small progress line: done/total, rate and ETA, printed at most every `every` seconds."""
+"""A small progress line: done/total, rate and ETA, printed at most every `every` seconds (and at the end)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, unit: str, every: float = 2.0, log=None):
+    def __init__(self, total: int, unit: str, every: float = 20.0, log=None):
         self.total, self.unit, self.every = total, unit, every
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.done = 0
@@ -21,4 +21,5 @@ class Progress:
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             pct = 100 * self.done / max(self.total, 1)
-            self.log(f"  {self.done}/{self.total} {self.unit} ({pct:.0f} %), {rate:.0f} {self.unit}/s, ETA {eta:.0f}s")
+            left = f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s" if eta >= 60 else f"ETA {eta:.0f}s"
+            self.log(f"  {self.done}/{self.total} {self.unit} ({pct:.0f} %), {rate:.0f} {self.unit}/s, {left}")
