@@ -39,7 +39,14 @@ def connect_ray(address: str | None, log=print):
         if "RAY_AUTH_MODE" not in os.environ and token.is_file():
             os.environ["RAY_AUTH_MODE"] = "token"
         log(f"connecting to Ray at {address}")
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, TimeoutError) as exc:
+            raise ConfigError(
+                f"--address {address}: no Ray cluster answers there ({str(exc).splitlines()[0]}). Start one "
+                "(`ray start --head`, a cluster launcher, KubeRay), or leave --address and RAY_ADDRESS unset to start "
+                "a local instance"
+            ) from None
     else:
         log("starting a local Ray instance (dashboard on 127.0.0.1)")
         # token auth is Ray's default for a local instance; with RAY_AUTH_MODE unset (the CLI sets it before Ray is
@@ -204,7 +211,7 @@ def check_resources(cfg: ExperimentConfig, ray) -> None:
             f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{READ_CPUS} to read, "
             f"+{VAL_CPUS + READ_CPUS} for validation) "
             f"exceed the {cpus:g} CPUs of {where} "
-            "CPUs (the run would hang waiting for data): lower them or add nodes"
+            "(the run would hang waiting for data): lower them or add nodes"
         )
     if t.use_gpu and max(t.num_workers, 1) * t.gpus_per_worker > gpus:
         raise ConfigError(

@@ -220,3 +220,17 @@ def test_a_failed_run_says_what_is_kept_and_how_to_go_on(tmp_path):
     (tmp_path / "r" / "checkpoint_manager_snapshot.json").write_text(json.dumps(snap))
     msg = failure_message(cfg, exc)
     assert "keeps the checkpoint of epoch 1; rerun the same command to resume from it" in msg
+
+
+def test_an_address_where_no_cluster_answers_is_a_config_error(monkeypatch):
+    import ray
+
+    from rayeq.cluster import connect_ray
+
+    def refuse(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError, match=r"--address auto: no Ray cluster answers there \(Could not find"):
+        connect_ray("auto", log=lambda *a: None)
