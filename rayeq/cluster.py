@@ -56,8 +56,11 @@ def connect_ray(address: str | None, log=print):
             auth_logger.setLevel(logging.ERROR)
         ray.init(dashboard_host="127.0.0.1", **quiet)
     if not verbose:
-        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        import ray.data  # noqa: F401  (configures its loggers on import: that must come first)
+
+        for name in ("ray", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_console_handlers("ray.data")  # its file handler (ray-data.log) keeps everything
         _drop_known_notices(ray)
         global _console
         _console = Console(ray, log)
@@ -81,6 +84,15 @@ def _drop_known_notices(ray) -> None:
 
     filtered.__wrapped__ = show
     worker.print_to_stdstream = filtered
+
+
+def quiet_console_handlers(logger: str) -> None:
+    """The console handlers of a Ray logger to warnings; its file handlers keep everything."""
+    import logging
+
+    for h in logging.getLogger(logger).handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.WARNING)
 
 
 def ray_logs_dir(ray) -> str:

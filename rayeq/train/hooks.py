@@ -36,6 +36,14 @@ class ConsoleProgress(Hooks):
     def __init__(self, cfg: ExperimentConfig, say=write):
         self.cfg, self.say = cfg, say
         self.t_run, self.start_epoch = time.perf_counter(), None
+        self.first: tuple[float, int] | None = None  # (time, steps done) at the first line: the start-up excluded
+
+    def _eta(self, done: int, left: int) -> float:
+        """Seconds left at the pace since the first line (the first steps include Ray Data's start-up)."""
+        now = time.perf_counter()
+        if self.first is None or done <= self.first[1]:
+            return (now - self.t_run) / max(done, 1) * left
+        return (now - self.first[0]) / (done - self.first[1]) * left
 
     def on_step(self, engine: Engine, n: int, out, terms: dict[str, float]) -> None:
         if self.start_epoch is None:
@@ -46,7 +54,9 @@ class ConsoleProgress(Hooks):
         elapsed = time.perf_counter() - engine.epoch_started
         ips = 2 * self.cfg.train.batch_size * (n - 1) / max(elapsed, 1e-9) if n > 1 else 0.0
         done = (engine.epoch - self.start_epoch) * spe + n
-        eta = (time.perf_counter() - self.t_run) / max(done, 1) * ((epochs - self.start_epoch) * spe - done)
+        eta = self._eta(done, (epochs - self.start_epoch) * spe - done)
+        if self.first is None:
+            self.first = (time.perf_counter(), done)
         shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
         self.say(
             f"epoch {engine.epoch + 1}/{epochs} step {n}/{spe} loss {terms['total']:.4f} ({shown}) "
@@ -55,8 +65,9 @@ class ConsoleProgress(Hooks):
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
         m, epochs = result.metrics, self.cfg.train.epochs
-        done = max(engine.epoch - (self.start_epoch or 0), 1)
-        eta = (time.perf_counter() - self.t_run) / done * (epochs - engine.epoch)
+        spe = engine.steps_per_epoch
+        done = (engine.epoch - (self.start_epoch or 0)) * spe
+        eta = self._eta(done, (epochs - engine.epoch) * spe)
         self.say(
             f"epoch {engine.epoch}/{epochs} done in {fmt_seconds(m['epoch_seconds'])}: loss {m['train/total']:.4f}, "
             f"{m['images_per_sec']:.0f} img/s" + (f", ETA {fmt_seconds(eta)}" if engine.epoch < epochs else "")

@@ -5,7 +5,6 @@ DDP -> per epoch: the shard's batches through `run_epoch`, validation, `ray.trai
 from __future__ import annotations
 
 import itertools
-import logging
 import tempfile
 from typing import Any
 
@@ -142,6 +141,6 @@ def record_placement(run_dir: str | None, epoch: int, is_main: bool, say=print) 
 def _quiet_train_console() -> None:
     """Ray Train's worker logger writes every report (with all metrics) to the console at INFO; keep
     its console handler to warnings. Its log files are untouched."""
-    for h in logging.getLogger("ray.train").handlers:
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            h.setLevel(logging.WARNING)
+    from rayeq.cluster import quiet_console_handlers
+
+    quiet_console_handlers("ray.train")
