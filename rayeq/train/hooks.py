@@ -75,7 +75,8 @@ class ConsoleProgress(Hooks):
         # the probes only when they were measured now: held-out objects when validation ran this epoch (other
         # epochs carry the last validation forward), else, on a set without a held-out split, train objects
         split = "val" if m.get("val/epoch") == engine.epoch else None if "val/epoch" in m else "train"
-        line = probe_line(m, split) if split else ""
+        chance = 1 / engine.info.num_classes if getattr(engine, "info", None) and engine.info.num_classes else None
+        line = probe_line(m, split, chance) if split else ""
         if line:
             where = "held-out" if split == "val" else "train"
             self.say(f"  probes on {where} objects: {line}")
@@ -84,15 +85,17 @@ class ConsoleProgress(Hooks):
 PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²"}
 
 
-def probe_line(m: dict[str, float], split: str) -> str:
-    """`top-1 0.096 (untrained 0.085) · rotation R² 0.218 ▼ (untrained 0.214, mean 0.230) · ...`: each probe of
-    `split` beside its floors (the untrained encoder's probe, the mean predictor), ▼ when not above one."""
+def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> str:
+    """`top-1 0.096 (untrained 0.085, chance 0.043) · rotation R² 0.218 ▼ (untrained 0.214, mean 0.230) · ...`: each
+    probe of `split` beside its floors (the untrained encoder's probe, the mean predictor, chance), ▼ when not above
+    one."""
     parts = []
     for key, label in PROBE_LABELS.items():
         value = m.get(f"{split}/{key}")
         if value is None:
             continue
-        floors = {"untrained": m.get(f"{split}/floor/{key}"), "mean": m.get(f"{split}/{key}_mean_predictor")}
+        mean = chance if key == "top1" else m.get(f"{split}/{key}_mean_predictor")
+        floors = {"untrained": m.get(f"{split}/floor/{key}"), "chance" if key == "top1" else "mean": mean}
         floors = {k: v for k, v in floors.items() if v is not None}
         mark = " ▼" if floors and value <= max(floors.values()) else ""
         shown = ", ".join(f"{k} {v:.3f}" for k, v in floors.items())
