@@ -54,13 +54,13 @@ class ConsoleProgress(Hooks):
         elapsed = time.perf_counter() - engine.epoch_started
         ips = 2 * self.cfg.train.batch_size * (n - 1) / max(elapsed, 1e-9) if n > 1 else 0.0
         done = (engine.epoch - self.start_epoch) * spe + n
-        eta = self._eta(done, (epochs - self.start_epoch) * spe - done)
+        # no ETA on a session's first line: its pace is mostly Ray Data's start-up
+        eta = f" ETA {fmt_seconds(self._eta(done, (epochs - self.start_epoch) * spe - done))}" if self.first else ""
         if self.first is None:
             self.first = (time.perf_counter(), done)
         shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
         self.say(
-            f"epoch {engine.epoch + 1}/{epochs} step {n}/{spe} loss {terms['total']:.4f} ({shown}) "
-            f"{ips:.0f} img/s ETA {fmt_seconds(eta)}"
+            f"epoch {engine.epoch + 1}/{epochs} step {n}/{spe} loss {terms['total']:.4f} ({shown}) {ips:.0f} img/s{eta}"
         )
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
