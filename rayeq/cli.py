@@ -378,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")):
-        # a local Ray instance, if one starts, uses token auth (Ray's default), said before Ray is imported
+    if not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or "ray" in sys.modules):
+        # a local Ray instance, if one starts, uses token auth (Ray's default), said before Ray is imported (Ray
+        # reads it once, on import: set later, the GCS and this process would disagree and Ray would not start)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     if getattr(args, "verbose", False):
         os.environ["RAYEQ_VERBOSE"] = "1"  # read where Ray is started (rayeq.cluster.connect_ray)

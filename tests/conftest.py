@@ -14,6 +14,9 @@ def pytest_configure(config):
     import tempfile
 
     os.environ["RAYEQ_CACHE"] = tempfile.mkdtemp(prefix="rayeq-test-cache-")
+    # token auth, said before anything imports Ray (as the CLI does): Ray reads it once, on import, and a test that
+    # runs `rayeq.cli.main` in this process must not change it under the session's Ray instance
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def pytest_collection_modifyitems(config, items):
