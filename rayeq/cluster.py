@@ -74,7 +74,10 @@ KNOWN_NOTICES = ("maximum expected startup concurrency",)
 
 
 def _drop_known_notices(ray) -> None:
-    worker = ray._private.worker
+    """Wraps Ray's private printer of driver notices (Ray 2.60); where it is not there, nothing is filtered."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    if not callable(getattr(worker, "print_to_stdstream", None)):
+        return
     show = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
 
     def filtered(data, ignore_prefix: bool):

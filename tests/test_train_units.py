@@ -234,3 +234,20 @@ def test_an_address_where_no_cluster_answers_is_a_config_error(monkeypatch):
     monkeypatch.setattr(ray, "init", refuse)
     with pytest.raises(ConfigError, match=r"--address auto: no Ray cluster answers there \(Could not find"):
         connect_ray("auto", log=lambda *a: None)
+
+
+def test_only_the_known_raylet_notice_is_kept_off_the_console():
+    from types import SimpleNamespace
+
+    from rayeq.cluster import _drop_known_notices
+
+    printed = []
+    worker = SimpleNamespace(print_to_stdstream=lambda data, ignore_prefix: printed.append(data["lines"]))
+    fake_ray = SimpleNamespace(_private=SimpleNamespace(worker=worker))
+    _drop_known_notices(fake_ray)
+    _drop_known_notices(fake_ray)  # a second Ray session in the process: wrapped once, not twice
+    notice = "WARNING: 8 PYTHON worker processes have been started ... 4x the maximum expected startup concurrency (2)"
+    worker.print_to_stdstream({"lines": [notice], "pid": "raylet"}, False)
+    worker.print_to_stdstream({"lines": [notice, "Task was killed due to the node running low on memory"]}, False)
+    assert printed == [["Task was killed due to the node running low on memory"]]
+    _drop_known_notices(SimpleNamespace())  # a Ray without that private printer: nothing to wrap, no error
