@@ -260,6 +260,10 @@ def run_sweep(
     else:
         import optuna
 
+        from rayeq.cluster import verbose_ray
+
+        if not verbose_ray():  # Optuna's INFO lines (a study created, each trial's values) are Tune's to report
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
         multi = len(spec.objectives) > 1
         searcher = OptunaSearch(
@@ -289,7 +293,6 @@ def run_sweep(
                 search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=spec.num_samples,
-                max_concurrent_trials=concurrency,
                 trial_name_creator=lambda t: trial_name(spec.name, t.trial_id),
                 trial_dirname_creator=lambda t: trial_name(spec.name, t.trial_id),
             ),
