@@ -96,17 +96,21 @@ def open_tracker(
     raise ValueError(f"unknown tracker backend {backend!r}; choose aim or none")
 
 
-def aim_up_command(repo: str) -> str:
-    """The `aim up` line to print: the `aim` installed beside this Python (a venv's, which a user who never
-    activated it has not on their PATH), as a path relative to the working directory when it lies below it."""
+def command_path(name: str) -> str:
+    """How to call the executable `name` installed beside this Python (a venv's, which a user who never activated it
+    has not on their PATH): relative to the working directory when it lies below it; else the bare name."""
     import os
-    import shlex
     import sys
 
-    aim = Path(sys.executable).parent / "aim"
-    if aim.is_file():
-        here = Path.cwd()
-        exe = os.path.relpath(aim, here) if aim.is_relative_to(here) else str(aim)
-    else:
-        exe = "aim"
-    return f"{shlex.quote(exe)} up --repo {shlex.quote(repo)} --host 127.0.0.1 --port 43800"
+    exe = Path(sys.executable).parent / name
+    if not exe.is_file():
+        return name
+    here = Path.cwd()
+    return os.path.relpath(exe, here) if exe.is_relative_to(here) else str(exe)
+
+
+def aim_up_command(repo: str) -> str:
+    """The `aim up` line to print, with the `aim` of rayeq's own environment."""
+    import shlex
+
+    return f"{shlex.quote(command_path('aim'))} up --repo {shlex.quote(repo)} --host 127.0.0.1 --port 43800"

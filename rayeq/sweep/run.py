@@ -27,6 +27,7 @@ import yaml
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
 from rayeq.sweep.spec import SweepSpec, base_config, check_metrics, check_space, load_sweep, trial_config
+from rayeq.track import command_path
 
 SWEEP_FILE = "sweep.yaml"
 TRAINABLE_CPUS = 0.05  # the Tune function only waits on its TorchTrainer
@@ -412,7 +413,7 @@ def write_results(rows, spec: SweepSpec, base: ExperimentConfig, sweep_dir: Path
     out["best"] = best
     log(
         f"\nbest trial by {first.metric}: {best['trial']} ({_fmt(best[first.metric])}); its config: {best_path}\n"
-        f"  train it: rayeq train {best_path}"
+        f"  train it: {command_path('rayeq')} train {best_path}"
     )
     if len(spec.objectives) > 1:
         pool = _usable(pool, spec.metrics)
