@@ -3,6 +3,7 @@ tracks (a worker killed, a node lost: tests/test_multinode.py).
 These share one local Ray instance (the session fixture) and a small synth3d set."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -165,8 +166,12 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     res = run_training(cfg, log=lambda *a: None)
     rows = _epochs(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    for term in ("train/rotation", "train/pose", "train/class"):
+    # The total and the terms a few epochs can move fall. The relative-rotation term is left out: on this tiny set it
+    # sits at the target's variance for many epochs and moves up and down with the pairs drawn (seen in CI: 0.199,
+    # 0.161, 0.214, 0.213); that the supervised rotation head learns is checked on a fixed batch in test_methods.
+    for term in ("train/total", "train/pose", "train/class"):
         assert rows[-1][term] < rows[0][term], (term, [r[term] for r in rows])
+    assert all(math.isfinite(r["train/rotation"]) for r in rows), [r["train/rotation"] for r in rows]
     loaded = load_checkpoint(res.run_dir)
     assert loaded.cfg.method.name == "supervised" and loaded.num_classes == 4
     x = torch.zeros(2, 3, 32, 32)
