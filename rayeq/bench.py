@@ -6,8 +6,10 @@ the same model, data, batch, image size and torch thread count; their ratio; for
 time against its base SSL method alone (the reconstruction overhead); on a GPU the same under bf16
 autocast and channels_last, with the memory peak.
 
-data: synth3d render images/s, and the pair pipeline's pairs/s on its own (Ray Data, and the plain
-single-process maker), against the pairs/s that training consumes.
+data: render images/s per core of the PyTorch renderer and of the pybullet reference side by side, their parity
+on a fixed sample (silhouette IoU, mean absolute pixel difference) and a contact sheet of both; on a GPU the
+PyTorch renderer's images/s there; `rayeq data synth3d`'s images/s with its processes; the pair pipeline's pairs/s
+on its own (Ray Data, and the plain single-process maker), against the pairs/s that training consumes.
 """
 
 from __future__ import annotations
@@ -389,6 +391,89 @@ def ray_data_rate(cfg: ExperimentConfig, batch: int, passes: int = 3) -> tuple[d
     return _stats(rates[1:]), rates[0]
 
 
+IEBENCH_IMAGES = 52_472 * 50  # 3DIEBench: 52,472 objects x 50 views
+
+
+def _pybullet_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pybullet") is not None
+
+
+def bench_render(
+    sizes: tuple[int, ...] = (64, 128),
+    per_class: int = 2,
+    views: int = 4,
+    sheet: str | Path | None = None,
+    device: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Render images/s per core (1 thread, in this process, rendering only: the same objects and latents for
+    both) of the PyTorch renderer and the pybullet reference, parity figures per size, a contact sheet at the
+    first size; on `device` (a CUDA device; by default the first, when torch sees one) the PyTorch renderer's
+    images/s there and the time a 3DIEBench-sized set would take."""
+    from rayeq.data.make.parity import compare, contact_sheet, parity_sample, timed_render
+    from rayeq.data.make.raster import TorchRenderer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    objects, latents = parity_sample(per_class, views)
+    n = latents.shape[0] * latents.shape[1]
+    res: dict[str, Any] = {"sample": {"objects": len(objects), "views": views, "images": n, "seed": 0}, "sizes": {}}
+    have_pybullet = _pybullet_available()
+    log(f"bench data: renderers on {len(objects)} objects x {views} views ({n} images), 1 thread each:")
+    if not have_pybullet:
+        log("  pybullet is not installed (an optional extra: pip install 'rayeq[pybullet]'): the PyTorch renderer only")
+    try:
+        for size in sizes:
+            row: dict[str, Any] = {}
+            torch_r = TorchRenderer(size)
+            timed_render(torch_r, objects[:2], latents[:2])  # warm-up
+            img, sil, sec = timed_render(torch_r, objects, latents)
+            row["torch_cpu_images_per_s_per_core"] = n / sec
+            line = f"  {size:3d} px: torch {n / sec:6.0f} images/s per core"
+            if have_pybullet:
+                from rayeq.data.make.render import PybulletRenderer
+
+                pb = PybulletRenderer(size)
+                try:
+                    ref, ref_sil, ref_sec = timed_render(pb, objects, latents)
+                finally:
+                    pb.close()
+                row["pybullet_images_per_s_per_core"] = n / ref_sec
+                row["speedup_per_core"] = ref_sec / sec
+                row["parity"] = compare(ref, ref_sil, img, sil)
+                p = row["parity"]
+                line += (
+                    f", pybullet {n / ref_sec:6.0f} ({ref_sec / sec:.2f}x); silhouette IoU min {p['iou_min']:.4f} "
+                    f"mean {p['iou_mean']:.4f} ({p['views_below_0_98']} of {p['views']} views < 0.98); mean |diff| "
+                    f"{p['mean_abs_diff']:.2f} / 255 (object {p['mean_abs_diff_object']:.2f}, floor "
+                    f"{p['mean_abs_diff_floor']:.2f})"
+                )
+                if sheet and size == sizes[0]:
+                    res["contact_sheet"] = str(contact_sheet(ref, img, sheet))
+            log(line)
+            res["sizes"][str(size)] = row
+    finally:
+        torch.set_num_threads(threads)
+    if res.get("contact_sheet"):
+        log(f"  contact sheet (pybullet, torch, |diff| x4): {res['contact_sheet']}")
+    device = device or ("cuda" if torch.cuda.is_available() else None)
+    if device:
+        res["gpu"] = {"device": torch.cuda.get_device_name(torch.device(device)), "sizes": {}}
+        big_objects, big_latents = parity_sample(per_class * 8, views, seed=1)  # 368 objects: a GPU-sized batch
+        m = big_latents.shape[0] * big_latents.shape[1]
+        for size in sizes:
+            r = TorchRenderer(size, device=device)
+            timed_render(r, big_objects[:64], big_latents[:64], chunk=64)
+            _, _, sec = timed_render(r, big_objects, big_latents, chunk=256)
+            ips = m / sec
+            res["gpu"]["sizes"][str(size)] = {"images_per_s": ips, "iebench_minutes": IEBENCH_IMAGES / ips / 60}
+            log(f"  {size:3d} px on {res['gpu']['device']}: torch {ips:.0f} images/s; a 3DIEBench-sized set "
+                f"({IEBENCH_IMAGES:,} images) in {IEBENCH_IMAGES / ips / 60:.1f} min (rendering only)")  # fmt: skip
+    return res
+
+
 def bench_data(
     size: int = 64,
     batch: int = 256,
@@ -397,6 +482,9 @@ def bench_data(
     log=print,
     feed: float | None = None,
     sizes: tuple[int, ...] = (32, 64),
+    render_sizes: tuple[int, ...] = (64, 128),
+    sheet: str | None = None,
+    render_only: bool = False,
 ) -> dict[str, Any]:
     import math
 
@@ -405,12 +493,20 @@ def bench_data(
 
     cpus = os.cpu_count() or 2
     res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": cpus, "pairs_per_s_per_core": {}}
+    res["render"] = bench_render(render_sizes, sheet=sheet, log=log)
     with tempfile.TemporaryDirectory() as tmp:
-        n = 5 * 10 * 12  # enough that the render processes' start-up (pybullet) is a small part
+        n = 23 * 10 * 8  # enough that the render processes' start-up is a small part
         t0 = time.perf_counter()
-        generate(Path(tmp) / "set", classes=5, objects_per_class=10, views=12, size=64, seed=0, log=lambda *a: None)
-        res["render_images_per_sec"] = n / (time.perf_counter() - t0)
-        log(f"bench data: synth3d renders {res['render_images_per_sec']:.0f} images/s (64 px, {cpus} processes)")
+        generate(Path(tmp) / "set", classes=23, objects_per_class=10, views=8, size=64, seed=0, log=lambda *a: None)
+        res["synth3d_images_per_sec"] = n / (time.perf_counter() - t0)
+        log(
+            f"  rayeq data synth3d (torch renderer, PNG encoding, Parquet, {cpus} processes, start-up included): "
+            f"{res['synth3d_images_per_sec']:.0f} images/s at 64 px; a 3DIEBench-sized set in "
+            f"{IEBENCH_IMAGES / res['synth3d_images_per_sec'] / 3600:.1f} h here"
+        )
+        if render_only:
+            _write(res, out, log)
+            return res
         jpeg = make_jpeg_set(Path(tmp) / "jpeg")
         # the whole pair path on one core: Parquet read + pairs + targets (no photometric augmentation)
         cases = [("builtin-decoded", s, ["data.decoded=true"]) for s in sizes]

@@ -109,6 +109,8 @@ def cmd_data(args) -> int:
             seed=args.seed,
             workers=args.workers,
             overwrite=args.overwrite,
+            renderer=args.renderer,
+            device=args.device,
         )
     elif args.data_command == "3diebench":
         from rayeq.data.make.convert import convert_3diebench
@@ -215,21 +217,27 @@ def cmd_bench(args) -> int:
             overrides=args.overrides,
         )
     else:
-        bench.bench_data(args.size or 64, args.batch or 256, args.seconds, args.out, feed=args.feed)
+        if args.sheet and Path(args.sheet).exists() and not args.overwrite:
+            raise ConfigError(f"{args.sheet!r} exists; pass --overwrite to replace it")
+        bench.bench_data(args.size or 64, args.batch or 256, args.seconds, args.out, feed=args.feed,
+                         sheet=args.sheet, render_only=args.render_only)  # fmt: skip
     return 0
 
 
 def _add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="make, convert and preview data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    s = dsub.add_parser("synth3d", help="render the built-in 3DIEBench-style data set (CPU, offline)")
+    s = dsub.add_parser("synth3d", help="render a 3DIEBench-style data set (CPU or GPU, offline)")
     s.add_argument("--out", required=True, help="output directory (must be empty or new)")
     s.add_argument("--classes", type=int, default=20, help="number of procedural classes (max 23)")
     s.add_argument("--objects-per-class", type=int, default=50)
     s.add_argument("--views", type=int, default=20, help="views per object")
     s.add_argument("--size", type=int, default=64, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=None, help="render processes (default: all CPUs)")
+    s.add_argument("--workers", type=int, default=None, help="render processes on a CPU (default: all CPUs)")
+    s.add_argument("--device", default="cpu", help="cpu, or cuda[:N] to render on a GPU (torch renderer)")
+    s.add_argument("--renderer", default="torch", choices=["torch", "pybullet"],
+                   help="torch (default), or pybullet: the reference, an optional extra, CPU only")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")
     s = dsub.add_parser("3diebench", help="convert the official 3DIEBench layout (SYNSET/OBJ_ID/image_i.jpg)")
     s.add_argument("--src", required=True)
@@ -357,8 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true", help="torch.compile the training module on both sides")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
     b = bsub.add_parser(
-        "data", parents=[common], help="pairs/s per core (built-in set at 32, 64 px; a JPEG source), Ray Data's total"
+        "data",
+        parents=[common],
+        help="render images/s (PyTorch vs pybullet, parity), pairs/s per core (built-in set, JPEG), Ray Data's total",
     )
+    b.add_argument("--sheet", default=None, metavar="PNG", help="write a contact sheet of both renderers' views")
+    b.add_argument("--render-only", action="store_true", help="only the renderers (no pair pipeline, no Ray)")
     b.add_argument("--seconds", type=float, default=20.0, help="time spent on the per-core figures, in all")
     b.add_argument(
         "--feed", type=float, default=None, metavar="PAIRS_PER_S", help="also print the cores needed to feed this rate"

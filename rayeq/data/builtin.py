@@ -11,10 +11,10 @@ from pathlib import Path
 # 34,500 objects (27,600 train / 6,900 held-out) x 4 views at 64 px: relative rotation transfers to
 # held-out objects only with this many objects (docs/DATA.md has the measurements).
 DATA = dict(classes=23, objects_per_class=1500, views=4, size=64, seed=1)
-DATA_NAME = "synth3d-builtin-v2"
+DATA_NAME = "synth3d-builtin-v3"
 # data.builtin=tiny: 1,600 images at 32 px, rendered in seconds; for smoke sweeps and checks
 TINY_DATA = dict(classes=10, objects_per_class=20, views=8, size=32, seed=0)
-TINY_NAME = "synth3d-tiny-v2"
+TINY_NAME = "synth3d-tiny-v3"
 
 
 def cache_dir() -> Path:

@@ -1,9 +1,6 @@
-"""Headless CPU rendering of one object in 3DIEBench's scene with pybullet's TinyRenderer.
-
-Scene (method.md section 3): object at the origin, rotated by extrinsic xyz Euler angles in
-[-pi/2, pi/2]; floor at z = -1 with hue h_f (HSV s=0.6, v=0.6); camera at distance 2.5, elevation
-pi/4, looking at the origin; a spot light at radius 4 aimed at the origin, at polar angle theta in
-[0, pi/4] and azimuth phi in [0, 2 pi], cone pi/8, hue h_l (HSV s=1, v=0.8).
+"""The reference renderer: one object in 3DIEBench's scene (rayeq.data.make.scene) with pybullet's TinyRenderer,
+on the CPU. An optional extra (`pip install rayeq[pybullet]`): rayeq renders with rayeq.data.make.raster, and this
+one stays for the parity check (`rayeq bench render`) and for `--renderer pybullet`.
 
 TinyRenderer only has a white directional light and its own shadows are broken, so a view is
 composed from two renders: an albedo pass (ambient only) and a diffuse pass lit from the spot's
@@ -19,47 +16,8 @@ import os
 
 import numpy as np
 
+from rayeq.data.make.scene import SCENE, camera_eye, light_position
 from rayeq.data.make.shapes import Mesh
-
-# 3DIEBench scene constants (kept in meta.json of every generated set)
-SCENE = {
-    "camera_distance": 2.5,
-    "camera_elevation": float(np.pi / 4),
-    "camera_fov_deg": 40.0,
-    "floor_z": -1.0,
-    "floor_saturation": 0.6,
-    "floor_value": 0.6,
-    "light_radius": 4.0,
-    "light_theta_max": float(np.pi / 4),
-    "light_cone": float(np.pi / 8),
-    "light_cone_blend": 0.15,
-    "light_saturation": 1.0,
-    "light_value": 0.8,
-    "ambient": 0.45,
-    "light_intensity": 1.1,
-    "rotation_range": float(np.pi / 2),
-}
-LATENT_NAMES = ["rot_x", "rot_y", "rot_z", "floor_hue", "light_theta", "light_phi", "light_hue"]
-
-
-def sample_latent(g: np.random.Generator) -> np.ndarray:
-    """One view's 7 latents in 3DIEBench's order."""
-    r = SCENE["rotation_range"]
-    return np.array(
-        [
-            *g.uniform(-r, r, 3),
-            g.uniform(0, 1),
-            g.uniform(0, SCENE["light_theta_max"]),
-            g.uniform(0, 2 * np.pi),
-            g.uniform(0, 1),
-        ],
-        dtype=np.float32,
-    )
-
-
-def light_position(theta: float, phi: float) -> np.ndarray:
-    rad = SCENE["light_radius"]
-    return rad * np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
 
 
 def _import_pybullet():
@@ -87,15 +45,15 @@ def _import_pybullet():
     return pybullet
 
 
-class SceneRenderer:
-    """One pybullet DIRECT client; `load(meshes, colors)` then `render(latent)` per view."""
+class PybulletRenderer:
+    """One pybullet DIRECT client; `load(meshes, colors)` then `render(latent)` per view, or
+    `render_objects(objects, latents)` as rayeq.data.make.raster.TorchRenderer."""
 
     def __init__(self, size: int = 64):
         self.p = _import_pybullet()
         self.client = self.p.connect(self.p.DIRECT)
         self.size = size
-        d, el = SCENE["camera_distance"], SCENE["camera_elevation"]
-        self.eye = np.array([d * np.cos(el), 0.0, d * np.sin(el)])
+        self.eye = camera_eye()
         self.view = self.p.computeViewMatrix(self.eye.tolist(), [0, 0, 0], [0, 0, 1], physicsClientId=self.client)
         self.near, self.far = 0.1, 30.0
         self.proj = self.p.computeProjectionMatrixFOV(
@@ -130,6 +88,19 @@ class SceneRenderer:
             self.bodies.append(p.createMultiBody(0, col, vis, [0, 0, 0], physicsClientId=cid))
             self.body_colors.append(np.asarray(colors[m.slot], np.float32))
 
+    def render_objects(self, objects: list[tuple[list[Mesh], np.ndarray]], latents: np.ndarray, masks: bool = False):
+        """(B, V, 7) latents of B (meshes, colours) objects -> (B, V, size, size, 3) uint8 [, (B, V, size, size) bool
+        silhouettes]."""
+        images, sil = [], []
+        for (meshes, colors), lats in zip(objects, latents, strict=True):
+            self.load(meshes, colors)
+            for lat in lats:
+                images.append(self.render(lat))
+                sil.append(self.last_mask)
+        shape = (len(objects), len(latents[0]), self.size, self.size)
+        img = np.stack(images).reshape(*shape, 3)
+        return (img, np.stack(sil).reshape(shape)) if masks else img
+
     def render(self, latent: np.ndarray) -> np.ndarray:
         """-> (size, size, 3) uint8 image of the loaded object under `latent`."""
         p, cid, s = self.p, self.client, self.size
@@ -162,6 +133,7 @@ class SceneRenderer:
             mask = seg == body
             albedo[mask] = rgb
             on_object |= mask
+        self.last_mask = on_object  # the object's silhouette, for the parity check
         world = self._unproject(depth)  # (s, s, 3)
         to_light = light - world
         dist = np.linalg.norm(to_light, axis=-1, keepdims=True)
@@ -207,10 +179,3 @@ class SceneRenderer:
         z_ndc = 2 * depth - 1
         pts = np.stack([self.ndc_x, self.ndc_y, z_ndc, np.ones_like(z_ndc)], -1) @ self.inv_pv.T
         return pts[..., :3] / pts[..., 3:]
-
-
-def random_colors(g: np.random.Generator, n: int = 3) -> np.ndarray:
-    """Per-object part colours, independent of the class: random hue, moderate saturation/value."""
-    return np.array(
-        [colorsys.hsv_to_rgb(g.uniform(0, 1), g.uniform(0.3, 0.9), g.uniform(0.55, 0.95)) for _ in range(n)]
-    )

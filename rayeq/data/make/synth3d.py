@@ -1,7 +1,11 @@
-"""`rayeq data synth3d`: render a 3DIEBench-like data set offline on the CPU.
+"""`rayeq data synth3d`: render a 3DIEBench-like data set, on the CPU or on a GPU.
 
-Each object gets its own seed (SeedSequence(seed).spawn), so the output is byte-identical whatever
-the number of worker processes: workers render objects, the parent writes them in object order.
+Each object gets its own seed (SeedSequence(seed).spawn), and an object's pixels do not depend on the other
+objects it is rendered with, so the output is byte-identical whatever the number of worker processes or the batch
+size, for a given renderer and device: workers render chunks of objects, the parent writes them in object order.
+
+Renderers: `torch` (rayeq.data.make.raster, the default; CPU processes or one CUDA device) and `pybullet` (the
+reference, rayeq.data.make.render; an optional extra, CPU only).
 """
 
 from __future__ import annotations
@@ -26,42 +30,99 @@ from rayeq.data.schema import (
     write_meta,
 )
 
-GENERATOR_VERSION = "synth3d-2"
+GENERATOR_VERSION = "synth3d-3"  # synth3d-3: the PyTorch renderer (synth3d-2 was pybullet's, same latents)
 VAL_FRACTION = 0.2
+RENDERERS = ("torch", "pybullet")
+CHUNK = 16  # objects per render call (per worker process on a CPU)
 
 _renderer = None
 
 
-def _init_worker(size: int) -> None:
+def make_renderer(renderer: str, size: int, device: str = "cpu"):
+    """A renderer with `render_objects(objects, latents) -> (B, V, size, size, 3) uint8`."""
+    if renderer == "torch":
+        from rayeq.data.make.raster import TorchRenderer
+
+        return TorchRenderer(size, device=device)
+    from rayeq.data.make.render import PybulletRenderer
+
+    return PybulletRenderer(size)
+
+
+def _init_worker(renderer: str, size: int, device: str = "cpu") -> None:
     global _renderer
-    from rayeq.data.make.render import SceneRenderer
+    if renderer == "torch" and device == "cpu":
+        import torch
 
-    _renderer = SceneRenderer(size)
+        torch.set_num_threads(1)  # one process per core
+    _renderer = make_renderer(renderer, size, device)
 
 
-def render_object(task: tuple[int, str, np.random.SeedSequence, int]) -> dict:
-    """Render every view of one object. task = (label, class name, seed sequence, n views)."""
-    from rayeq.data.make.render import random_colors, sample_latent
+def object_scene(task: tuple[int, str, np.random.SeedSequence, int]):
+    """One object's meshes, part colours and view latents from its own seed. task = (label, class, seq, views)."""
+    from rayeq.data.make.scene import random_colors, sample_latent
 
-    label, class_name, seq, views = task
+    _, class_name, seq, views = task
     g = np.random.default_rng(seq)
     meshes = make_object(class_name, g)
     colors = random_colors(g)
-    latents = [sample_latent(g) for _ in range(views)]
-    _renderer.load(meshes, colors)
-    images, n, s, ss = [], 0, np.zeros(3), np.zeros(3)
-    for lat in latents:
-        img = _renderer.render(lat)
-        images.append(encode_png(img))
+    latents = np.stack([sample_latent(g) for _ in range(views)])
+    return meshes, colors, latents
+
+
+def render_objects(tasks: list[tuple[int, str, np.random.SeedSequence, int]]) -> list[dict]:
+    """Render every view of a chunk of objects (one call of the worker's renderer)."""
+    scenes = [object_scene(t) for t in tasks]
+    images = _renderer.render_objects([(m, c) for m, c, _ in scenes], np.stack([lat for _, _, lat in scenes]))
+    return [_row(task, lat, imgs) for task, (_, _, lat), imgs in zip(tasks, scenes, images, strict=True)]
+
+
+def _row(task, latents: np.ndarray, images: np.ndarray) -> dict:
+    label, class_name, _, _ = task
+    pngs, n, s, ss = [], 0, np.zeros(3), np.zeros(3)
+    for img in images:
+        pngs.append(encode_png(img))
         dn, ds, dss = ImageStats.sums(img)
         n, s, ss = n + dn, s + ds, ss + dss
     return {
         "label": label,
         "class_name": class_name,
-        "images": images,
+        "images": pngs,
         "latents": [lat.tolist() for lat in latents],
         "_stats": (n, s, ss),
     }
+
+
+def check_renderer(renderer: str, device: str) -> str:
+    """The device to render on, or a DataError naming what cannot be used, before anything is written."""
+    if renderer not in RENDERERS:
+        raise DataError(f"--renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
+    if renderer == "pybullet":
+        if device != "cpu":
+            raise DataError(f"the pybullet renderer runs on the CPU only (got --device {device}); use --renderer torch")
+        try:
+            import pybullet  # noqa: F401
+        except ImportError:
+            raise DataError(
+                "--renderer pybullet needs pybullet, an optional extra: pip install 'rayeq[pybullet]' "
+                "(pybullet has no wheels for Python 3.13 and later)"
+            ) from None
+        return device
+    import torch
+
+    if device == "cpu":
+        return device
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DataError(f"--device {device!r} is not a device torch knows ({exc})") from None
+    if dev.type != "cuda":
+        raise DataError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if not torch.cuda.is_available():
+        raise DataError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DataError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return str(dev)
 
 
 def object_splits(n_classes: int, per_class: int, seed: int) -> list[str]:
@@ -86,6 +147,8 @@ def generate(
     overwrite: bool = False,
     objects_per_shard: int = 64,
     log=print,
+    renderer: str = "torch",
+    device: str = "cpu",
 ) -> dict:
     """Render the set into `out`; returns meta (also written as meta.json) plus timing."""
     available = sorted(CLASSES)
@@ -100,6 +163,9 @@ def generate(
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
+    device = check_renderer(renderer, device)
+    if device != "cpu":
+        workers = 1  # one process feeds the GPU
     out = prepare_output_dir(out, overwrite)
 
     class_names = available[:classes]
@@ -110,23 +176,26 @@ def generate(
     # mixes classes; each object keeps its own seed, so the bytes do not depend on the order.
     order = np.random.default_rng(np.random.SeedSequence([seed, 2])).permutation(n_objects)
     tasks = [(i // objects_per_class, class_names[i // objects_per_class], seqs[i], views) for i in order]
+    chunk = CHUNK if device == "cpu" else 256
+    chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
 
     writer = ShardWriter(out, OBJECTS_SCHEMA, objects_per_shard)
     stats = ImageStats()
     total = n_objects * views
     progress = Progress(total, "images", log=log)
+    where = f"{workers} CPU process(es)" if device == "cpu" else device
     log(
         f"synth3d: {classes} classes x {objects_per_class} objects x {views} views at {size}px = {total} images, "
-        f"{workers} worker(s) -> {out}"
+        f"{renderer} renderer on {where} -> {out}"
     )
     t0 = time.perf_counter()
     if workers == 1:
-        _init_worker(size)
-        results = map(render_object, tasks)
+        _init_worker(renderer, size, device)
+        results = (row for rows in map(render_objects, chunks) for row in rows)
         pool = None
     else:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(size,))
-        results = pool.imap(render_object, tasks, chunksize=2)
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(renderer, size, device))
+        results = (row for rows in pool.imap(render_objects, chunks) for row in rows)
     try:
         for i, row in zip(order, results, strict=True):
             stats.add_sums(*row.pop("_stats"))
@@ -142,12 +211,14 @@ def generate(
     seconds = time.perf_counter() - t0
     mean, std = stats.result()
     from rayeq import __version__
-    from rayeq.data.make.render import LATENT_NAMES, SCENE
+    from rayeq.data.make.scene import LATENT_NAMES, SCENE
 
     meta = {
         "format": OBJECTS_FORMAT,
         "source": "synth3d",
         "generator_version": GENERATOR_VERSION,
+        "renderer": renderer,
+        "render_device": device,
         "rayeq_version": __version__,
         "seed": seed,
         "classes": class_names,
