@@ -98,8 +98,15 @@ def cmd_demo(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "synth3d":
-        from rayeq.data.make.synth3d import generate
+        from rayeq.data.make.synth3d import check_renderer, generate
 
+        if args.ray:
+            from rayeq.cluster import connect_ray
+            from rayeq.data.schema import prepare_output_dir
+
+            check_renderer(args.renderer, args.device, local=False)
+            prepare_output_dir(args.out, args.overwrite, dry_run=True)  # refused before Ray starts
+            connect_ray(args.address)
         generate(
             args.out,
             classes=args.classes,
@@ -111,6 +118,7 @@ def cmd_data(args) -> int:
             overwrite=args.overwrite,
             renderer=args.renderer,
             device=args.device,
+            use_ray=args.ray,
         )
     elif args.data_command == "3diebench":
         from rayeq.data.make.convert import convert_3diebench
@@ -238,6 +246,10 @@ def _add_data_parser(sub) -> None:
     s.add_argument("--device", default="cpu", help="cpu, or cuda[:N] to render on a GPU (torch renderer)")
     s.add_argument("--renderer", default="torch", choices=["torch", "pybullet"],
                    help="torch (default), or pybullet: the reference, an optional extra, CPU only")  # fmt: skip
+    s.add_argument("--ray", action="store_true", help="render with Ray Data actors (one per GPU with --device cuda)")
+    s.add_argument(
+        "--address", default=None, help="with --ray: the Ray cluster to join (default: $RAY_ADDRESS or local)"
+    )
     s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")
     s = dsub.add_parser("3diebench", help="convert the official 3DIEBench layout (SYNSET/OBJ_ID/image_i.jpg)")
     s.add_argument("--src", required=True)

@@ -152,3 +152,22 @@ def test_validation_pipeline_can_start_beside_a_training_stream_that_holds_its_a
 
     assert pool(build_ray_dataset(cfg, "train", passes=2)) == (3, 3, 0.5)
     assert pool(build_ray_dataset(cfg, "val", beside_training=True)) == (1, 3, VAL_CPUS)
+
+
+def test_synth3d_rendered_by_ray_actors_is_the_set_rendered_here(ray_session, tmp_path):
+    """`rayeq data synth3d --ray`: objects rendered by Ray Data actors, written in object order by the driver: the
+    same bytes as the local render. A GPU render asked of a cluster without GPUs is refused before anything is
+    written."""
+    from rayeq.config import ConfigError
+    from rayeq.data.make.synth3d import generate
+
+    kw = dict(classes=3, objects_per_class=4, views=2, size=16, seed=5, objects_per_shard=5, log=lambda *a: None)
+    generate(tmp_path / "here", workers=1, **kw)
+    generate(tmp_path / "ray", use_ray=True, **kw)
+    here = {p.name: p.read_bytes() for p in sorted((tmp_path / "here").iterdir())}
+    there = {p.name: p.read_bytes() for p in sorted((tmp_path / "ray").iterdir())}
+    assert len(here) == 4 and here == there  # meta.json + 3 shards
+    if not ray_session.cluster_resources().get("GPU"):
+        with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
+            generate(tmp_path / "gpu", use_ray=True, device="cuda", **kw)
+        assert not (tmp_path / "gpu").exists()

@@ -99,9 +99,9 @@ def raw_views(flat: pa.Array, size: int) -> np.ndarray:
     return data[offsets[0] : offsets[0] + len(flat) * nbytes].reshape(len(flat), 3, size, size)
 
 
-def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
+def prepare_output_dir(out: str | Path, overwrite: bool, dry_run: bool = False) -> Path:
     """Refuse a non-empty directory unless `overwrite`; then remove only a previous data set's own
-    files (meta.json, shard-*.parquet) and never anything else the user put there."""
+    files (meta.json, shard-*.parquet) and never anything else the user put there. `dry_run`: the checks only."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"output {str(out)!r} exists and is not a directory")
@@ -118,12 +118,15 @@ def prepare_output_dir(out: str | Path, overwrite: bool) -> Path:
                 f"output directory {str(out)!r} holds files that are not a rayeq data set ({names}); "
                 "refusing to overwrite: choose an empty or new directory"
             )
+        if dry_run:
+            return out
         for p in ours:
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -93,13 +93,16 @@ def _row(task, latents: np.ndarray, images: np.ndarray) -> dict:
     }
 
 
-def check_renderer(renderer: str, device: str) -> str:
-    """The device to render on, or a DataError naming what cannot be used, before anything is written."""
+def check_renderer(renderer: str, device: str, local: bool = True) -> str:
+    """The device to render on, or a DataError naming what cannot be used, before anything is written. `local`:
+    rendered in this process (else on a Ray cluster, whose GPUs ray_render counts)."""
     if renderer not in RENDERERS:
         raise DataError(f"--renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
     if renderer == "pybullet":
         if device != "cpu":
             raise DataError(f"the pybullet renderer runs on the CPU only (got --device {device}); use --renderer torch")
+        if not local:
+            raise DataError("--ray renders with the torch renderer only (pybullet is the local reference)")
         try:
             import pybullet  # noqa: F401
         except ImportError:
@@ -118,6 +121,8 @@ def check_renderer(renderer: str, device: str) -> str:
         raise DataError(f"--device {device!r} is not a device torch knows ({exc})") from None
     if dev.type != "cuda":
         raise DataError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if not local:
+        return "cuda"
     if not torch.cuda.is_available():
         raise DataError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -149,8 +154,10 @@ def generate(
     log=print,
     renderer: str = "torch",
     device: str = "cpu",
+    use_ray: bool = False,
 ) -> dict:
-    """Render the set into `out`; returns meta (also written as meta.json) plus timing."""
+    """Render the set into `out`; returns meta (also written as meta.json) plus timing. `use_ray`: rendered by Ray
+    Data actors on the cluster Ray is connected to (ray.init() first), on its GPUs with device cuda."""
     available = sorted(CLASSES)
     if not 1 <= classes <= len(available):
         raise DataError(f"--classes must be in [1, {len(available)}] (the procedural classes), got {classes}")
@@ -163,9 +170,13 @@ def generate(
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
-    device = check_renderer(renderer, device)
+    device = check_renderer(renderer, device, local=not use_ray)
     if device != "cpu":
         workers = 1  # one process feeds the GPU
+    if use_ray:
+        from rayeq.data.make.ray_render import actors_for, render_rows
+
+        actors = actors_for(device)  # the cluster has what the actors need, or nothing is written
     out = prepare_output_dir(out, overwrite)
 
     class_names = available[:classes]
@@ -183,13 +194,16 @@ def generate(
     stats = ImageStats()
     total = n_objects * views
     progress = Progress(total, "images", log=log)
-    where = f"{workers} CPU process(es)" if device == "cpu" else device
+    where = "Ray" if use_ray else f"{workers} CPU process(es)" if device == "cpu" else device
     log(
         f"synth3d: {classes} classes x {objects_per_class} objects x {views} views at {size}px = {total} images, "
         f"{renderer} renderer on {where} -> {out}"
     )
     t0 = time.perf_counter()
-    if workers == 1:
+    if use_ray:
+        results = render_rows(tasks, renderer, size, device, chunk, actors, log)
+        pool = None
+    elif workers == 1:
         _init_worker(renderer, size, device)
         results = (row for rows in map(render_objects, chunks) for row in rows)
         pool = None
