@@ -53,6 +53,7 @@ class TrainState:
     data: dict[str, Any] = field(default_factory=dict)
     tracker_run_id: str | None = None
     track_repo: str | None = None
+    track_backend: str | None = None  # None: a checkpoint from before TensorBoard, tracked by Aim
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / STATE_FILE

@@ -155,7 +155,7 @@ def cmd_train(args) -> int:
 def cmd_quickstart(args) -> int:
     from rayeq.quickstart import run_quickstart
 
-    run_quickstart(epochs=args.epochs, storage_path=args.runs, aim_repo=args.aim_repo)
+    run_quickstart(epochs=args.epochs, storage_path=args.runs, track_repo=args.track_repo)
     return 0
 
 
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="build the built-in data set and train xrecon on local Ray (minutes)")
     p.add_argument("--epochs", type=int, default=None, help="override the quickstart's epoch count")
     p.add_argument("--runs", default="runs", help="where run directories go")
-    p.add_argument("--aim-repo", default="aim", help="directory of the local Aim repo")
+    p.add_argument("--track-repo", "--aim-repo", default=None,
+                   help="the tracking store (default: ./aim with Aim installed, else ./tensorboard)")  # fmt: skip
     _add_verbose(p)
     p.set_defaults(func=cmd_quickstart)
 

@@ -351,9 +351,17 @@ class EvalConfig(Section):
 
 # --------------------------------------------------------------------------- tracking
 class TrackConfig(Section):
-    backend: Literal["aim", "none"] = "aim"
-    repo: str = Field("aim", description="directory holding the Aim repo (its .aim folder), or aim://host:port")
-    experiment: str | None = Field(None, description="Aim experiment; None = train.name")
+    backend: Literal["auto", "aim", "tensorboard", "none"] = Field(
+        "auto", description="auto: aim where the Aim extra is installed, else tensorboard"
+    )
+    repo: str | None = Field(
+        None,
+        description="directory of the tracking store (Aim: the repo holding .aim, or aim://host:port; TensorBoard: the "
+        "log dir); None = ./aim or ./tensorboard after the backend",
+    )
+    experiment: str | None = Field(
+        None, description="experiment (Aim's; TensorBoard's top directory); None = train.name"
+    )
     image_every_epochs: int = Field(1, ge=1)
 
 

@@ -39,7 +39,7 @@ OVERRIDES = [
 ]
 
 
-def run_quickstart(epochs: int | None = None, storage_path: str = "runs", aim_repo: str = "aim", log=print):
+def run_quickstart(epochs: int | None = None, storage_path: str = "runs", track_repo: str | None = None, log=print):
     from rayeq.train.driver import run_training, summary
 
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def run_quickstart(epochs: int | None = None, storage_path: str = "runs", aim_re
             f"data.path={data}",
             f"train.name={name}",
             f"train.storage_path={storage_path}",
-            f"track.repo={aim_repo}",
+            *([f"track.repo={track_repo}"] if track_repo else []),  # else ./aim, or ./tensorboard without Aim
             *extra,
         ],
     )

@@ -38,7 +38,7 @@ def test_no_server_is_bound_beyond_the_cluster():
     cfg = yaml.safe_load(Path("cluster/aws-gpu.yaml").read_text())
     aim = [c for c in cfg["head_start_ray_commands"] if "aim server" in c]
     assert len(aim) == 1 and "--host \"$(hostname -I | cut -d' ' -f1)\"" in aim[0]
-    assert '"aim>=3.29,<4"' in Path("pyproject.toml").read_text()
+    assert '"aim>=3.29,<4;' in Path("pyproject.toml").read_text()
 
 
 def test_gcp_config_is_valid_for_ray_up():

@@ -42,11 +42,13 @@ def test_quickstart_trains_xrecon_with_two_cpu_workers(tiny_builtin, monkeypatch
 
     monkeypatch.setattr("rayeq.train.driver.run_training", fake_run_training)
     with pytest.raises(SystemExit):
-        qs.run_quickstart(storage_path=str(tiny_builtin / "runs"), aim_repo=str(tiny_builtin / "aim"), log=lambda *a: 0)
+        qs.run_quickstart(
+            storage_path=str(tiny_builtin / "runs"), track_repo=str(tiny_builtin / "tr"), log=lambda *a: 0
+        )
     cfg = seen["cfg"]
     assert cfg.method.name == "xrecon" and cfg.train.num_workers == 2 and not cfg.train.use_gpu
     assert cfg.train.name.startswith("quickstart-")  # a new run each time: nothing earlier is overwritten
-    assert cfg.track.backend == "aim" and cfg.track.repo.endswith("aim")
+    assert cfg.track.backend == "auto" and cfg.track.repo.endswith("tr")  # Aim where installed, else TensorBoard
 
     class TwoCores:
         def cluster_resources(self):

@@ -102,6 +102,7 @@ def test_a_study_trains_evaluates_and_summarises_every_run(finished_study):
     assert any("study mini: 2 runs" in line for line in logs)
 
 
+@pytest.mark.extras
 def test_every_run_is_an_aim_run_of_the_studys_experiment_with_its_arm_and_eval_metrics(finished_study):
     """Aim's explorers can group the study by run.hparams.study.arm; the eval scores sit beside training's."""
     tmp, _, _, _ = finished_study

@@ -95,6 +95,7 @@ def test_sweep_writes_results_best_config_and_pareto(finished_sweep):
     assert any("sweep t: 2 trials" in line for line in logs)
 
 
+@pytest.mark.extras
 def test_each_trial_is_an_aim_run_of_the_sweeps_experiment(finished_sweep):
     tmp, _, out, _ = finished_sweep
     repo = indexed_aim_repo(tmp / "aim")

@@ -111,6 +111,7 @@ def test_two_worker_run_completes_and_loss_falls(first_run):
     assert 0 <= res.metrics["val/floor/top1"] <= 1 and "val/floor/rot_r2" in res.metrics
 
 
+@pytest.mark.extras
 def test_aim_run_holds_metrics_and_an_image(first_run):
     tmp, cfg, res, *_ = first_run
     state = torch.load(_checkpoints(res.run_dir)[-1] / "state.pt", map_location="cpu", weights_only=False)
@@ -162,7 +163,7 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     from rayeq.checkpoint import load_checkpoint
 
     cfg = _cfg(train_data, tmp_path, "ceiling", "method.name=supervised", "method.supervised.hidden_dim=64",
-               "train.epochs=4")  # fmt: skip
+               "train.epochs=4", "track.backend=tensorboard", f"track.repo={tmp_path / 'tb'}")  # fmt: skip
     res = run_training(cfg, log=lambda *a: None)
     rows = _epochs(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
@@ -176,6 +177,13 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     assert loaded.cfg.method.name == "supervised" and loaded.num_classes == 4
     x = torch.zeros(2, 3, 32, 32)
     assert loaded.encoder().encode(x).shape == (2, 512)
+    # tracked by TensorBoard: the same per-epoch metrics as metrics.jsonl, at the same steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb" / "ceiling")).Reload()
+    logged = [e.value for e in events.Scalars("train/total")]
+    assert len(logged) == 4 and logged[-1] == pytest.approx(rows[-1]["train/total"], rel=1e-6), logged
+    assert loaded.state["track_backend"] == "tensorboard" and loaded.state["tracker_run_id"] == "ceiling"
 
 
 def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path):

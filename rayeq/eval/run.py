@@ -141,7 +141,7 @@ def evaluate(
         "per_class": {"metric": PER_CLASS_METRIC, "classes": per_class} if per_class else {},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    _log_to_aim(loaded, metrics, floors, log)
+    _log_to_tracker(loaded, metrics, floors, log)
     return result
 
 
@@ -394,25 +394,27 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _log_to_aim(loaded: LoadedCheckpoint, metrics: dict[str, float], floors: dict[str, dict[str, float]], log):
+def _log_to_tracker(loaded: LoadedCheckpoint, metrics: dict[str, float], floors: dict[str, dict[str, float]], log):
     cfg = loaded.cfg
     run_id = loaded.state.get("tracker_run_id")
-    if cfg.track.backend != "aim" or not run_id:
+    backend = loaded.state.get("track_backend") or "aim"  # the tracker the run was trained with
+    if cfg.track.backend == "none" or not run_id:
         return
+    name = {"aim": "Aim", "tensorboard": "TensorBoard"}.get(backend, backend)
     try:
         from rayeq.track import open_tracker, resolve_track_repo
 
         # the repo the run was trained with (a relative track.repo resolved where training ran)
         repo = loaded.state.get("track_repo") or resolve_track_repo(cfg)
-        tracker = open_tracker("aim", repo, cfg.track.experiment or cfg.train.name, run_id, must_exist=True)
+        tracker = open_tracker(backend, repo, cfg.track.experiment or cfg.train.name, run_id, must_exist=True)
         values = {f"eval/{k}": v for k, v in metrics.items()}
         for name, floor in floors.items():
             values.update({f"eval_floor/{name}/{k}": v for k, v in floor.items()})
         tracker.log_metrics(values, step=loaded.state["step"], epoch=loaded.state["epoch"], subset="eval")
         tracker.close()
-        log(f"  logged to Aim run {run_id}")
+        log(f"  logged to {name} run {run_id}")
     except Exception as exc:  # the results are in the JSON either way
-        log(f"  (could not log to Aim: {exc})")
+        log(f"  (could not log to {name}: {exc})")
 
 
 def write_outputs(result: dict[str, Any], out: str | Path | None, overwrite: bool) -> Path:

@@ -149,10 +149,10 @@ def run_study(
         concurrency = min(check_cluster(spec, base, ray, autoscaling), len(todo))
         study_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(record, sort_keys=False))
-        if base.track.backend == "aim":
-            from rayeq.track import ensure_aim_repo
+        from rayeq.track import backend_of, ensure_aim_repo, resolve_track_repo
 
-            ensure_aim_repo(base.track.repo)
+        if backend_of(base) == "aim":
+            ensure_aim_repo(resolve_track_repo(base))
         _fit(spec, base, configs, todo, study_dir, concurrency, log)
     from rayeq.study.summary import collect_rows, write_summary
 

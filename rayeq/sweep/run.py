@@ -235,10 +235,10 @@ def run_sweep(
     concurrency = check_cluster(spec, base, ray, autoscaling)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(yaml.safe_dump(record, sort_keys=False))
-    if base.track.backend == "aim":
-        from rayeq.track import ensure_aim_repo
+    from rayeq.track import backend_of, ensure_aim_repo, resolve_track_repo
 
-        ensure_aim_repo(base.track.repo)
+    if backend_of(base) == "aim":
+        ensure_aim_repo(resolve_track_repo(base))
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler

@@ -16,7 +16,7 @@ from rayeq.cluster import LocalResources, check_resources, connect_ray, starts_l
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.feed.pipeline import check_data
 from rayeq.runinfo import RunInfo
-from rayeq.track import resolve_track_repo
+from rayeq.track import backend_of, check_backend, resolve_track_repo
 from rayeq.train.engine import Hooks
 
 CONFIG_FILE = "config.yaml"
@@ -170,6 +170,7 @@ def build_trainer(
     """Check everything, connect to Ray and build the TorchTrainer of a run (not started). `callbacks`
     go on Train's RunConfig (a sweep's TuneReportCallback); `extra_params` are logged to the run's
     Aim hparams next to the config (a sweep's name, trial and sampled values)."""
+    check_backend(cfg)
     if not autoscaling and starts_local_ray(address):
         check_resources(cfg, LocalResources())  # refused before Ray starts, and before the data is made
     meta, _ = check_data(cfg, "train")
@@ -302,7 +303,7 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
     """The run's final online probes on held-out objects beside their floors: the same probes trained
     on the untrained encoder (`val/floor/*`) and, for R², what predicting the mean scores."""
     from rayeq.methods import method_label
-    from rayeq.track import aim_up_command
+    from rayeq.track import look_at_line
 
     m = res.metrics
     lines = [f"run {cfg.train.name} ({method_label(cfg.method.name)}): {res.seconds:.0f}s, run dir {res.run_dir}"]
@@ -329,6 +330,7 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
             lines.append("  (train.floor_probes is off: `rayeq eval RUN --fast` gives every metric with its floors)")
     if res.checkpoint_path:
         lines.append(f"  latest checkpoint      {res.checkpoint_path}")
-    if cfg.track.backend == "aim":
-        lines.append(f"look at it: {aim_up_command(res.track_repo)}   (then open http://127.0.0.1:43800)")
+    look = look_at_line(backend_of(cfg), res.track_repo)
+    if look:
+        lines.append(look)
     return "\n".join(lines)

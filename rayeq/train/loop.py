@@ -64,9 +64,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tracker = None
     if is_main:
-        from rayeq.track import open_tracker
+        from rayeq.track import backend_of, open_tracker
 
-        tracker = open_tracker(cfg.track.backend, info.track_repo, cfg.track.experiment or cfg.train.name, run_id)
+        backend = backend_of(cfg)
+        experiment = cfg.track.experiment or cfg.train.name
+        tracker = open_tracker(backend, info.track_repo, experiment, run_id, name=cfg.train.name)
         if checkpoint is None:
             tracker.log_params({**cfg.to_dict(), **info.extra_params})
         files = [MetricsFile(info.run_dir)] if info.run_dir else []
@@ -106,6 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     data=info.data_facts(),
                     tracker_run_id=tracker.run_id,
                     track_repo=info.track_repo,
+                    track_backend=backend,
                 ).save(tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(result.metrics, checkpoint=ckpt)

@@ -16,18 +16,23 @@ class RenderActor:
     as synth3d.generate spawns them) becomes their rows (PNG views, latents, image sums)."""
 
     def __init__(self, seed: int, views: int, renderer: str, size: int, device: str):
-        from rayeq.data.make import synth3d
+        from rayeq.data.make.objects import make_renderer
 
         self.seed, self.views = seed, views
-        synth3d._init_worker(renderer, size, "cuda" if device.startswith("cuda") else device)
-        self.render_objects = synth3d.render_objects
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(1)  # one actor per CPU
+        self.renderer = make_renderer(renderer, size, "cuda" if device.startswith("cuda") else device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         tasks = [
             (int(label), str(name), np.random.SeedSequence(self.seed, spawn_key=(int(obj),)), self.views)
             for label, name, obj in zip(batch["label"], batch["class_name"], batch["obj"], strict=True)
         ]
-        rows = self.render_objects(tasks)
+        from rayeq.data.make.objects import render_chunk
+
+        rows = render_chunk(self.renderer, tasks)
         return {
             "index": batch["index"],
             "images": [r["images"] for r in rows],

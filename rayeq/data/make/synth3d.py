@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from rayeq.data.make.objects import make_renderer, render_chunk
 from rayeq.data.make.progress import Progress
-from rayeq.data.make.shapes import CLASSES, make_object
+from rayeq.data.make.shapes import CLASSES
 from rayeq.data.schema import (
     OBJECTS_FORMAT,
     OBJECTS_SCHEMA,
     DataError,
     ImageStats,
     ShardWriter,
-    encode_png,
     prepare_output_dir,
     write_meta,
 )
@@ -38,59 +38,18 @@ CHUNK = 16  # objects per render call (per worker process on a CPU)
 _renderer = None
 
 
-def make_renderer(renderer: str, size: int, device: str = "cpu"):
-    """A renderer with `render_objects(objects, latents) -> (B, V, size, size, 3) uint8`."""
-    if renderer == "torch":
-        from rayeq.data.make.raster import TorchRenderer
-
-        return TorchRenderer(size, device=device)
-    from rayeq.data.make.render import PybulletRenderer
-
-    return PybulletRenderer(size)
-
-
-def _init_worker(renderer: str, size: int, device: str = "cpu") -> None:
+def _init_worker(renderer: str, size: int, device: str = "cpu", one_thread: bool = False) -> None:
     global _renderer
-    if renderer == "torch" and device == "cpu":
+    if one_thread:  # a render process of the pool: one per core
         import torch
 
-        torch.set_num_threads(1)  # one process per core
+        torch.set_num_threads(1)
     _renderer = make_renderer(renderer, size, device)
 
 
-def object_scene(task: tuple[int, str, np.random.SeedSequence, int]):
-    """One object's meshes, part colours and view latents from its own seed. task = (label, class, seq, views)."""
-    from rayeq.data.make.scene import random_colors, sample_latent
-
-    _, class_name, seq, views = task
-    g = np.random.default_rng(seq)
-    meshes = make_object(class_name, g)
-    colors = random_colors(g)
-    latents = np.stack([sample_latent(g) for _ in range(views)])
-    return meshes, colors, latents
-
-
-def render_objects(tasks: list[tuple[int, str, np.random.SeedSequence, int]]) -> list[dict]:
-    """Render every view of a chunk of objects (one call of the worker's renderer)."""
-    scenes = [object_scene(t) for t in tasks]
-    images = _renderer.render_objects([(m, c) for m, c, _ in scenes], np.stack([lat for _, _, lat in scenes]))
-    return [_row(task, lat, imgs) for task, (_, _, lat), imgs in zip(tasks, scenes, images, strict=True)]
-
-
-def _row(task, latents: np.ndarray, images: np.ndarray) -> dict:
-    label, class_name, _, _ = task
-    pngs, n, s, ss = [], 0, np.zeros(3), np.zeros(3)
-    for img in images:
-        pngs.append(encode_png(img))
-        dn, ds, dss = ImageStats.sums(img)
-        n, s, ss = n + dn, s + ds, ss + dss
-    return {
-        "label": label,
-        "class_name": class_name,
-        "images": pngs,
-        "latents": [lat.tolist() for lat in latents],
-        "_stats": (n, s, ss),
-    }
+def render_objects(tasks: list) -> list[dict]:
+    """Render every view of a chunk of objects with this process's renderer."""
+    return render_chunk(_renderer, tasks)
 
 
 def check_renderer(renderer: str, device: str, local: bool = True) -> str:
@@ -208,7 +167,7 @@ def generate(
         results = (row for rows in map(render_objects, chunks) for row in rows)
         pool = None
     else:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(renderer, size, device))
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(renderer, size, device, True))
         results = (row for rows in pool.imap(render_objects, chunks) for row in rows)
     try:
         for i, row in zip(order, results, strict=True):
