@@ -1,6 +1,6 @@
 """`rayeq quickstart`: the whole path on a laptop in a few minutes. Builds (or reuses) a small
 synth3d set in a cache directory, trains xrecon with 2 CPU workers on a local Ray instance, reports
-the online probes, logs to a local Aim repo and prints how to look at it."""
+the online probes, logs to a local Aim repo (TensorBoard without the aim extra) and prints how to look at it."""
 
 from __future__ import annotations
 

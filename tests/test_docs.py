@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from rayeq.cli import build_parser
 
 ROOT = Path(__file__).parents[1]
@@ -136,6 +138,7 @@ def _check_command(argv: list[str], activated: bool, installed: frozenset[str] =
         assert ctx is not None
 
 
+@pytest.mark.extras  # the README's install has the extras: its `aim up` lines need Aim
 def test_every_readme_command_runs_as_written(tmp_path, monkeypatch):
     """Each executable the README calls exists where the README's install leaves it (the venv, unactivated, unless
     its block activated it), and each `rayeq`, `aim` and `ray` command line parses with its real CLI (in a directory
@@ -192,6 +195,29 @@ def test_every_command_rayeq_prints_parses():
             raise AssertionError(f"{where}: {exc}") from None
 
 
+def test_the_printed_tensorboard_command_runs_from_where_the_install_leaves_the_user(tmp_path, monkeypatch):
+    """Without Aim the run prints a `tensorboard --logdir` line (track.look_at_line): its executable is the venv's,
+    and TensorBoard's own flag parser takes its arguments."""
+    from tensorboard import program
+
+    from rayeq.track import look_at_line
+
+    (tmp_path / "tensorboard").mkdir()
+    for cwd in (ROOT, tmp_path):
+        monkeypatch.chdir(cwd)
+        line = look_at_line("tensorboard", str(tmp_path / "tensorboard"))
+        argv = shlex.split(line.removeprefix("look at it: ").split("   (")[0])
+        exe = Path(argv[0]) if Path(argv[0]).is_absolute() else cwd / argv[0]
+        assert exe.is_file() and os.access(exe, os.X_OK), argv[0]
+        assert Path(os.path.abspath(exe)).parent == Path(os.path.abspath(VENV_BIN)), "not the venv's tensorboard"
+        tb = program.TensorBoard()
+        tb.configure(argv=[argv[0], *argv[1:]])
+        assert (tb.flags.logdir, tb.flags.host, tb.flags.port) == (str(tmp_path / "tensorboard"), "127.0.0.1", 6006)
+        with pytest.raises(SystemExit):  # the parser really checks: an unknown flag is refused
+            program.TensorBoard().configure(argv=[argv[0], *argv[1:], "--logdirr", "x"])
+
+
+@pytest.mark.extras
 def test_the_printed_aim_up_command_runs_from_where_the_readme_leaves_the_user(tmp_path, monkeypatch):
     """The quickstart prints the `aim up` line from `aim_up_command`: its executable is the venv's (a user who never
     activated the venv has no `aim` on the PATH), run from the repository root or from anywhere else."""

@@ -9,9 +9,10 @@ triangles go through one z-buffer rasteriser:
 - the nearest fragment of each pixel wins (`scatter_reduce` amin on depth, ties to the higher triangle index), and its
   perspective-correct barycentrics give the world point and the interpolated normal;
 - the floor (z = -1) is the camera rays' intersection with the plane, exact per pixel;
-- the spot light shades as in the pybullet renderer (cone with a smoothstep edge, the light's colour, Lambert's n.l
-  from the light's position), with hard shadows from a shadow map: the object rasterised from the light into a
-  depth map over the object's bounding sphere, a lit point in shadow when it lies behind that depth.
+- the spot light shades as in the pybullet renderer: the cone with a smoothstep edge, the light's colour, Lambert's
+  n.l (the floor's from the light's position, the object's along the light's direction); hard shadows come from a
+  shadow map: the object rasterised from the light into a depth map over the object's bounding sphere, a lit point
+  in shadow when it lies behind that depth.
 
 Every operation is elementwise or a gather/scatter over one instance's own pixels, so an object's pixels do not
 depend on the other objects of its batch: a data set's bytes are the same whatever the batch size or the number
@@ -212,12 +213,8 @@ class TorchRenderer:
         th, ph, rad = lat[:, 4], lat[:, 5], SCENE["light_radius"]
         light_np = rad * np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], -1)
         light = self._tensor(light_np)  # (I, 3)
-        floor_rgb = torch.as_tensor(
-            _hsv(lat[:, 3], SCENE["floor_saturation"], SCENE["floor_value"]), dtype=dt, device=dev
-        )
-        light_rgb = torch.as_tensor(
-            _hsv(lat[:, 6], SCENE["light_saturation"], SCENE["light_value"]), dtype=dt, device=dev
-        )
+        floor_rgb = self._tensor(_hsv(lat[:, 3], SCENE["floor_saturation"], SCENE["floor_value"]))
+        light_rgb = self._tensor(_hsv(lat[:, 6], SCENE["light_saturation"], SCENE["light_value"]))
 
         verts, norms, faces, face_rgb, owner = self._pack(objects)
         # every instance (object b, view v) = b * n_views + v gets its object's triangles, rotated

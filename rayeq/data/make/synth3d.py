@@ -129,9 +129,9 @@ def generate(
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
+    # On a GPU too, `workers` processes (default: one per CPU) each render their chunks there and PNG-encode them on
+    # their own core: the encoding, not the GPU, is the slower part (about 3,000 PNGs/s per core at 64 px)
     device = check_renderer(renderer, device, local=not use_ray)
-    if device != "cpu":
-        workers = 1  # one process feeds the GPU
     if use_ray:
         from rayeq.data.make.ray_render import actors_for, render_rows
 
@@ -146,14 +146,14 @@ def generate(
     # mixes classes; each object keeps its own seed, so the bytes do not depend on the order.
     order = np.random.default_rng(np.random.SeedSequence([seed, 2])).permutation(n_objects)
     tasks = [(i // objects_per_class, class_names[i // objects_per_class], seqs[i], views) for i in order]
-    chunk = CHUNK if device == "cpu" else 256
+    chunk = CHUNK if device == "cpu" else max(CHUNK, min(256, n_objects // (4 * workers)))  # GPU: larger calls
     chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
 
     writer = ShardWriter(out, OBJECTS_SCHEMA, objects_per_shard)
     stats = ImageStats()
     total = n_objects * views
     progress = Progress(total, "images", log=log)
-    where = "Ray" if use_ray else f"{workers} CPU process(es)" if device == "cpu" else device
+    where = "Ray" if use_ray else f"{workers} process(es)" + ("" if device == "cpu" else f" sharing {device}")
     log(
         f"synth3d: {classes} classes x {objects_per_class} objects x {views} views at {size}px = {total} images, "
         f"{renderer} renderer on {where} -> {out}"
