@@ -24,16 +24,16 @@ def _cfg(path, size=32):
 
 def test_stored_views_are_the_renders_of_their_latents(tiny_synth3d):
     """Re-render each object from its seed: image i is the render of latent i, byte for byte."""
-    from rayeq.data.make import synth3d
+    from rayeq.data.make.objects import make_renderer, render_chunk
 
     meta = __import__("json").loads((tiny_synth3d / "meta.json").read_text())
     per_class, classes = meta["objects_per_class"], meta["classes"]
     seqs = np.random.SeedSequence(meta["seed"]).spawn(len(classes) * per_class)
-    synth3d._init_worker(meta["image_size"])
+    renderer = make_renderer(meta["renderer"], meta["image_size"], meta["render_device"])
     for row in _rows(tiny_synth3d)[:6]:
         cls, index = row["object_id"].rsplit("_", 1)
         k = classes.index(cls) * per_class + int(index)
-        again = synth3d.render_object((row["label"], cls, seqs[k], meta["views_per_object"]))
+        (again,) = render_chunk(renderer, [(row["label"], cls, seqs[k], meta["views_per_object"])])
         np.testing.assert_allclose(np.array(again["latents"]), np.array(row["latents"]))
         for stored, rendered in zip(row["images"], again["images"], strict=True):
             np.testing.assert_array_equal(decode_image(stored), decode_image(rendered))

@@ -102,15 +102,18 @@ def test_a_renderer_or_device_that_cannot_be_used_is_refused_before_anything_is_
     monkeypatch.setitem(sys.modules, "pybullet", None)  # as in a venv without the extra
     with pytest.raises(DataError, match=r"pip install 'rayeq\[pybullet\]'"):
         generate(out, classes=1, objects_per_class=1, views=2, size=16, renderer="pybullet")
-    if not torch.cuda.is_available():
-        with pytest.raises(DataError, match="torch sees no CUDA device here"):
-            generate(out, classes=1, objects_per_class=1, views=2, size=16, device="cuda")
     assert not out.exists()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU branch of the renderer needs a CUDA device")
-def test_the_gpu_renders_the_silhouettes_the_cpu_renders(sample):  # pragma: no cover - run where a GPU is
+def test_cuda_renders_the_silhouettes_the_cpu_renders_or_is_refused_without_a_gpu(sample, tmp_path):
+    """Where torch sees a GPU, the same objects rendered there: the CPU's silhouettes, pixels within float rounding.
+    Where it sees none (CI), `--device cuda` is refused before anything is written."""
     objects, latents = sample
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="torch sees no CUDA device here"):
+            generate(tmp_path / "set", classes=1, objects_per_class=1, views=2, size=16, device="cuda")
+        assert not (tmp_path / "set").exists()
+        return
     cpu, cpu_mask = TorchRenderer(64).render_objects(objects, latents, masks=True)
     gpu, gpu_mask = TorchRenderer(64, device="cuda").render_objects(objects, latents, masks=True)
     p = compare(cpu, cpu_mask, gpu, gpu_mask)
