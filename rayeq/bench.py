@@ -495,9 +495,9 @@ def bench_data(
     res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": cpus, "pairs_per_s_per_core": {}}
     res["render"] = bench_render(render_sizes, sheet=sheet, log=log)
     with tempfile.TemporaryDirectory() as tmp:
-        n = 23 * 10 * 8  # enough that the render processes' start-up is a small part
+        n = 23 * 40 * 8  # 7,360 images: the render processes' start-up (~2 s) stays a small part
         t0 = time.perf_counter()
-        generate(Path(tmp) / "set", classes=23, objects_per_class=10, views=8, size=64, seed=0, log=lambda *a: None)
+        generate(Path(tmp) / "set", classes=23, objects_per_class=40, views=8, size=64, seed=0, log=lambda *a: None)
         res["synth3d_images_per_sec"] = n / (time.perf_counter() - t0)
         log(
             f"  rayeq data synth3d (torch renderer, PNG encoding, Parquet, {cpus} processes, start-up included): "
