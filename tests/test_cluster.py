@@ -27,6 +27,8 @@ def test_dockerfile_copies_what_exists_and_pins_the_stack():
             for src in line.split()[2:-1]:
                 assert Path(src).exists(), src
     assert any("-c constraints.txt" in line for line in lines)
+    # Aim is an extra: the image must ask for it, since the cluster configs run `aim server` on the head
+    assert any(line.startswith("RUN pip install") and '".[aim]"' in line for line in lines), lines
 
 
 def test_no_server_is_bound_beyond_the_cluster():
