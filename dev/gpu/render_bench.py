@@ -50,8 +50,11 @@ def main() -> int:
             cpu, cpu_sil, _ = timed_render(TorchRenderer(size), objects[:k], latents[:k])
             row["gpu_vs_cpu"] = compare(cpu, cpu_sil, img[:k], sil[:k])
         res["sizes"][str(size)] = row
-        print(f"{size:3d} px on {name}: {row['images_per_s']:.0f} images/s; 3DIEBench-sized set "
-              f"({IEBENCH_IMAGES:,} images) in {row['iebench_minutes']:.1f} min (rendering only)", flush=True)
+        print(
+            f"{size:3d} px on {name}: {row['images_per_s']:.0f} images/s; 3DIEBench-sized set "
+            f"({IEBENCH_IMAGES:,} images) in {row['iebench_minutes']:.1f} min (rendering only)",
+            flush=True,
+        )
         if "gpu_vs_cpu" in row:
             print(f"        GPU vs CPU: {row['gpu_vs_cpu']}", flush=True)
     out = Path(os.environ.get("OUT", "."))
