@@ -485,6 +485,7 @@ def bench_data(
     render_sizes: tuple[int, ...] = (64, 128),
     sheet: str | None = None,
     render_only: bool = False,
+    synth3d_objects: int = 40,
 ) -> dict[str, Any]:
     import math
 
@@ -495,9 +496,10 @@ def bench_data(
     res: dict[str, Any] = {"image_size": size, "batch": batch, "cpus": cpus, "pairs_per_s_per_core": {}}
     res["render"] = bench_render(render_sizes, sheet=sheet, log=log)
     with tempfile.TemporaryDirectory() as tmp:
-        n = 23 * 40 * 8  # 7,360 images: the render processes' start-up (~2 s) stays a small part
+        n = 23 * synth3d_objects * 8  # 7,360 images by default: the processes' start-up (~2 s) stays a small part
         t0 = time.perf_counter()
-        generate(Path(tmp) / "set", classes=23, objects_per_class=40, views=8, size=64, seed=0, log=lambda *a: None)
+        generate(Path(tmp) / "set", classes=23, objects_per_class=synth3d_objects, views=8, size=64, seed=0,
+                 log=lambda *a: None)  # fmt: skip
         res["synth3d_images_per_sec"] = n / (time.perf_counter() - t0)
         log(
             f"  rayeq data synth3d (torch renderer, PNG encoding, Parquet, {cpus} processes, start-up included): "

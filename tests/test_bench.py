@@ -29,7 +29,7 @@ def test_bench_ray_path_and_data(tiny_builtin, ray_session):
     res = bench.ray_path(bench.bench_config("vicreg", 32, 8, 1), repeats=1, log=lambda *a: None)
     assert len(res["repeats"]) == 1 and res["median"] > 0
     data = bench.bench_data(size=32, batch=8, seconds=2, log=lambda *a: None, feed=1000, sizes=(16, 32),
-                            render_sizes=(32,))  # fmt: skip
+                            render_sizes=(32,), synth3d_objects=2)  # fmt: skip
     for key in ("synth3d_images_per_sec", "training_pairs_per_sec", "data_over_training_ratio"):
         assert data[key] > 0, key
     assert data["render"]["sizes"]["32"]["torch_cpu_images_per_s_per_core"] > 0
