@@ -163,7 +163,12 @@ def test_synth3d_rendered_by_ray_actors_is_the_set_rendered_here(ray_session, tm
 
     kw = dict(classes=3, objects_per_class=4, views=2, size=16, seed=5, objects_per_shard=5, log=lambda *a: None)
     generate(tmp_path / "here", workers=1, **kw)
+    from ray.data import DataContext
+
+    order = DataContext.get_current().execution_options
+    before = order.preserve_order
     generate(tmp_path / "ray", use_ray=True, **kw)
+    assert order.preserve_order == before  # ordered for its own dataset only: the session's setting is restored
     here = {p.name: p.read_bytes() for p in sorted((tmp_path / "here").iterdir())}
     there = {p.name: p.read_bytes() for p in sorted((tmp_path / "ray").iterdir())}
     assert len(here) == 4 and here == there  # meta.json + 3 shards

@@ -400,7 +400,7 @@ def _log_to_tracker(loaded: LoadedCheckpoint, metrics: dict[str, float], floors:
     backend = loaded.state.get("track_backend") or "aim"  # the tracker the run was trained with
     if cfg.track.backend == "none" or not run_id:
         return
-    name = {"aim": "Aim", "tensorboard": "TensorBoard"}.get(backend, backend)
+    tool = {"aim": "Aim", "tensorboard": "TensorBoard"}.get(backend, backend)
     try:
         from rayeq.track import open_tracker, resolve_track_repo
 
@@ -412,9 +412,9 @@ def _log_to_tracker(loaded: LoadedCheckpoint, metrics: dict[str, float], floors:
             values.update({f"eval_floor/{name}/{k}": v for k, v in floor.items()})
         tracker.log_metrics(values, step=loaded.state["step"], epoch=loaded.state["epoch"], subset="eval")
         tracker.close()
-        log(f"  logged to {name} run {run_id}")
+        log(f"  logged to {tool} run {run_id}")
     except Exception as exc:  # the results are in the JSON either way
-        log(f"  (could not log to {name}: {exc})")
+        log(f"  (could not log to {tool}: {exc})")
 
 
 def write_outputs(result: dict[str, Any], out: str | Path | None, overwrite: bool) -> Path:

@@ -67,7 +67,15 @@ def render_rows(tasks: list, renderer: str, size: int, device: str, chunk: int, 
     n, per_actor = actors
     log(f"synth3d: rendering on Ray: {n} actor(s), each {per_actor}")
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # rows come back in object order
+    previous = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # rows come back in object order (for this dataset only: restored)
+    try:
+        yield from _rows(ray, tasks, renderer, size, device, chunk, n, per_actor)
+    finally:
+        ctx.execution_options.preserve_order = previous
+
+
+def _rows(ray, tasks, renderer, size, device, chunk, n, per_actor) -> Iterator[dict]:
     seed = int(tasks[0][2].entropy) if tasks else 0
     views = tasks[0][3] if tasks else 2
     items = [
