@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rayeq.data.make.parity import compare, parity_sample, timed_render
-from rayeq.data.make.raster import TorchRenderer, _hsv
-from rayeq.data.make.scene import SCENE, random_colors
+from rayeq.data.make.raster import TorchRenderer
+from rayeq.data.make.scene import SCENE, floor_rgb, random_colors
 from rayeq.data.make.shapes import box
 from rayeq.data.make.synth3d import check_renderer, generate
 from rayeq.data.schema import DataError
@@ -79,8 +79,7 @@ def test_shadows_fall_where_the_geometry_puts_them(theta, phi):
 
     img, mask, floor = _flat_box_scene(theta, phi)
     light = light_position(theta, phi)
-    floor_rgb = _hsv(np.array([0.3]), SCENE["floor_saturation"], SCENE["floor_value"])[0]
-    ambient = np.round(floor_rgb * SCENE["ambient"] * 255).astype(int)
+    ambient = np.round(floor_rgb(0.3) * SCENE["ambient"] * 255).astype(int)
     to_point = floor - light
     cos = (to_point @ -light) / (np.linalg.norm(to_point, axis=-1) * np.linalg.norm(light))
     in_cone = cos > np.cos(0.8 * SCENE["light_cone"] / 2)

@@ -22,12 +22,10 @@ coordinates), so both renderers see the same silhouettes (`rayeq bench data` mea
 
 from __future__ import annotations
 
-import colorsys
-
 import numpy as np
 import torch
 
-from rayeq.data.make.scene import OBJECT_RADIUS, SCENE, camera_eye
+from rayeq.data.make.scene import OBJECT_RADIUS, SCENE, camera_eye, floor_rgb, light_position, light_rgb
 from rayeq.data.make.shapes import Mesh
 
 SHADOW_BIAS = 0.02  # as the pybullet renderer's shadow rays, which start 0.02 from the surface
@@ -45,10 +43,6 @@ def rotation_matrices(euler: np.ndarray) -> np.ndarray:
         ],
         -2,
     )
-
-
-def _hsv(h: np.ndarray, s: float, v: float) -> np.ndarray:
-    return np.array([colorsys.hsv_to_rgb(float(x), s, v) for x in h], np.float64).reshape(-1, 3)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -210,11 +204,8 @@ class TorchRenderer:
         n_inst = n_obj * n_views
         lat = latents.reshape(n_inst, 7)
         rot = self._tensor(rotation_matrices(lat[:, :3]))  # (I, 3, 3)
-        th, ph, rad = lat[:, 4], lat[:, 5], SCENE["light_radius"]
-        light_np = rad * np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], -1)
-        light = self._tensor(light_np)  # (I, 3)
-        floor_rgb = self._tensor(_hsv(lat[:, 3], SCENE["floor_saturation"], SCENE["floor_value"]))
-        light_rgb = self._tensor(_hsv(lat[:, 6], SCENE["light_saturation"], SCENE["light_value"]))
+        light = self._tensor(light_position(lat[:, 4], lat[:, 5]))  # (I, 3)
+        floor_color, light_color = self._tensor(floor_rgb(lat[:, 3])), self._tensor(light_rgb(lat[:, 6]))
 
         verts, norms, faces, face_rgb, owner = self._pack(objects)
         # every instance (object b, view v) = b * n_views + v gets its object's triangles, rotated
@@ -260,12 +251,11 @@ class TorchRenderer:
         diffuse[obj] = o_diffuse
 
         shadow = self._shadows(world, t_inst, light, point, (cone > 0) & (diffuse > 0))
-        albedo = (floor_rgb[:, None, :] * self.on_floor[None, :, None]).expand(n_inst, s * s, 3).reshape(n_pix, 3)
+        albedo = (floor_color[:, None, :] * self.on_floor[None, :, None]).expand(n_inst, s * s, 3).reshape(n_pix, 3)
         albedo = albedo.clone()
         albedo[obj] = face_rgb.index_select(0, t_face.index_select(0, o_tri))
-        spot = (SCENE["light_intensity"] * cone * diffuse * (~shadow).to(dt)).view(n_inst, s * s, 1) * light_rgb[
-            :, None
-        ]
+        spot = (SCENE["light_intensity"] * cone * diffuse * (~shadow).to(dt)).view(n_inst, s * s, 1)
+        spot = spot * light_color[:, None]
         img = albedo.view(n_inst, s * s, 3) * (SCENE["ambient"] + spot)
         img = torch.round(img * 255).clamp(0, 255).to(torch.uint8)
         img = img.reshape(n_obj, n_views, s, s, 3).cpu().numpy()

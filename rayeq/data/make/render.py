@@ -10,13 +10,12 @@ pixel towards the light) are applied in numpy.
 
 from __future__ import annotations
 
-import colorsys
 import contextlib
 import os
 
 import numpy as np
 
-from rayeq.data.make.scene import SCENE, camera_eye, light_position
+from rayeq.data.make.scene import SCENE, camera_eye, floor_rgb, light_position, light_rgb
 from rayeq.data.make.shapes import Mesh
 
 
@@ -168,10 +167,8 @@ class PybulletRenderer:
                 blocked += [h[0] >= 0 for h in hits]
             shadow.flat[idx] = blocked
 
-        floor_rgb = np.array(colorsys.hsv_to_rgb(float(latent[3]), SCENE["floor_saturation"], SCENE["floor_value"]))
-        light_rgb = np.array(colorsys.hsv_to_rgb(float(latent[6]), SCENE["light_saturation"], SCENE["light_value"]))
-        albedo[on_floor] = floor_rgb
-        spot = (SCENE["light_intensity"] * cone * diffuse * ~shadow)[..., None] * light_rgb
+        albedo[on_floor] = floor_rgb(float(latent[3]))
+        spot = (SCENE["light_intensity"] * cone * diffuse * ~shadow)[..., None] * light_rgb(float(latent[6]))
         img = albedo * (SCENE["ambient"] + spot)  # beyond the floor albedo is 0: black, as 3DIEBench's world
         return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 

@@ -49,9 +49,25 @@ def sample_latent(g: np.random.Generator) -> np.ndarray:
     )
 
 
-def light_position(theta: float, phi: float) -> np.ndarray:
+def light_position(theta, phi) -> np.ndarray:
+    """The spot light's position: (3,) for one view, (N, 3) for arrays of N angles."""
     rad = SCENE["light_radius"]
-    return rad * np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
+    return rad * np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
+
+
+def floor_rgb(hue) -> np.ndarray:
+    """The floor's RGB in [0, 1] for a hue (3,), or for an array of N hues (N, 3)."""
+    return _hsv(hue, SCENE["floor_saturation"], SCENE["floor_value"])
+
+
+def light_rgb(hue) -> np.ndarray:
+    """The spot light's RGB in [0, 1] for a hue (3,), or for an array of N hues (N, 3)."""
+    return _hsv(hue, SCENE["light_saturation"], SCENE["light_value"])
+
+
+def _hsv(hue, s: float, v: float) -> np.ndarray:
+    h = np.asarray(hue, np.float64)
+    return np.array([colorsys.hsv_to_rgb(float(x), s, v) for x in h.reshape(-1)]).reshape(*h.shape, 3)
 
 
 def camera_eye() -> np.ndarray:
