@@ -98,28 +98,17 @@ def cmd_demo(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "synth3d":
-        from rayeq.data.make.synth3d import check_renderer, generate
+        from rayeq.data.make.synth3d import check_args, generate
 
+        kw = dict(classes=args.classes, objects_per_class=args.objects_per_class, views=args.views, size=args.size,
+                  workers=args.workers, overwrite=args.overwrite, renderer=args.renderer, device=args.device,
+                  use_ray=args.ray)  # fmt: skip
         if args.ray:
             from rayeq.cluster import connect_ray
-            from rayeq.data.schema import prepare_output_dir
 
-            check_renderer(args.renderer, args.device, local=False)
-            prepare_output_dir(args.out, args.overwrite, dry_run=True)  # refused before Ray starts
+            check_args(args.out, **kw)  # refused before Ray starts
             connect_ray(args.address)
-        generate(
-            args.out,
-            classes=args.classes,
-            objects_per_class=args.objects_per_class,
-            views=args.views,
-            size=args.size,
-            seed=args.seed,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            renderer=args.renderer,
-            device=args.device,
-            use_ray=args.ray,
-        )
+        generate(args.out, seed=args.seed, **kw)
     elif args.data_command == "3diebench":
         from rayeq.data.make.convert import convert_3diebench
 

@@ -10,8 +10,13 @@ from rayeq.data.make.shapes import make_object
 from rayeq.data.schema import ImageStats, encode_png
 
 
-def make_renderer(renderer: str, size: int, device: str = "cpu"):
-    """A renderer with `render_objects(objects, latents) -> (B, V, size, size, 3) uint8`."""
+def make_renderer(renderer: str, size: int, device: str = "cpu", one_thread: bool = False):
+    """A renderer with `render_objects(objects, latents) -> (B, V, size, size, 3) uint8`. `one_thread`: this process
+    renders on one core (a pool's render process, a CPU render actor), so torch keeps to one thread."""
+    if one_thread:
+        import torch
+
+        torch.set_num_threads(1)
     if renderer == "torch":
         from rayeq.data.make.raster import TorchRenderer
 

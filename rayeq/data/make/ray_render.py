@@ -19,11 +19,8 @@ class RenderActor:
         from rayeq.data.make.objects import make_renderer
 
         self.seed, self.views = seed, views
-        if device == "cpu":
-            import torch
-
-            torch.set_num_threads(1)  # one actor per CPU
-        self.renderer = make_renderer(renderer, size, "cuda" if device.startswith("cuda") else device)
+        gpu = device.startswith("cuda")  # one actor per GPU, else one per CPU
+        self.renderer = make_renderer(renderer, size, "cuda" if gpu else device, one_thread=not gpu)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         tasks = [

@@ -40,16 +40,35 @@ _renderer = None
 
 def _init_worker(renderer: str, size: int, device: str = "cpu", one_thread: bool = False) -> None:
     global _renderer
-    if one_thread:  # a render process of the pool: one per core
-        import torch
-
-        torch.set_num_threads(1)
-    _renderer = make_renderer(renderer, size, device)
+    _renderer = make_renderer(renderer, size, device, one_thread)
 
 
 def render_objects(tasks: list) -> list[dict]:
     """Render every view of a chunk of objects with this process's renderer."""
     return render_chunk(_renderer, tasks)
+
+
+def check_args(out, classes, objects_per_class, views, size, workers, overwrite, renderer, device, use_ray=False):
+    """Every argument of `generate` that can be checked without rendering (the output directory by a dry run):
+    a DataError naming the culprit before anything is written, or before Ray starts (the CLI calls it first with
+    --ray). Returns the worker count and the device to render on."""
+    available = len(CLASSES)
+    if not 1 <= classes <= available:
+        raise DataError(f"--classes must be in [1, {available}] (the procedural classes), got {classes}")
+    if objects_per_class < 1:
+        raise DataError(f"--objects-per-class must be >= 1, got {objects_per_class}")
+    if views < 2:
+        raise DataError(f"--views must be >= 2 (pairs need two distinct views), got {views}")
+    if not 16 <= size <= 512:
+        raise DataError(f"--size must be in [16, 512], got {size}")
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
+    # On a GPU too, `workers` processes (default: one per CPU) each render their chunks there and PNG-encode them on
+    # their own core: the encoding, not the GPU, is the slower part (about 3,000 PNGs/s per core at 64 px)
+    device = check_renderer(renderer, device, local=not use_ray)
+    prepare_output_dir(out, overwrite, dry_run=True)
+    return workers, device
 
 
 def check_renderer(renderer: str, device: str, local: bool = True) -> str:
@@ -117,28 +136,15 @@ def generate(
 ) -> dict:
     """Render the set into `out`; returns meta (also written as meta.json) plus timing. `use_ray`: rendered by Ray
     Data actors on the cluster Ray is connected to (ray.init() first), on its GPUs with device cuda."""
-    available = sorted(CLASSES)
-    if not 1 <= classes <= len(available):
-        raise DataError(f"--classes must be in [1, {len(available)}] (the procedural classes), got {classes}")
-    if objects_per_class < 1:
-        raise DataError(f"--objects-per-class must be >= 1, got {objects_per_class}")
-    if views < 2:
-        raise DataError(f"--views must be >= 2 (pairs need two distinct views), got {views}")
-    if not 16 <= size <= 512:
-        raise DataError(f"--size must be in [16, 512], got {size}")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
-        raise DataError(f"--workers must be >= 1, got {workers}")
-    # On a GPU too, `workers` processes (default: one per CPU) each render their chunks there and PNG-encode them on
-    # their own core: the encoding, not the GPU, is the slower part (about 3,000 PNGs/s per core at 64 px)
-    device = check_renderer(renderer, device, local=not use_ray)
+    workers, device = check_args(out, classes, objects_per_class, views, size, workers, overwrite, renderer, device,
+                                 use_ray)  # fmt: skip
     if use_ray:
         from rayeq.data.make.ray_render import actors_for, render_rows
 
         actors = actors_for(device)  # the cluster has what the actors need, or nothing is written
     out = prepare_output_dir(out, overwrite)
 
-    class_names = available[:classes]
+    class_names = sorted(CLASSES)[:classes]
     n_objects = classes * objects_per_class
     seqs = np.random.SeedSequence(seed).spawn(n_objects)
     splits = object_splits(classes, objects_per_class, seed)
