@@ -214,8 +214,7 @@ def cmd_bench(args) -> int:
             overrides=args.overrides,
         )
     else:
-        if args.sheet and Path(args.sheet).exists() and not args.overwrite:
-            raise ConfigError(f"{args.sheet!r} exists; pass --overwrite to replace it")
+        bench.check_out(args.sheet, args.overwrite)
         bench.bench_data(args.size or 64, args.batch or 256, args.seconds, args.out, feed=args.feed,
                          sheet=args.sheet, render_only=args.render_only)  # fmt: skip
     return 0

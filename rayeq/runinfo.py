@@ -25,6 +25,7 @@ class RunInfo:
     config_hash: str = ""
     run_dir: str | None = None  # metrics.jsonl goes here
     track_repo: str | None = None
+    track_backend: str = "none"  # track.backend resolved once, by the driver (`auto` -> aim or tensorboard)
     force: bool = False  # resume a checkpoint made under another config
     extra_params: dict[str, Any] = field(default_factory=dict)  # logged beside the config (a sweep's trial)
 

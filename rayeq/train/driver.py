@@ -181,9 +181,8 @@ def build_trainer(
         )
     run_dir = check_run_dir(cfg, force)
     track_repo = resolve_track_repo(cfg)
-    info = RunInfo.from_meta(
-        cfg, meta, run_dir=str(run_dir), track_repo=track_repo, force=force, extra_params=extra_params or {}
-    )
+    info = RunInfo.from_meta(cfg, meta, run_dir=str(run_dir), track_repo=track_repo, track_backend=backend_of(cfg),
+                             force=force, extra_params=extra_params or {})  # fmt: skip
 
     ray = connect_ray(address, log)
     if not autoscaling:

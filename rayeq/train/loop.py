@@ -64,11 +64,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tracker = None
     if is_main:
-        from rayeq.track import backend_of, open_tracker
+        from rayeq.track import open_tracker
 
-        backend = backend_of(cfg)
         experiment = cfg.track.experiment or cfg.train.name
-        tracker = open_tracker(backend, info.track_repo, experiment, run_id, name=cfg.train.name)
+        tracker = open_tracker(info.track_backend, info.track_repo, experiment, run_id, name=cfg.train.name)
         if checkpoint is None:
             tracker.log_params({**cfg.to_dict(), **info.extra_params})
         files = [MetricsFile(info.run_dir)] if info.run_dir else []
@@ -108,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     data=info.data_facts(),
                     tracker_run_id=tracker.run_id,
                     track_repo=info.track_repo,
-                    track_backend=backend,
+                    track_backend=info.track_backend,
                 ).save(tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(result.metrics, checkpoint=ckpt)
