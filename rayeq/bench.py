@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
+from rayeq.data.make.parity import IEBENCH_IMAGES
 from rayeq.quickstart import OVERRIDES as QUICKSTART_OVERRIDES
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine
@@ -391,9 +392,6 @@ def ray_data_rate(cfg: ExperimentConfig, batch: int, passes: int = 3) -> tuple[d
     return _stats(rates[1:]), rates[0]
 
 
-IEBENCH_IMAGES = 52_472 * 50  # 3DIEBench: 52,472 objects x 50 views
-
-
 def _pybullet_available() -> bool:
     import importlib.util
 
@@ -412,7 +410,7 @@ def bench_render(
     both) of the PyTorch renderer and the pybullet reference, parity figures per size, a contact sheet at the
     first size; on `device` (a CUDA device; by default the first, when torch sees one) the PyTorch renderer's
     images/s there and the time a 3DIEBench-sized set would take."""
-    from rayeq.data.make.parity import compare, contact_sheet, parity_sample, timed_render
+    from rayeq.data.make.parity import compare, contact_sheet, device_rate, parity_sample, timed_render
     from rayeq.data.make.raster import TorchRenderer
 
     threads = torch.get_num_threads()
@@ -462,12 +460,8 @@ def bench_render(
     if device:
         res["gpu"] = {"device": torch.cuda.get_device_name(torch.device(device)), "sizes": {}}
         big_objects, big_latents = parity_sample(per_class * 8, views, seed=1)  # 368 objects: a GPU-sized batch
-        m = big_latents.shape[0] * big_latents.shape[1]
         for size in sizes:
-            r = TorchRenderer(size, device=device)
-            timed_render(r, big_objects[:64], big_latents[:64], chunk=64)
-            _, _, sec = timed_render(r, big_objects, big_latents, chunk=256)
-            ips = m / sec
+            ips, _, _ = device_rate(big_objects, big_latents, size, device)
             res["gpu"]["sizes"][str(size)] = {"images_per_s": ips, "iebench_minutes": IEBENCH_IMAGES / ips / 60}
             log(f"  {size:3d} px on {res['gpu']['device']}: torch {ips:.0f} images/s; a 3DIEBench-sized set "
                 f"({IEBENCH_IMAGES:,} images) in {IEBENCH_IMAGES / ips / 60:.1f} min (rendering only)")  # fmt: skip

@@ -10,17 +10,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from rayeq.data.make.parity import compare, parity_sample, timed_render  # noqa: E402
+from rayeq.data.make.parity import IEBENCH_IMAGES, compare, device_rate, parity_sample, timed_render  # noqa: E402
 from rayeq.data.make.raster import TorchRenderer  # noqa: E402
-
-IEBENCH_IMAGES = 52_472 * 50
 
 
 def main() -> int:
@@ -36,14 +33,8 @@ def main() -> int:
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     res = {"device": name, "images": n, "sizes": {}}
     for size in map(int, args.sizes.split(",")):
-        r = TorchRenderer(size, device=args.device)
-        timed_render(r, objects[:64], latents[:64], chunk=64)  # warm-up
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        img, sil, _ = timed_render(r, objects, latents, chunk=args.chunk)
-        sec = time.perf_counter() - t0
-        row = {"images_per_s": n / sec, "iebench_minutes": IEBENCH_IMAGES / (n / sec) / 60}
+        ips, img, sil = device_rate(objects, latents, size, args.device, args.chunk)
+        row = {"images_per_s": ips, "iebench_minutes": IEBENCH_IMAGES / ips / 60}
         if args.device.startswith("cuda"):
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             k = min(len(objects), 46)

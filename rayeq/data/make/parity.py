@@ -37,6 +37,24 @@ def timed_render(renderer, objects, latents, chunk: int = 16):
     return np.concatenate(images), np.concatenate(masks), seconds
 
 
+IEBENCH_IMAGES = 52_472 * 50  # 3DIEBench: 52,472 objects x 50 views
+
+
+def device_rate(objects, latents, size: int, device: str, chunk: int = 256):
+    """The PyTorch renderer on `device` (a GPU: `chunk` objects per call), after a warm-up: (images/s, images,
+    silhouettes). The images come back to the host, so the time includes the device's work."""
+    import torch
+
+    from rayeq.data.make.raster import TorchRenderer
+
+    r = TorchRenderer(size, device=device)
+    timed_render(r, objects[:64], latents[:64], chunk=64)  # warm-up: kernels, allocator
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    img, sil, sec = timed_render(r, objects, latents, chunk=chunk)
+    return latents.shape[0] * latents.shape[1] / sec, img, sil
+
+
 def compare(ref: np.ndarray, ref_mask: np.ndarray, new: np.ndarray, new_mask: np.ndarray) -> dict[str, Any]:
     """Silhouette IoU per view and mean absolute difference (0-255 scale) of two renders of the same views."""
     inter = (ref_mask & new_mask).sum((-2, -1))
