@@ -96,12 +96,18 @@ def test_train_refused_on_a_storage_path_that_is_a_file(ws, capsys):
     refused(ws, [*TRAIN, *data_args(ws), f"train.storage_path={ws / 'result.json'}"], capsys, "train.storage_path")
 
 
-def test_sweep_and_study_refused_before_their_directories_exist(ws, capsys):
+def test_sweep_and_study_refused_before_their_directories_exist(ws, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
     for kind, folder in (("sweep", "sweeps"), ("study", "studies")):
         out = ws / f"{folder}_out"
         argv = [kind, f"{folder}/smoke.yaml", "--storage-path", str(out), "--set"]
         refused(ws, [*argv, "train.num_workers=32"], capsys, "this machine")
         refused(ws, [*argv, "loss.recon_wieght=1"], capsys, "recon_wieght")
+        with monkeypatch.context() as m:  # a venv without the aim extra
+            m.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aim" else real(name, *a))
+            refused(ws, [*argv, "track.backend=aim"], capsys, "rayeq[aim]")
         assert not out.exists()
 
 

@@ -127,6 +127,9 @@ def run_study(
     study_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     check_runs(spec, base, study_dir)  # arms and grid refused before any data is touched
     from rayeq.cluster import LocalResources, starts_local_ray
+    from rayeq.track import check_backend
+
+    check_backend(base)  # as `rayeq train` does, before Ray starts rather than in every run
 
     if starts_local_ray(address):
         check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made

@@ -214,6 +214,9 @@ def run_sweep(
     base, used_overrides = base_config(spec, list(overrides))
     check_space(spec, base)
     from rayeq.cluster import LocalResources, starts_local_ray
+    from rayeq.track import check_backend
+
+    check_backend(base)  # as `rayeq train` does, before Ray starts rather than in every trial
 
     if starts_local_ray(address):
         check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made
