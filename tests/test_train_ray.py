@@ -158,7 +158,7 @@ def test_resume_under_changed_config_is_refused(first_run, train_data):
 
 
 def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):
-    """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its terms fall;
+    """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its pose term falls;
     its checkpoint loads as an encoder for `rayeq eval`."""
     from rayeq.checkpoint import load_checkpoint
 
@@ -167,12 +167,14 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     res = run_training(cfg, log=lambda *a: None)
     rows = _epochs(res.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    # The total and the terms a few epochs can move fall. The relative-rotation term is left out: on this tiny set it
-    # sits at the target's variance for many epochs and moves up and down with the pairs drawn (seen in CI: 0.199,
-    # 0.161, 0.214, 0.213); that the supervised rotation head learns is checked on a fixed batch in test_methods.
-    for term in ("train/total", "train/pose", "train/class"):
-        assert rows[-1][term] < rows[0][term], (term, [r[term] for r in rows])
-    assert all(math.isfinite(r["train/rotation"]) for r in rows), [r["train/rotation"] for r in rows]
+    # The pose term falls: it is the one term four epochs move well beyond the noise of an epoch's mean over 6 steps of
+    # 8 pairs (0.34 -> 0.27 in four local runs, every epoch lower than the one before). The other terms are that noise
+    # at this size, seen in CI: rotation 0.199, 0.161, 0.214, 0.213; class 1.439, 1.428, 1.257, 1.512 (and with class
+    # the total). Here they are checked finite; that the supervised heads learn every target is checked on a fixed
+    # batch in test_methods (test_supervised_learns_its_targets_on_a_fixed_batch).
+    assert rows[-1]["train/pose"] < rows[0]["train/pose"], [r["train/pose"] for r in rows]
+    for term in ("train/total", "train/class", "train/rotation", "train/color"):
+        assert all(math.isfinite(r[term]) for r in rows), (term, [r[term] for r in rows])
     loaded = load_checkpoint(res.run_dir)
     assert loaded.cfg.method.name == "supervised" and loaded.num_classes == 4
     x = torch.zeros(2, 3, 32, 32)
