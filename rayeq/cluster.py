@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rayeq.config import ConfigError, ExperimentConfig
-from rayeq.data.feed.pipeline import READ_CPUS, VAL_CPUS
+from rayeq.data.feed.pipeline import VAL_CPUS
 
 RELAY_NAME = "rayeq-console"
 _console: Console | None = None
@@ -194,10 +194,11 @@ def worker_console(prefix: str = ""):
 
 
 def run_cpus(cfg: ExperimentConfig) -> float:
-    """The CPUs one training run holds at least: its workers, one Ray Data actor and a read task, and the
-    validation pipeline's actor and read task (it runs while the training stream holds its actors)."""
+    """The CPUs one training run holds at least: its workers, one Ray Data pair-maker actor (which reads its own
+    shards: the stream has no read tasks), and the validation pipeline's actor (it runs while the training stream
+    holds its actors)."""
     t = cfg.train
-    return max(t.num_workers, 1) * t.cpus_per_worker + cfg.data.cpus_per_actor + READ_CPUS + VAL_CPUS + READ_CPUS
+    return max(t.num_workers, 1) * t.cpus_per_worker + cfg.data.cpus_per_actor + VAL_CPUS
 
 
 def worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
@@ -223,8 +224,7 @@ def check_resources(cfg: ExperimentConfig, ray) -> None:
     if run_cpus(cfg) > cpus + 1e-9:
         raise ConfigError(
             f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} = {need_cpu} CPUs plus "
-            f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{READ_CPUS} to read, "
-            f"+{VAL_CPUS + READ_CPUS} for validation) "
+            f"data.cpus_per_actor={d.cpus_per_actor} for at least one Ray Data actor (+{VAL_CPUS} for validation) "
             f"exceed the {cpus:g} CPUs of {where} "
             "(the run would hang waiting for data): lower them or add nodes"
         )

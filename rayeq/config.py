@@ -46,6 +46,7 @@ OPERATIONAL_KEYS = (
     "data.num_actors",
     "data.cpus_per_actor",
     "data.rows_per_batch",
+    "data.stream_mb",
     "data.skip_corrupt",
     "data.decoded",
     "eval",
@@ -103,7 +104,14 @@ class DataConfig(Section):
     )
     num_actors: int | None = Field(None, ge=1, description="Ray Data pair-maker actors; None = half the CPUs")
     cpus_per_actor: float = Field(0.5, gt=0.0, description="CPUs reserved by each pair-maker actor")
-    rows_per_batch: int = Field(64, ge=1, description="stored rows per map_batches call (pairs are made per batch)")
+    rows_per_batch: int = Field(64, ge=1, description="stored rows per batch of pairs a pair maker makes and yields")
+    stream_mb: int | None = Field(
+        None,
+        ge=16,
+        description="Ray path: how far pairs may run ahead of training, as the training stream's Ray Data object-store "
+        "budget in MB; None = 256 per pair-maker actor (Ray's own default, a share of the object store, lets a stream "
+        "of many passes make GBs of pairs that a short run never uses, on the CPUs training needs)",
+    )
     shuffle_rows: int | None = Field(
         None,
         ge=0,

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -333,3 +334,150 @@ def test_pair_makers_read_tables_or_column_dicts_and_keep_rows_without_a_split(t
     assert "skipping corrupt image (? image): " in caplog.text and "[3 skipped]" in caplog.text
     with pytest.raises(DataError, match=r"^corrupt image in row '\?', image: "):
         ImagePairs(load_config(None, ["data.source=folder", "data.image_size=16"]), split=None, seed=0)(images)
+
+
+class _Metrics:
+    def __init__(self):
+        self.num_tasks_submitted = self.num_tasks_finished = self.num_task_outputs_generated = 0
+        self.num_inputs_received = self.num_outputs_taken = 0
+
+
+class _Op:
+    def __init__(self):
+        self.metrics = _Metrics()
+
+
+class _State:
+    def __init__(self):
+        self.output_queue: list = []
+
+
+class _Executor:
+    """What IdleWait reads of Ray's StreamingExecutor: operators with their metrics and output queues."""
+
+    def __init__(self):
+        self.op, self.state = _Op(), _State()
+        self._topology = {self.op: self.state}
+
+    def _consumer_idling(self) -> bool:
+        return not self.state.output_queue
+
+
+@pytest.fixture
+def idle(monkeypatch):
+    """An IdleWait whose sleeps are recorded and whose clock the test moves: (callback, executor, slept, clock)."""
+    from rayeq.data.feed.idle import IdleWait
+
+    slept, now = [], [0.0]
+    monkeypatch.setattr(IdleWait, "sleep", staticmethod(slept.append))
+    monkeypatch.setattr(IdleWait, "clock", staticmethod(lambda: now[0]))
+    cb, ex = IdleWait(), _Executor()
+    cb.before_execution_starts(ex)
+
+    def turn(seconds=0.001):  # one turn of the scheduling loop taking `seconds`, then the callback
+        now[0] += seconds
+        cb.on_execution_step(ex)
+
+    return turn, ex, slept
+
+
+def test_the_scheduling_loop_pauses_after_turns_that_spun_and_changed_nothing(idle):
+    from rayeq.data.feed.idle import FIRST_PAUSE_S, FIRST_PAUSE_STARVING_S, LONGEST_PAUSE_S, LONGEST_PAUSE_STARVING_S
+
+    turn, ex, slept = idle
+    ex.state.output_queue.append("block")  # data waiting for the consumer
+    turn()  # the first turn has nothing to compare with
+    assert slept == []
+    for _ in range(10):  # quick turns that change nothing: pauses double up to the longest
+        turn()
+    assert slept[:3] == [FIRST_PAUSE_S, 2 * FIRST_PAUSE_S, 4 * FIRST_PAUSE_S] and slept[-1] == LONGEST_PAUSE_S == max(
+        slept
+    )
+    n = len(slept)
+    ex.op.metrics.num_tasks_submitted += 1  # a task submitted: progress, no pause, and the next pause is short again
+    turn()
+    assert len(slept) == n
+    turn()
+    assert slept[-1] == FIRST_PAUSE_S
+    ex.state.output_queue.append("another")  # a queue that grew (or shrank: the consumer took a batch) is progress
+    turn()
+    assert len(slept) == n + 1
+    turn(0.1)  # a turn that waited in ray.wait (its 0.1 s timeout) did not spin: no pause, however still
+    assert len(slept) == n + 1
+    ex.state.output_queue.clear()  # the consumer waits for data: shorter pauses, so that its data is taken sooner
+    for _ in range(10):
+        turn()
+    assert slept[n + 1] == FIRST_PAUSE_STARVING_S < FIRST_PAUSE_S
+    assert max(slept[n + 1 :]) == LONGEST_PAUSE_STARVING_S < LONGEST_PAUSE_S
+
+
+def test_an_executor_without_the_fields_idle_wait_reads_runs_as_ray_wrote_it(monkeypatch, caplog):
+    from rayeq.data.feed.idle import IdleWait
+
+    slept = []
+    monkeypatch.setattr(IdleWait, "sleep", staticmethod(slept.append))
+    cb = IdleWait()
+    for _ in range(3):
+        cb.on_execution_step(object())  # another Ray version's executor
+    assert slept == [] and caplog.text.count("IdleWait is off") == 1
+
+
+def test_idle_wait_has_every_hook_of_rays_execution_callback():
+    """It follows Ray Data's ExecutionCallback without subclassing it (importing rayeq.data.feed imports no Ray):
+    a hook Ray adds in a later version fails here, not in the middle of a user's run."""
+    from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+    from rayeq.data.feed.idle import IdleWait
+
+    hooks = [k for k, v in vars(ExecutionCallback).items() if callable(v) and not k.startswith("_")]
+    assert "on_execution_step" in hooks and len(hooks) >= 4
+    assert [h for h in hooks if not callable(getattr(IdleWait, h, None))] == []
+
+
+def _owners(data_dir) -> dict[bytes, str]:
+    """Each view's latents -> its object's id (pairs carry their views' latents)."""
+    owner = {}
+    for shard in sorted(data_dir.glob("shard-*.parquet")):
+        for row in pq.read_table(shard).to_pylist():
+            for lat in row["latents"]:
+                owner[np.asarray(lat, np.float32).tobytes()] = (row["object_id"], row["split"])
+    return owner
+
+
+def test_shard_pairs_read_their_shards_and_pair_each_row_of_the_split_once_per_pass(tiny_synth3d):
+    """What a Ray Data actor runs on a work item (a shard path): the shard's rows of the split, shuffled anew at each
+    visit, in pair batches of data.rows_per_batch rows, each with the shard named for error messages."""
+    from rayeq.data.feed.pairs import ShardPairs
+    from rayeq.data.feed.pipeline import maker_kwargs
+
+    cfg = _cfg(tiny_synth3d, "data.rows_per_batch=3")
+    meta, shards = check_data(cfg, "train")
+    owner = _owners(tiny_synth3d)
+    maker = ShardPairs(**maker_kwargs(cfg, meta, "train"), seed=0)
+    visits = []
+    for _ in range(2):  # the same shards twice: two passes
+        batches = list(maker({"path": [str(s) for s in shards]}))
+        assert all(0 < len(b["label"]) <= 3 for b in batches)
+        pairs = [zip(b["latent1"], b["view_index"], strict=True) for b in batches]
+        visits.append([(owner[a.tobytes()], tuple(v)) for batch in pairs for a, v in batch])
+    for pairs in visits:
+        objects = [obj for obj, _ in pairs]
+        assert len(objects) == len(set(objects)) == meta["splits"]["train"] == 16  # each train object once
+        assert {split for _, split in objects} == {"train"}
+    assert [o for o, _ in visits[0]] != [o for o, _ in visits[1]]  # rows shuffled anew
+    assert sorted(visits[0]) != sorted(visits[1])  # views drawn anew
+
+
+def test_split_shards_skips_shards_that_hold_none_of_the_split(tiny_synth3d, tmp_path):
+    from rayeq.data.feed.pipeline import split_shards
+
+    table = pq.read_table(sorted(tiny_synth3d.glob("shard-*.parquet"))[0])
+    for split in ("train", "val"):
+        pq.write_table(table.filter(pc.field("split") == split), tmp_path / f"shard-{split}.parquet")
+    pq.write_table(table, tmp_path / "shard-mixed.parquet")
+    pq.write_table(table, tmp_path / "shard-nostats.parquet", write_statistics=False)
+    names = lambda paths: sorted(p.stem for p in paths)  # noqa: E731
+    every = sorted(tmp_path.glob("*.parquet"))
+    assert names(split_shards(every, "train")) == ["shard-mixed", "shard-nostats", "shard-train"]
+    assert names(split_shards(every, "val")) == ["shard-mixed", "shard-nostats", "shard-val"]
+    assert split_shards(every, "test") == [tmp_path / "shard-nostats.parquet"]

@@ -176,3 +176,37 @@ def test_synth3d_rendered_by_ray_actors_is_the_set_rendered_here(ray_session, tm
         with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
             generate(tmp_path / "gpu", use_ray=True, device="cuda", **kw)
         assert not (tmp_path / "gpu").exists()
+
+
+def test_a_pipeline_that_fills_its_budget_idles_instead_of_spinning(ray_session):
+    """A dataset larger than its object-store budget, read by a slow consumer: Ray Data's scheduling loop (here in
+    this process) runs IdleWait after each turn, which pauses where the loop would spin; every row arrives."""
+    import time
+
+    import ray
+    from ray.data import ExecutionResources
+
+    from rayeq.data.feed.idle import IdleWait, with_idle_wait
+
+    def heavy(batch):  # 256 KiB a row
+        return {"id": batch["id"], "x": np.zeros((len(batch["id"]), 1 << 18), np.uint8)}
+
+    ds = with_idle_wait(ray.data.range(96, override_num_blocks=96).map_batches(heavy, batch_size=None))
+    assert IdleWait in ds.context.custom_execution_callback_classes
+    ds.context.execution_options.resource_limits = ExecutionResources(object_store_memory=4 << 20)  # 16 rows
+    before, seen = IdleWait.pauses, []
+    for b in ds.iter_batches(batch_size=4, batch_format="numpy", prefetch_batches=0):
+        seen += b["id"].tolist()
+        time.sleep(0.05)
+    assert sorted(seen) == list(range(96))
+    assert IdleWait.pauses > before
+
+
+def test_the_training_and_validation_pipelines_carry_idle_wait(ray_session, cfg):
+    from rayeq.data.feed.idle import IdleWait
+
+    for ds in (build_ray_dataset(cfg, "train", passes=2), build_ray_dataset(cfg, "val", beside_training=True)):
+        assert ds.context.custom_execution_callback_classes.count(IdleWait) == 1
+    import ray
+
+    assert IdleWait not in ray.data.DataContext.get_current().custom_execution_callback_classes  # not global

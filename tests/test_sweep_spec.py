@@ -98,7 +98,8 @@ class _FakeRay:
 
 def test_concurrency_follows_the_cluster_and_impossible_resources_are_refused(tmp_path):
     spec, base = _check(_sweep(tmp_path, resources={"workers": 1, "cpus_per_worker": 0.4}, num_samples=8))
-    assert trial_footprint(base)["CPU"] == pytest.approx(0.4 + base.data.cpus_per_actor + 0.1 + 0.2 + 0.05)
+    # the worker, the pair-maker actor, the validation actor, the trainable (the pipelines have no read tasks)
+    assert trial_footprint(base)["CPU"] == pytest.approx(0.4 + base.data.cpus_per_actor + 0.1 + 0.05)
     assert check_cluster(spec, base, _FakeRay([{"CPU": 2}])) == int(2 / trial_footprint(base)["CPU"])
     assert check_cluster(spec, base, _FakeRay([{"CPU": 16}, {"CPU": 16}])) == 8  # capped by num_samples
     gpu, gbase = _check(_sweep(tmp_path, resources={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 1}))

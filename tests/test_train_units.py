@@ -1,5 +1,7 @@
 """Training building blocks without Ray: metrics, schedule, optimiser, probes, run-dir checks."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from rayeq.cluster import check_resources
 from rayeq.config import ConfigError, load_config
 from rayeq.metrics import R2Accumulator, r2_global, r2_per_dim
 from rayeq.train.driver import check_run_dir, prepare_run_dir
+from rayeq.train.loop import Prefetch, after_first
 from rayeq.train.optim import LARS, build_optimizer, build_scheduler, scaled_lr
 from rayeq.train.probes import OnlineProbes, ProbeMetrics
 
@@ -158,6 +161,11 @@ def test_resources_no_node_can_hold_are_refused():
         check_resources(load_config(None, ["train.num_workers=2", "train.cpus_per_worker=1"]), _FakeRay(2))
     with pytest.raises(ConfigError, match="GPU"):
         check_resources(load_config(None, ["train.use_gpu=true", "train.num_workers=2"]), _FakeRay(8, 1))
+    # what a run holds: its workers, one pair-maker actor (it reads its own shards) and the validation actor (0.1)
+    full = ["train.num_workers=2", "train.cpus_per_worker=0.7"]
+    check_resources(load_config(None, [*full, "data.cpus_per_actor=0.5"]), _FakeRay(2))  # 1.4 + 0.5 + 0.1 = 2
+    with pytest.raises(ConfigError, match=r"cpus_per_actor=0.6 for at least one Ray Data actor \(\+0.1 for valid"):
+        check_resources(load_config(None, [*full, "data.cpus_per_actor=0.6"]), _FakeRay(2))
 
 
 def test_custom_worker_resources_the_cluster_lacks_are_refused_and_placement_reaches_ray():
@@ -251,3 +259,51 @@ def test_only_the_known_raylet_notice_is_kept_off_the_console():
     worker.print_to_stdstream({"lines": [notice, "Task was killed due to the node running low on memory"]}, False)
     assert printed == [["Task was killed due to the node running low on memory"]]
     _drop_known_notices(SimpleNamespace())  # a Ray without that private printer: nothing to wrap, no error
+
+
+def test_the_training_stream_runs_ahead_by_its_budget():
+    """data.stream_mb bounds how far pairs run ahead of training (Ray Data's object-store budget of the stream);
+    by default 256 MB per pair-maker actor."""
+    from rayeq.data.feed.pipeline import STREAM_MB_PER_ACTOR, stream_budget_bytes
+
+    assert stream_budget_bytes(load_config(None, ["data.num_actors=3"]), _FakeRay(8)) == 3 * STREAM_MB_PER_ACTOR << 20
+    assert stream_budget_bytes(load_config(None, []), _FakeRay(8)) == 4 * STREAM_MB_PER_ACTOR << 20  # half the CPUs
+    assert stream_budget_bytes(load_config(None, ["data.stream_mb=64"]), _FakeRay(8)) == 64 << 20
+    with pytest.raises(ConfigError, match="stream_mb"):
+        load_config(None, ["data.stream_mb=8"])
+    # an operational key: a run resumed with another budget is the same run
+    assert load_config(None, ["data.stream_mb=64"]).fingerprint() == load_config(None, []).fingerprint()
+
+
+def test_prefetch_fetches_the_first_batch_in_the_background_and_raises_where_consumed():
+    seen = []
+
+    def batches():
+        seen.append(threading.current_thread().name)
+        yield 1
+        seen.append(threading.current_thread().name)
+        yield 2
+
+    early = Prefetch(batches())
+    early._thread.join(10)
+    assert seen == ["rayeq-prefetch"]  # fetched before anyone asked (a pipeline's start overlaps other work)
+    assert list(early) == [1, 2] and seen[1] == threading.current_thread().name
+
+    def broken():
+        raise ValueError("corrupt shard s-0003")
+        yield
+
+    stream = Prefetch(broken())
+    stream._thread.join(10)  # the fetch failed in its thread ...
+    with pytest.raises(ValueError, match="s-0003"):  # ... and the error reaches the consumer
+        next(iter(stream))
+    assert list(Prefetch([])) == []
+
+
+def test_after_first_starts_validation_once_the_first_step_is_done():
+    calls = []
+    batches = after_first(iter([1, 2, 3]), lambda: calls.append("val started"))
+    assert next(batches) == 1 and calls == []
+    assert next(batches) == 2 and calls == ["val started"]
+    assert list(batches) == [3] and calls == ["val started"]  # once
+    assert list(after_first([], lambda: calls.append("again"))) == [] and calls == ["val started"]

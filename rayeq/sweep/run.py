@@ -40,7 +40,7 @@ def trial_name(spec_name: str, trial_id: str) -> str:
 
 
 def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
-    """What one trial holds at least: its workers, one Ray Data actor, a read task, the trainable."""
+    """What one trial holds at least: its workers, one Ray Data actor, the validation actor, the trainable."""
     from rayeq.cluster import run_cpus
 
     t = cfg.train

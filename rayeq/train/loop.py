@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -22,6 +24,43 @@ def shuffle_rows(cfg: ExperimentConfig, batch_size: int) -> int | None:
     rows = cfg.data.shuffle_rows
     rows = max(4 * batch_size, 256) if rows is None else rows
     return rows or None
+
+
+class Prefetch:
+    """`items`, their first fetched in a background thread from construction on, the rest in the consumer's thread:
+    a pipeline's start (a Ray Data execution's actors, their imports, its first shard) then overlaps other work (the
+    model's build, a training epoch) instead of stalling the consumer. An error in the fetch is raised where the
+    items are consumed."""
+
+    def __init__(self, items: Iterable):
+        self._it = iter(items)
+        self._first: list = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="rayeq-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._it))
+        except StopIteration:
+            pass
+        except BaseException as exc:  # raised in the consumer's thread
+            self._error = exc
+
+    def __iter__(self) -> Iterator:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._it
+
+
+def after_first(items: Iterable, fn: Callable[[], None]) -> Iterator:
+    """`items`, calling `fn()` once the consumer is done with the first (when it asks for the next)."""
+    for i, item in enumerate(items):
+        yield item
+        if i == 0:
+            fn()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -42,6 +81,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # a sweep's trials and a study's runs say which one is speaking
     part_of = info.extra_params.get("sweep") or info.extra_params.get("study")
     say = worker_console(f"[{cfg.train.name}] " if part_of else "")
+    # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps; its first batch is fetched
+    # while the model is built (the stream's start: its actors, their imports, the first shard)
+    per_rank = cfg.train.batch_size // ctx.get_world_size()  # Engine.batch_size
+    stream = iter(
+        Prefetch(
+            ray.train.get_dataset_shard("train").iter_torch_batches(
+                batch_size=per_rank,
+                drop_last=True,
+                prefetch_batches=2,
+                local_shuffle_buffer_size=shuffle_rows(cfg, per_rank),  # mix rows of different blocks
+            )
+        )
+    )
     engine = Engine(cfg, info, ray.train.torch.get_device(), ctx.get_world_size())
     hooks = list(config.get("hooks", ()))
 
@@ -75,24 +127,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     epochs = cfg.train.epochs
     if engine.epoch >= epochs and is_main:
         say(f"run already complete ({engine.epoch}/{epochs} epochs); raise train.epochs to continue")
-    # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps; lazy: the
-    # dataset runs from the first batch taken
-    stream = iter(
-        ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=engine.batch_size,
-            drop_last=True,
-            prefetch_batches=2,
-            local_shuffle_buffer_size=shuffle_rows(cfg, engine.batch_size),  # mix rows of different blocks
-        )
-    )
+
+    def val_batches() -> Prefetch:
+        val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=engine.val_batch_size)
+        return Prefetch(itertools.islice(val, cfg.train.val_steps))  # val_steps None: all of them
+
     while engine.epoch < epochs:
-        result = engine.run_epoch(itertools.islice(stream, engine.steps_per_epoch), hooks)
         # validate every N epochs, at the end, and in a new run's first epoch (so that the val metrics, the
         # checkpoint score among them, are in every report); carried forward in between and across a resume
-        if info.has_val and (engine.epoch % cfg.train.val_every_epochs == 0 or engine.epoch == epochs or not last_val):
-            val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=engine.val_batch_size)
-            val = itertools.islice(val, cfg.train.val_steps)  # None: all of them
-            last_val = {**engine.validate(val), "val/epoch": engine.epoch}
+        epoch = engine.epoch + 1
+        validates = info.has_val and (epoch % cfg.train.val_every_epochs == 0 or epoch == epochs or not last_val)
+        batches: Iterable = itertools.islice(stream, engine.steps_per_epoch)
+        val: list[Prefetch] = []
+        if validates:  # the validation pipeline starts beside the epoch, once its first step is done
+            batches = after_first(batches, lambda v=val: v.append(val_batches()))
+        result = engine.run_epoch(batches, hooks)
+        if validates:
+            last_val = {**engine.validate(val[0] if val else val_batches()), "val/epoch": engine.epoch}
         result.metrics.update(last_val)
         for h in hooks:
             h.on_epoch_end(engine, result)

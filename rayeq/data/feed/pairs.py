@@ -9,11 +9,14 @@ Ray Data's `map_batches` (one instance per actor) and in a plain loop without Ra
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from rayeq.config import ExperimentConfig
@@ -235,6 +238,34 @@ class ImagePairs(_Pairs):
             "aug2": np.stack(p2s) if p2s else np.zeros((0, k), np.float32),
             "label": np.asarray(labels, np.int64),
         }
+
+
+class ShardPairs:
+    """The pair maker fed with shard paths, for Ray Data's actors: each shard named in a batch of work items (a
+    `path` column) is read (its rows of the split), its rows shuffled, and its pairs yielded `data.rows_per_batch`
+    rows at a time. The actor reads its own shards, so the stream holds no read tasks: no stored rows (every view
+    of every object) in the object store, no read processes started and stopped as the budget frees; the data
+    work is the actors' alone, smooth and bounded by the stream's budget."""
+
+    def __init__(self, cfg: ExperimentConfig | dict, split: str | None = "train", seed: int | None = None,
+                 encoding: str | None = None, stored_size: int | None = None):  # fmt: skip
+        cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.model_validate(cfg)
+        self.maker = pair_maker_class(cfg.data.source)(cfg, split, seed, encoding, stored_size)
+        self.split, self.rows = split, cfg.data.rows_per_batch
+
+    def __call__(self, items) -> Iterator[dict[str, np.ndarray]]:
+        table = items if isinstance(items, pa.Table) else pa.table(items)
+        for path in table.column("path").to_pylist():
+            yield from self.shard(path)
+
+    def shard(self, path: str) -> Iterator[dict[str, np.ndarray]]:
+        from rayeq.data.schema import read_split_table
+
+        table = read_split_table(Path(path), self.split) if self.split else pq.read_table(path)
+        table = table.append_column("path", pa.array([str(path)] * table.num_rows, pa.string()))
+        order = self.maker.rng.permutation(table.num_rows)
+        for start in range(0, table.num_rows, self.rows):
+            yield self.maker(table.take(order[start : start + self.rows]))
 
 
 def _list_array(col) -> pa.ListArray:

@@ -136,30 +136,65 @@ def read_split(shards: list[Path], split: str, include_paths: bool = True):
         ctx.use_datasource_v2 = previous
 
 
+def split_shards(shards: list[Path], split: str) -> list[Path]:
+    """The shards that can hold rows of `split`, from their Parquet footers' statistics of the `split` column (a
+    decoded copy's shards hold one split each; a shard without statistics is kept)."""
+    kept = []
+    for shard in shards:
+        meta = pq.read_metadata(shard)
+        col = meta.schema.to_arrow_schema().get_field_index("split")
+        stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)] if col >= 0 else [None]
+        if any(s is None or not s.has_min_max or s.min <= split <= s.max for s in stats):
+            kept.append(shard)
+    return kept
+
+
+STREAM_MB_PER_ACTOR = 256  # data.stream_mb=None: the training stream's budget per pair-maker actor
+
+
+def pair_actors(cfg: ExperimentConfig, ray) -> int:
+    """The pair-maker actors of a pipeline: data.num_actors, or half the cluster's CPUs."""
+    return cfg.data.num_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
+
+
+def stream_budget_bytes(cfg: ExperimentConfig, ray) -> int:
+    """How far the training stream's pairs may run ahead of training: its Ray Data object-store budget (data.stream_mb,
+    or STREAM_MB_PER_ACTOR per pair-maker actor). At 64 px, 256 MB hold about 10,000 pairs."""
+    return (cfg.data.stream_mb or STREAM_MB_PER_ACTOR * pair_actors(cfg, ray)) * 2**20
+
+
 def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int = 1, beside_training: bool = False):
-    """The Ray Data pipeline of paired uint8 views for `split` (needs ray.init() first): `passes`
-    passes over the split in one stream, each in its own shard order (from train.seed), so that
-    training runs all its epochs through one execution: Ray Data starts its actor pool once, not
-    once per epoch (on a GPU node that start took ~15 s of each ~20 s epoch). Pairs are drawn anew
-    in every pass. `beside_training`: a pipeline that runs while the training stream keeps its actors
-    (validation): its pool grows from one actor reserving VAL_CPUS, so it can always start."""
+    """The Ray Data pipeline of paired uint8 views for `split` (needs ray.init() first): `passes` passes over the
+    split in one stream, each in its own shard order (from train.seed), so that training runs all its epochs
+    through one execution: Ray Data starts its actor pool once, not once per epoch (on a GPU node that start took
+    ~15 s of each ~20 s epoch). The stream's items are shard paths; the pair-maker actors read their shards
+    (`pairs.ShardPairs`) and draw pairs anew in every pass. `beside_training`: a pipeline that runs while the
+    training stream keeps its actors (validation): its pool grows from one actor reserving VAL_CPUS, so it can
+    always start."""
     import ray
 
+    from rayeq.data.feed.idle import with_idle_wait
+    from rayeq.data.feed.pairs import ShardPairs
+
     meta, shards = feed_data(cfg, split)
+    shards = split_shards(shards, split)
     order = np.random.default_rng([cfg.train.seed, len(shards)])
-    ds = read_split([shards[i] for _ in range(passes) for i in order.permutation(len(shards))], split)
+    items = [{"path": str(shards[i])} for _ in range(passes) for i in order.permutation(len(shards))]
     d = cfg.data
-    n = d.num_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // 2))
-    return ds.map_batches(
-        pair_maker_class(cfg.data.source),
+    n = pair_actors(cfg, ray)
+    pairs = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        ShardPairs,
         fn_constructor_kwargs=maker_kwargs(cfg, meta, split),
-        batch_size=d.rows_per_batch,
+        batch_size=1,  # one shard per call; its pairs come out data.rows_per_batch rows at a time
         batch_format="pyarrow",
         # a pool of the size asked for from the start (a GPU must not wait for the pool to grow);
         # by default, and beside training, it grows from 1 as the data needs
         compute=ray.data.ActorPoolStrategy(min_size=n if d.num_actors and not beside_training else 1, max_size=n),
         num_cpus=VAL_CPUS if beside_training else d.cpus_per_actor,
     )
+    # backpressured (the stream ahead of training fills its budget), Ray 2.60's scheduling loop turns without
+    # pause, taking most of a core: it waits instead (data/feed/idle.py)
+    return with_idle_wait(pairs)
 
 
 def to_model_batch(
