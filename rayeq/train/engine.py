@@ -201,7 +201,9 @@ class Engine:
                 "epoch": self.epoch,
                 "step": self.step_count,
                 "lr": self.scheduler.get_last_lr()[0],
-                "images_per_sec": images * (n - 1) / max(t_end - self.epoch_started, 1e-9) if n > 1 else 0.0,  # steady
+                # steady: n steps since the first batch's arrival (its wait left out); n - 1 here (until issue 27)
+                # understated short epochs, by 8 % at 12 steps against 1.7 % at 60
+                "images_per_sec": images * n / max(t_end - self.epoch_started, 1e-9),
                 "epoch_images_per_sec": images * n / (t_end - t_epoch),  # incl. the pipeline's start
                 "epoch_seconds": t_end - t_epoch,
             }

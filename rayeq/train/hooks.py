@@ -52,7 +52,7 @@ class ConsoleProgress(Hooks):
         if not engine.is_log_step(n):
             return
         elapsed = time.perf_counter() - engine.epoch_started
-        ips = 2 * self.cfg.train.batch_size * (n - 1) / max(elapsed, 1e-9) if n > 1 else 0.0
+        ips = 2 * self.cfg.train.batch_size * n / max(elapsed, 1e-9)  # n steps since the first batch arrived
         done = (engine.epoch - self.start_epoch) * spe + n
         # no ETA on a session's first line: its pace is mostly Ray Data's start-up
         eta = f" ETA {fmt_seconds(self._eta(done, (epochs - self.start_epoch) * spe - done))}" if self.first else ""
