@@ -212,6 +212,8 @@ def cmd_bench(args) -> int:
             device=args.device,
             compile=args.compile,
             overrides=args.overrides,
+            epochs=args.epochs,
+            val_steps=args.val_steps,
         )
     else:
         bench.check_out(args.sheet, args.overwrite)
@@ -352,8 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput", parents=[common], help="training images/s: plain PyTorch loop vs Ray Train + Ray Data"
     )
     b.add_argument("--method", choices=["xrecon", "vicreg", "simclr", "sie"], default="xrecon")
-    b.add_argument("--steps", type=int, default=None, help="steps per repeat (default: one epoch of the data)")
-    b.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
+    b.add_argument(
+        "--steps", type=int, default=None, help="steps per epoch (default: train.steps_per_epoch, or one pass)"
+    )
+    b.add_argument(
+        "--epochs", type=int, default=5, help="epochs of each whole run (both sides; the first is the warm-up)"
+    )
+    b.add_argument("--val-steps", type=int, default=4, help="validation batches in the first and the last epoch")
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats of the fixed-batch step, after one warm-up")
     b.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: CPUs - 1)")
     b.add_argument("--skip-ray", action="store_true", help="only the plain loop and the overhead")
     b.add_argument(
@@ -385,7 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def live_stdout() -> None:
+    """Every line rayeq prints reaches stdout as it is printed, also when stdout is a file or a pipe (`> log`,
+    `nohup`, `tee`, CI, `ray job submit`'s entrypoint), where Python would otherwise hold lines back in an 8 KB
+    buffer until it fills or the process ends: whole epochs of progress would arrive at once, at the end."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # a replaced stdout (a test's capture) may not have it
+    if reconfigure is not None and not sys.stdout.line_buffering:
+        reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    live_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

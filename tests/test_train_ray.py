@@ -49,25 +49,53 @@ def _epochs(run_dir):
 
 @pytest.fixture(scope="module")
 def first_run(ray_session, train_data, tmp_path_factory):
-    """`rayeq train` run as a user runs it (a process of its own, here joining the session's Ray instance); its
-    console output is kept for test_the_console_of_a_healthy_run_holds_rayeqs_lines_only. The result is what
-    `run_training` answers for the finished run: its last report and checkpoint, read without Ray."""
+    """`rayeq train` run as a user runs it (a process of its own, here joining the session's Ray instance) with its
+    stdout a pipe and Python's buffering as in a user's shell (PYTHONUNBUFFERED unset: CI sets it); its console is
+    kept for test_the_console_of_a_healthy_run_holds_rayeqs_lines_only, and with each line the number of epochs
+    metrics.jsonl held when the line arrived (test_progress_reaches_a_pipe_while_the_run_goes_on). The result is
+    what `run_training` answers for the finished run: its last report and checkpoint, read without Ray."""
     import os
     import subprocess
     import sys
+    import threading
 
     tmp = tmp_path_factory.mktemp("train")
     cfg = _cfg(train_data, tmp, "run")
     cfg.dump(tmp / "run.yaml")
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token")
     cmd = [sys.executable, "-m", "rayeq.cli", "train", str(tmp / "run.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    console = proc.stdout + proc.stderr
-    assert proc.returncode == 0, console[-3000:]
+    metrics = run_dir_of(cfg) / "metrics.jsonl"
+    arrivals: list[tuple[str, int]] = []  # (line, epochs in metrics.jsonl when it arrived)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def read():
+        for line in proc.stdout:
+            arrivals.append((line.rstrip("\n"), len(metrics.read_text().splitlines()) if metrics.is_file() else 0))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=600)
+    if reader.is_alive():
+        proc.kill()
+    console = "\n".join(line for line, _ in arrivals)
+    assert proc.wait(timeout=60) == 0, console[-3000:]
     said = []
     res = run_training(cfg, log=said.append)
     assert said and "already complete (3/3 epochs)" in said[0], said
-    return tmp, cfg, res, console, cmd, env
+    return tmp, cfg, res, console, cmd, env, arrivals
+
+
+def test_progress_reaches_a_pipe_while_the_run_goes_on(first_run):
+    """`rayeq train ... | tee log`, `> log`, `nohup`, CI: Python holds a pipe's or a file's lines in an 8 KB buffer
+    unless told otherwise, and a run's progress then arrived all at once when it ended. The first epoch's step line
+    must arrive before the second epoch is logged (the relay polls every 0.3 s; the first epoch also validates)."""
+    import re
+
+    *_, arrivals = first_run
+    steps = [(int(m.group(1)), logged) for line, logged in arrivals if (m := re.match(r"epoch (\d)/3 step ", line))]
+    assert [epoch for epoch, _ in steps] == [1, 2, 3], arrivals
+    assert steps[0][1] <= 1, steps  # buffered, every line arrived with all 3 epochs logged
 
 
 def test_two_worker_run_completes_and_loss_falls(first_run):
@@ -220,7 +248,7 @@ def test_the_console_of_a_healthy_run_holds_rayeqs_lines_only(first_run):
     import re
     import subprocess
 
-    tmp, cfg, res, out, cmd, env = first_run
+    tmp, cfg, res, out, cmd, env, _ = first_run
     for noise in ("WARNING", "ERROR", "core_worker", "(raylet)", "(RayTrainWorker", "pid=", "Traceback", "INFO"):
         assert noise not in out, f"{noise!r} on the console:\n{out}"
     lines = out.splitlines()
