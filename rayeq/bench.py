@@ -14,6 +14,7 @@ on its own (Ray Data, and the plain single-process maker), against the pairs/s t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -86,56 +87,152 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(cfg: ExperimentConfig, steps: int, repeats: int, device: str, data_cpus: int) -> dict:
-    """(a) Plain PyTorch: a `DataLoader` with `data_cpus` worker processes (`pair_loader`, the same pair
-    maker) feeding the same `Engine.step`, no Ray. Each repeat is timed like the Ray loop's epochs: from
-    its first batch to its last."""
+def validates(epoch: int, epochs: int) -> bool:
+    """The epochs a bench run validates in, on both sides: the first (a new run's) and the last
+    (train.val_every_epochs = the run's epochs)."""
+    return epoch in (1, epochs)
+
+
+def whole_run(images: int, seconds: float, epoch_seconds: float) -> dict[str, float]:
+    """A whole run's images/s; `outside_epochs_s`: its seconds outside its epochs' (start, validation, checkpoints,
+    end)."""
+    return {
+        "images_per_sec": images / seconds,
+        "seconds": seconds,
+        "images": images,
+        "outside_epochs_s": seconds - epoch_seconds,
+    }
+
+
+def plain_run(
+    cfg: ExperimentConfig, steps: int, epochs: int, val_steps: int, device: str, data_cpus: int, log=print
+) -> dict:
+    """(a) Plain PyTorch over a whole run, what a user would write without Ray: a `DataLoader` with `data_cpus`
+    worker processes (`pair_loader`, the same pair maker) feeding the same `Engine` in one process, `epochs` epochs
+    of `steps` steps, validation on `val_steps` batches of a second loader where the Ray path validates, and a
+    checkpoint after every epoch. Per epoch the steady images/s (first batch to last, as `run_epoch` reports it; the
+    first epoch warms up and is left out); over the whole run, images/s from building the model to the last
+    checkpoint (the loaders' start, epoch boundaries and validation included)."""
     from rayeq.data.feed.pipeline import pair_loader
 
+    pin = device == "cuda"
+    t0 = time.perf_counter()
     engine = _engine(cfg, device)
-    loader = pair_loader(cfg, "train", cfg.train.batch_size, data_cpus, epochs=10_000, pin=device == "cuda")
-    pairs = iter(loader)
-    rates = []
-    for r in range(repeats + 1):  # the first repeat warms up (workers, allocator, caches, compilation)
-        t_first = None
-        for n in range(steps):
-            batch = engine.to_batch(next(pairs))
-            if n == 0:
-                _sync(device)
-                t_first = time.perf_counter()
-            engine.step(batch)
+    train = iter(pair_loader(cfg, "train", cfg.train.batch_size, data_cpus, epochs=10_000, pin=pin))
+    val = iter(pair_loader(cfg, "val", engine.val_batch_size, data_cpus, epochs=10_000, pin=pin))
+    rates, in_epochs = [], 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for epoch in range(1, epochs + 1):
+            m = engine.run_epoch(itertools.islice(train, steps)).metrics
+            rates.append(m["images_per_sec"])
+            in_epochs += m["epoch_seconds"]
+            log(f"    (a) epoch {epoch}/{epochs}: {rates[-1]:.1f} img/s, {time.perf_counter() - t0:.0f} s into the run")
+            if validates(epoch, epochs):
+                engine.validate(itertools.islice(val, val_steps))
+            torch.save(engine.state_dict(), Path(tmp) / "state.pt")
         _sync(device)
-        if r:
-            rates.append(2 * cfg.train.batch_size * (steps - 1) / (time.perf_counter() - t_first))
-    del pairs, loader
-    return _stats(rates)
+        seconds = time.perf_counter() - t0
+    del train, val
+    return {**_stats(rates[1:]), "whole_run": whole_run(2 * cfg.train.batch_size * steps * epochs, seconds, in_epochs)}
 
 
-def ray_path(cfg: ExperimentConfig, repeats: int, log=print) -> dict:
-    """(b) rayeq's real training path, 1 worker: its per-epoch steady images/s (first batch to last), and
-    under "epoch" the same over whole epochs (waits for data included); first epoch excluded."""
+def ray_path(cfg: ExperimentConfig, steps: int, epochs: int, val_steps: int, log=print, progress=None) -> dict:
+    """(b) rayeq's real training path (`run_training`: Ray Train, Ray Data, checkpoints, validation) over the same
+    run as `plain_run`: per epoch the steady images/s it reports (first epoch left out), under "epoch" the same over
+    whole epochs (waits for data included), over the whole run images/s from the call to its return (the trainer's
+    and the data stream's start, epoch boundaries, validation and checkpoints included; Ray itself is started
+    before, as a cluster is up before a run starts), and the CPU share of Ray Data's coordinators. `progress`: a
+    line per epoch as the run logs it."""
+    from rayeq.cluster import connect_ray
     from rayeq.train.driver import run_training
 
+    connect_ray(None, log=lambda *a: None)
     with tempfile.TemporaryDirectory() as tmp:
         run = from_dict(
             apply_overrides(
                 cfg.to_dict(),
                 [
-                    f"train.epochs={repeats + 1}",
-                    "train.val_every_epochs=1000",
+                    f"train.epochs={epochs}",
+                    f"train.steps_per_epoch={steps}",
+                    f"train.val_every_epochs={epochs}",  # the first and the last epoch, as plain_run
+                    f"train.val_steps={val_steps}",
                     f"train.storage_path={tmp}",
                     "train.name=bench",
                     "train.keep_checkpoints=1",
-                    "train.val_steps=1",  # the last epoch always validates; keep that short
                 ],
             )
         )
-        run_training(run, log=log)
-        rows = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
+        metrics = Path(tmp) / "bench" / "metrics.jsonl"
+        with CoordinatorCPU(metrics, epochs, progress=progress) as cpu:
+            t0 = time.perf_counter()
+            run_training(run, log=log)
+            seconds = time.perf_counter() - t0
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return {
         **_stats([r["images_per_sec"] for r in rows[1:]]),
         "epoch": _stats([r["epoch_images_per_sec"] for r in rows[1:]]),
+        "whole_run": whole_run(
+            2 * cfg.train.batch_size * steps * epochs, seconds, sum(r["epoch_seconds"] for r in rows)
+        ),
+        "coordinator_cpu": cpu.result(),
     }
+
+
+class CoordinatorCPU:
+    """The CPU that Ray Data's coordinators (the `SplitCoordinator` actors that run a dataset's scheduling loop for
+    Ray Train, one per dataset) take on this node, from psutil on their processes, sampled every `every` seconds:
+    over the whole run, and steady, from the end of the first epoch to the end of the last (read from the run's
+    metrics.jsonl, one line per epoch): the last epoch's validation is in it, the first epoch's start is not."""
+
+    def __init__(self, metrics: Path, epochs: int, every: float = 0.5, progress=None):
+        import threading
+
+        self.metrics, self.epochs, self.every, self.progress = metrics, epochs, every, progress
+        self.samples: list[tuple[float, float, int]] = []  # (time, coordinator CPU seconds so far, epochs logged)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="rayeq-bench-cpu", daemon=True)
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        seen: dict[int, float] = {}  # pid -> CPU seconds at its last sample (a process that ended keeps its last)
+        while True:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                try:
+                    if any("SplitCoordinator" in part for part in proc.info["cmdline"] or ()):
+                        seen[proc.info["pid"]] = sum(proc.cpu_times()[:2])
+                except psutil.Error:
+                    continue
+            lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
+            logged = len(lines)
+            if self.progress and logged > (self.samples[-1][2] if self.samples else 0):
+                try:
+                    rate = f"{json.loads(lines[-1])['images_per_sec']:.1f} img/s"
+                except (ValueError, KeyError):  # a line being written
+                    rate = "logged"
+                into = time.perf_counter() - self.t0
+                self.progress(f"    (b) epoch {logged}/{self.epochs}: {rate}, {into:.0f} s into the run")
+            self.samples.append((time.perf_counter(), sum(seen.values()), logged))
+            if self.stop.wait(self.every):
+                return
+
+    def result(self) -> dict[str, Any]:
+        def share(rows):
+            return (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0]) if len(rows) > 1 else None
+
+        s = self.samples
+        steady = [r for r in s if r[2] >= 1]
+        steady = [r for r in steady if r[2] < self.epochs] + [r for r in steady if r[2] >= self.epochs][:1]
+        return {"steady_cores": share(steady), "whole_run_cores": share(s), "samples": len(s)}
 
 
 def _fixed_batch(cfg: ExperimentConfig, engine: Engine) -> dict[str, torch.Tensor]:
@@ -181,11 +278,11 @@ def bf16_peak(device_name: str) -> float | None:
 
 def data_resources(cpus: int, threads: int, data_cpus: int | None) -> tuple[int, float]:
     """Data CPUs on both sides (default: what the training thread(s) leave) and the CPU reservation of
-    each Ray Data actor so that the worker, the actors and the Parquet reads fit on this machine."""
-    from rayeq.data.feed.pipeline import READ_CPUS, VAL_CPUS
+    each Ray Data actor so that the worker, the actors and the validation pipeline's actor fit on this machine."""
+    from rayeq.data.feed.pipeline import VAL_CPUS
 
     data_cpus = data_cpus or max(1, cpus - threads)
-    per_actor = min(1.0, round((cpus - threads - 2 * READ_CPUS - VAL_CPUS) / data_cpus, 2))
+    per_actor = min(1.0, round((cpus - threads - VAL_CPUS) / data_cpus, 2))
     if per_actor <= 0:
         raise ConfigError(f"--threads {threads} leaves no CPU for data on this {cpus}-CPU machine")
     return data_cpus, per_actor
@@ -205,8 +302,15 @@ def bench_throughput(
     device: str = "auto",
     compile: bool = False,
     overrides: list[str] = (),
+    epochs: int = 5,
+    val_steps: int = 4,
 ) -> dict[str, Any]:
+    """Both sides over a whole run of `epochs` epochs of `steps` steps (steady and whole-run images/s, their
+    ratios, Ray Data's coordinator CPU); then the step on a fixed batch, `repeats` times (+1 warm-up)."""
     from rayeq.data.feed.pipeline import feed_data
+
+    if epochs < 2:
+        raise ConfigError(f"--epochs {epochs}: at least 2 (the first epoch warms up; the steady figure is the rest)")
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if device == "cuda" and not torch.cuda.is_available():
@@ -233,8 +337,10 @@ def bench_throughput(
         "method": method,
         "image_size": size,
         "batch": batch,
-        "steps_per_repeat": steps,
-        "repeats": repeats,
+        "steps_per_epoch": steps,
+        "epochs": epochs,
+        "val_steps": val_steps,
+        "fixed_batch_repeats": repeats,
         "torch_threads": threads,
         "data_cpus": data_cpus,
         "cpus": cpus,
@@ -251,22 +357,32 @@ def bench_throughput(
         f"bench throughput: {method}, {size} px, batch {batch}, stem {cfg.model.stem}, {cfg.train.precision}"
         f"{' + channels_last' if gpu else ''}{' + compile' if compile else ''} on {res['device']}; "
         f"{threads} torch thread(s), {data_cpus} data CPU(s) on both sides; "
-        f"{steps} steps x {repeats} repeats (+1 warm-up)"
+        f"whole runs of {epochs} epochs x {steps} steps (validation on {val_steps} batches in the first and the last)"
     )
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    res["plain"] = plain_loop(cfg, steps, repeats, device, data_cpus)
+    res["plain"] = plain_run(cfg, steps, epochs, val_steps, device, data_cpus, log=log)
     if gpu:
         res["memory_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    log(f"  (a) plain PyTorch (DataLoader, {data_cpus} workers): {_rate(res['plain'], 'img/s')}")
+    log(f"  (a) plain PyTorch (DataLoader, {data_cpus} workers): {_run_line(res['plain'])}")
     if not skip_ray:
-        res["ray"] = ray_path(cfg, repeats, log=lambda m: None)
+        res["ray"] = ray_path(cfg, steps, epochs, val_steps, log=lambda m: None, progress=log)
         res["ray_over_plain_ratio"] = res["ray"]["median"] / res["plain"]["median"]
-        log(
-            f"  (b) Ray Train + Ray Data ({data_cpus} actors):     {_rate(res['ray'], 'img/s')}; whole epochs "
-            f"(with the data pipeline's waits): {res['ray']['epoch']['median']:.1f} img/s"
+        res["whole_run_ray_over_plain_ratio"] = (
+            res["ray"]["whole_run"]["images_per_sec"] / res["plain"]["whole_run"]["images_per_sec"]
         )
-        log(f"  ratio (b)/(a): {res['ray_over_plain_ratio']:.3f}  (target >= 0.95)")
+        log(f"  (b) Ray Train + Ray Data ({data_cpus} actors):     {_run_line(res['ray'])}")
+        log(
+            f"  ratio (b)/(a): steady {res['ray_over_plain_ratio']:.3f}, whole run "
+            f"{res['whole_run_ray_over_plain_ratio']:.3f}  (target >= 0.95 for both)"
+        )
+        cpu = res["ray"]["coordinator_cpu"]
+        if cpu["steady_cores"] is not None:
+            log(
+                f"  Ray Data's coordinators (SplitCoordinator processes): {100 * cpu['steady_cores']:.1f} % of a core "
+                f"from the end of epoch 1 to the end of the run (target < 5 %), {100 * cpu['whole_run_cores']:.1f} "
+                "% over the whole run"
+            )
     n_steps = 20 if gpu else min(steps, 10)
     t = step_time(cfg, n_steps, repeats, device)
     res["step_time_s"] = {method: t}
@@ -549,6 +665,14 @@ def bench_data(
             log("    " + f"{src:17s} " + ", ".join(f"{s} px: {c}" for s, c in by.items()))
     _write(res, out, log)
     return res
+
+
+def _run_line(st: dict) -> str:
+    w = st["whole_run"]
+    return (
+        f"steady {_rate(st, 'img/s')}; whole run {w['images_per_sec']:.1f} img/s ({w['images']} images in "
+        f"{w['seconds']:.0f} s, {w['outside_epochs_s']:.0f} s of them outside the epochs)"
+    )
 
 
 def _rate(st: dict, unit: str) -> str:

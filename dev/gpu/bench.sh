@@ -20,5 +20,5 @@ timeout 280 "${RQ[@]}" bench throughput "${common[@]}" --out "$OUT/xrecon.json" 
 stamp "Ray Data pipeline alone, 14 actors"
 [ $RAY = 1 ] && timeout 80 python dev/gpu/data_rate.py
 stamp "bench throughput --compile (plain only)"
-timeout 120 "${RQ[@]}" bench throughput "${common[@]}" --compile --skip-ray --steps 30 --repeats 2 --out "$OUT/xrecon_compile.json"
+timeout 120 "${RQ[@]}" bench throughput "${common[@]}" --compile --skip-ray --steps 30 --epochs 3 --repeats 2 --out "$OUT/xrecon_compile.json"
 stamp done
