@@ -93,9 +93,10 @@ def validates(epoch: int, epochs: int) -> bool:
     return epoch in (1, epochs)
 
 
-def whole_run(images: int, seconds: float, epoch_seconds: float) -> dict[str, float]:
-    """A whole run's images/s; `outside_epochs_s`: its seconds outside its epochs' (start, validation, checkpoints,
-    end)."""
+def whole_run(cfg: ExperimentConfig, steps: int, epochs: int, seconds: float, epoch_seconds: float) -> dict:
+    """A whole run's images/s (two views per pair); `outside_epochs_s`: its seconds outside its epochs' (start,
+    validation, checkpoints, end)."""
+    images = 2 * cfg.train.batch_size * steps * epochs
     return {
         "images_per_sec": images / seconds,
         "seconds": seconds,
@@ -133,7 +134,7 @@ def plain_run(
         _sync(device)
         seconds = time.perf_counter() - t0
     del train, val
-    return {**_stats(rates[1:]), "whole_run": whole_run(2 * cfg.train.batch_size * steps * epochs, seconds, in_epochs)}
+    return {**_stats(rates[1:]), "whole_run": whole_run(cfg, steps, epochs, seconds, in_epochs)}
 
 
 def ray_path(cfg: ExperimentConfig, steps: int, epochs: int, val_steps: int, log=print, progress=None) -> dict:
@@ -171,9 +172,7 @@ def ray_path(cfg: ExperimentConfig, steps: int, epochs: int, val_steps: int, log
     return {
         **_stats([r["images_per_sec"] for r in rows[1:]]),
         "epoch": _stats([r["epoch_images_per_sec"] for r in rows[1:]]),
-        "whole_run": whole_run(
-            2 * cfg.train.batch_size * steps * epochs, seconds, sum(r["epoch_seconds"] for r in rows)
-        ),
+        "whole_run": whole_run(cfg, steps, epochs, seconds, sum(r["epoch_seconds"] for r in rows)),
         "coordinator_cpu": cpu.result(),
     }
 

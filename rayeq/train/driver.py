@@ -191,7 +191,7 @@ def build_trainer(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rayeq.data.feed.pipeline import build_ray_dataset, stream_budget_bytes
+    from rayeq.data.feed.pipeline import build_ray_dataset, stream_options
     from rayeq.train.loop import train_loop_per_worker
 
     ctx = ray.data.DataContext.get_current()
@@ -202,14 +202,6 @@ def build_trainer(
         datasets["val"] = build_ray_dataset(cfg, "val", beside_training=True)
     t = cfg.train
     resources = worker_resources(cfg)
-    # how far the training stream runs ahead: its object-store budget; otherwise Ray Train's default ingest options
-    # (DataConfig.default_ingest_options, less its deprecated exclude_resources, which warns on every run)
-    ingest = ray.data.DataContext.get_current().execution_options
-    stream = ray.data.ExecutionOptions(
-        resource_limits=ingest.resource_limits.copy(object_store_memory=stream_budget_bytes(cfg, ray)),
-        preserve_order=ingest.preserve_order,
-        verbose_progress=ingest.verbose_progress,
-    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "info": info, "hooks": list(hooks)},
@@ -232,7 +224,8 @@ def build_trainer(
             callbacks=list(callbacks),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(execution_options={"train": stream}),
+        # how far the training stream runs ahead of training: its object-store budget
+        dataset_config=DataConfig(execution_options={"train": stream_options(cfg, ray)}),
     )
     log(
         f"training {cfg.method.name} on {meta['source']} ({n_train} train objects/images) with "

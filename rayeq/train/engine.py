@@ -89,6 +89,11 @@ class EpochResult:
     steps: int
 
 
+def rank_batch_size(cfg: ExperimentConfig, world: int) -> int:
+    """Each rank's share of train.batch_size (what its data shard's batches hold)."""
+    return cfg.train.batch_size // world
+
+
 class Engine:
     """`cfg` + `info` + `device` -> a trainable run. `world` ranks share the global batch;
     `steps_per_epoch` defaults to one pass over the rank's share of the training rows."""
@@ -115,7 +120,7 @@ class Engine:
         self.module: TrainModule = module.to(self.device)
         self.train_module: nn.Module = self.module  # what steps run through: DDP / compiled, see `wrap`
 
-        self.batch_size = cfg.train.batch_size // world  # per rank
+        self.batch_size = rank_batch_size(cfg, world)
         self.val_batch_size = max(1, cfg.train.batch_size // max(1, world))
         if steps_per_epoch is None:
             steps_per_epoch = max(1, (info.n_train // world) // self.batch_size)

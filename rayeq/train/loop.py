@@ -15,7 +15,7 @@ import torch
 from rayeq.checkpoint import TrainState
 from rayeq.config import ExperimentConfig
 from rayeq.runinfo import RunInfo
-from rayeq.train.engine import Engine
+from rayeq.train.engine import Engine, rank_batch_size
 from rayeq.train.hooks import ConsoleProgress, MetricsFile, TrackerHook
 
 
@@ -83,7 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     say = worker_console(f"[{cfg.train.name}] " if part_of else "")
     # one iterator over all epochs' passes (build_ray_dataset), epochs counted in steps; its first batch is fetched
     # while the model is built (the stream's start: its actors, their imports, the first shard)
-    per_rank = cfg.train.batch_size // ctx.get_world_size()  # Engine.batch_size
+    per_rank = rank_batch_size(cfg, ctx.get_world_size())  # Engine.batch_size
     stream = iter(
         Prefetch(
             ray.train.get_dataset_shard("train").iter_torch_batches(

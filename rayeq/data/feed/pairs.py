@@ -240,6 +240,11 @@ class ImagePairs(_Pairs):
         }
 
 
+def path_column(shard: str | Path, n: int) -> pa.Array:
+    """A `path` column naming the shard of `n` rows, so that errors name the file."""
+    return pa.array([str(shard)] * n, pa.string())
+
+
 class ShardPairs:
     """The pair maker fed with shard paths, for Ray Data's actors: each shard named in a batch of work items (a
     `path` column) is read (its rows of the split), its rows shuffled, and its pairs yielded `data.rows_per_batch`
@@ -262,7 +267,7 @@ class ShardPairs:
         from rayeq.data.schema import read_split_table
 
         table = read_split_table(Path(path), self.split) if self.split else pq.read_table(path)
-        table = table.append_column("path", pa.array([str(path)] * table.num_rows, pa.string()))
+        table = table.append_column("path", path_column(path, table.num_rows))
         order = self.maker.rng.permutation(table.num_rows)
         for start in range(0, table.num_rows, self.rows):
             yield self.maker(table.take(order[start : start + self.rows]))

@@ -20,7 +20,7 @@ import torch
 
 from rayeq.config import ExperimentConfig
 from rayeq.data.feed.normalize import normalize
-from rayeq.data.feed.pairs import pair_maker_class
+from rayeq.data.feed.pairs import pair_maker_class, path_column
 from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, is_objects, open_dataset, split_filter
 
 READ_CPUS = 0.1  # Parquet reads are light; a full CPU per read task starves small clusters (2 cores)
@@ -101,16 +101,12 @@ def iter_pairs(
     meta, shards = feed_data(cfg, split)
     maker = pair_maker_class(cfg.data.source)(**{**maker_kwargs(cfg, meta, split), "seed": seed})
     order_rng = np.random.default_rng(cfg.train.seed if seed is None else seed)
-    tables = [pq.read_table(s).append_column("path", _path_column(s, pq.read_metadata(s).num_rows)) for s in shards]
+    tables = [pq.read_table(s).append_column("path", path_column(s, pq.read_metadata(s).num_rows)) for s in shards]
     table = pa.concat_tables(tables).filter(split_filter(split))
     for _ in range(epochs):
         idx = order_rng.permutation(table.num_rows)
         for start in range(0, len(idx) - batch_size + 1, batch_size):  # drop_last, as on the Ray path
             yield maker(table.take(idx[start : start + batch_size]))
-
-
-def _path_column(shard: Path, n: int) -> pa.Array:
-    return pa.array([str(shard)] * n, pa.string())
 
 
 def read_split(shards: list[Path], split: str, include_paths: bool = True):
@@ -161,6 +157,18 @@ def stream_budget_bytes(cfg: ExperimentConfig, ray) -> int:
     """How far the training stream's pairs may run ahead of training: its Ray Data object-store budget (data.stream_mb,
     or STREAM_MB_PER_ACTOR per pair-maker actor). At 64 px, 256 MB hold about 10,000 pairs."""
     return (cfg.data.stream_mb or STREAM_MB_PER_ACTOR * pair_actors(cfg, ray)) * 2**20
+
+
+def stream_options(cfg: ExperimentConfig, ray):
+    """Ray Train's ingest options for the training stream: its defaults (`DataConfig.default_ingest_options`, from
+    the current DataContext, less the deprecated `exclude_resources`, which warns on every run) with the stream's
+    object-store budget (`stream_budget_bytes`)."""
+    now = ray.data.DataContext.get_current().execution_options
+    return ray.data.ExecutionOptions(
+        resource_limits=now.resource_limits.copy(object_store_memory=stream_budget_bytes(cfg, ray)),
+        preserve_order=now.preserve_order,
+        verbose_progress=now.verbose_progress,
+    )
 
 
 def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int = 1, beside_training: bool = False):
