@@ -177,6 +177,43 @@ def ray_path(cfg: ExperimentConfig, steps: int, epochs: int, val_steps: int, log
     }
 
 
+def _empty_worker(config: dict) -> None:
+    import torch  # noqa: F401  (every training worker imports it: part of any run's start)
+
+
+def ray_train_floor(cfg: ExperimentConfig, repeats: int = 2) -> dict[str, Any]:
+    """Seconds Ray Train itself costs a run, whatever the run does: `TorchTrainer.fit` of a loop that only imports
+    torch, on the run's workers and resources (the controller's start, the worker group's, the process group's, the
+    teardown), no data; best of `repeats`. A whole run's Ray/plain ratio cannot pass `plain / (plain + floor)`."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayeq.cluster import connect_ray, worker_resources
+
+    connect_ray(None, log=lambda *a: None)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            TorchTrainer(
+                _empty_worker,
+                scaling_config=ScalingConfig(
+                    num_workers=cfg.train.num_workers,
+                    use_gpu=cfg.train.use_gpu,
+                    resources_per_worker=worker_resources(cfg),
+                ),
+                run_config=RunConfig(name=f"floor{i}", storage_path=tmp),
+            ).fit()
+            times.append(time.perf_counter() - t0)
+    return {"seconds": min(times), "repeats": times}
+
+
+def break_even(extra_s: float, target: float = 0.95) -> float:
+    """The run length (s, at equal steady speed on both sides) at which a fixed `extra_s` per run leaves the
+    whole-run ratio at `target`: run / (run + extra) = target."""
+    return extra_s * target / (1 - target)
+
+
 class CoordinatorCPU:
     """The CPU that Ray Data's coordinators (the `SplitCoordinator` actors that run a dataset's scheduling loop for
     Ray Train, one per dataset) take on this node, from psutil on their processes, sampled every `every` seconds:
@@ -374,6 +411,18 @@ def bench_throughput(
         log(
             f"  ratio (b)/(a): steady {res['ray_over_plain_ratio']:.3f}, whole run "
             f"{res['whole_run_ray_over_plain_ratio']:.3f}  (target >= 0.95 for both)"
+        )
+        res["ray_train_floor"] = ray_train_floor(cfg)
+        floor = res["ray_train_floor"]["seconds"]
+        plain, ray = res["plain"]["whole_run"], res["ray"]["whole_run"]
+        # the Ray path's fixed cost per run: its seconds outside the epochs beyond the plain loop's
+        res["ray_extra_outside_epochs_s"] = extra = ray["outside_epochs_s"] - plain["outside_epochs_s"]
+        res["break_even_run_s"] = break_even(max(extra, 0.0))
+        log(
+            f"  Ray Train's own start and end (an empty TorchTrainer.fit that imports torch): {floor:.1f} s, a "
+            f"whole-run ratio of at most {plain['seconds'] / (plain['seconds'] + floor):.3f} on this run at equal "
+            f"speed; outside the epochs the Ray path spent {extra:.0f} s more than the plain loop: at equal steady "
+            f"speed, runs of >= {res['break_even_run_s']:.0f} s keep the whole-run ratio >= 0.95"
         )
         cpu = res["ray"]["coordinator_cpu"]
         if cpu["steady_cores"] is not None:

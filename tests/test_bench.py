@@ -44,6 +44,10 @@ def test_bench_ray_path_and_data(tiny_builtin, ray_session):
     assert 0 < res["whole_run"]["outside_epochs_s"] < res["whole_run"]["seconds"]
     assert len(res["repeats"]) == 1 and res["median"] > 0
     assert res["whole_run"]["images"] == 2 * 8 * 2 * 2 and 0 < res["whole_run"]["images_per_sec"] < res["median"]
+    floor = bench.ray_train_floor(bench.bench_config("vicreg", 32, 8, 1), repeats=1)
+    # an empty trainer's start and end is part of every Ray run: shorter than this run, and not free
+    assert 0.5 < floor["seconds"] < res["whole_run"]["seconds"] and len(floor["repeats"]) == 1
+    assert bench.break_even(10.0) == pytest.approx(190.0)  # 190 / (190 + 10) = 0.95
     cpu = res["coordinator_cpu"]  # the run's SplitCoordinator processes are on this node: their CPU was sampled
     assert cpu["samples"] >= 2 and cpu["whole_run_cores"] is not None and 0 <= cpu["whole_run_cores"] < 2
     data = bench.bench_data(size=32, batch=8, seconds=2, log=lambda *a: None, feed=1000, sizes=(16, 32),
