@@ -171,12 +171,11 @@ def check_runs(spec: StudySpec, base: ExperimentConfig, study_dir: Path) -> dict
 def eval_metric_names(protocols: list[str], three_d: bool, parts=("full", "inv", "equi")) -> list[str]:
     """The metric names `rayeq eval` reports for these protocols and representation parts."""
     from rayeq.eval.run import REGRESSIONS
-    from rayeq.eval.transforms import FAMILIES
+    from rayeq.eval.transforms import FAMILIES, HEADLINE
 
     names = []
     if "transforms" in protocols and not three_d:
-        names += [f"transforms/{fam}/{k}" for fam in FAMILIES for k in ("r2", "r2_per_dim")]
-        names.append("transforms/mean/r2")
+        names += [f"transforms/{fam}/{k}" for fam in [*FAMILIES, "mean"] for k in HEADLINE]
     for p in protocols:
         for part in parts:
             if p in ("linear", "knn"):
