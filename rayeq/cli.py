@@ -96,6 +96,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
 def cmd_data(args) -> int:
     if args.data_command == "synth3d":
         from rayeq.data.make.synth3d import check_args, generate
@@ -117,6 +124,10 @@ def cmd_data(args) -> int:
         from rayeq.data.make.convert import convert_folder
 
         convert_folder(args.src, args.out, overwrite=args.overwrite, val_fraction=args.val_fraction)
+    elif args.data_command == "photos":
+        from rayeq.data.make.photos import build_photos
+
+        build_photos(args.out, args.size, args.train_crops, args.val_crops, seed=args.seed, overwrite=args.overwrite)
     elif args.data_command == "preview":
         from rayeq.data.make.preview import contact_sheet
 
@@ -252,6 +263,21 @@ def _add_data_parser(sub) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--val-fraction", type=float, default=0.2, help="used when ROOT has no train/ and val/")
     s.add_argument("--overwrite", action="store_true")
+    from rayeq.data.builtin import PHOTOS_DATA
+
+    s = dsub.add_parser(
+        "photos",
+        help="the natural-photo set (data.source=photos) into --out: crops of the colour photos inside scikit-image "
+        "and scikit-learn, split by photo (without data.path it is built once into the cache with these defaults)",
+    )
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", type=_positive_int, default=PHOTOS_DATA["size"], help="crop side in pixels")
+    s.add_argument("--train-crops", type=_positive_int, default=PHOTOS_DATA["train_crops"],
+                   help="crops per training photo")  # fmt: skip
+    s.add_argument("--val-crops", type=_positive_int, default=PHOTOS_DATA["val_crops"],
+                   help="crops per held-out photo")  # fmt: skip
+    s.add_argument("--seed", type=int, default=PHOTOS_DATA["seed"])
+    s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")
     s = dsub.add_parser("preview", help="contact sheet PNG of a data set")
     s.add_argument("dir")
     s.add_argument("--out", default="preview.png")

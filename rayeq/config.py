@@ -79,9 +79,15 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
+IMAGE_SOURCES = ("folder", "photos")  # one row per image (no 3D object, no views, no pose)
+
+
 class DataConfig(Section):
-    source: Literal["synth3d", "3diebench", "folder"] = Field(
-        "synth3d", description="synth3d: built-in renders; 3diebench: converted 3DIEBench; folder: natural images"
+    source: Literal["synth3d", "3diebench", "folder", "photos"] = Field(
+        "synth3d",
+        description="synth3d: built-in renders; 3diebench: converted 3DIEBench; folder: natural images (an image "
+        "folder converted by `rayeq data folder --src ROOT --out DIR`); photos: the built-in natural-photo set "
+        "(crops of the photos inside scikit-image and scikit-learn, built once into the cache; the `photos` extra)",
     )
     path: str | None = Field(None, description="data directory (Parquet shards + meta.json); None = built-in cache")
     builtin: Literal["standard", "tiny"] = Field(
@@ -429,12 +435,12 @@ def _cross_field_problems(cfg: ExperimentConfig):
             f"model.inv_dim={m.inv_dim} must lie in [1, {c - 1}] for method.name={meth.name!r}: "
             f"{m.backbone} has {c} channels, split into invariant and equivariant parts"
         )
-    if cfg.data.decoded and cfg.data.source == "folder":
+    if cfg.data.decoded and cfg.data.source in IMAGE_SOURCES:
         yield (
             "data.decoded=true applies to 3D object sets (data.source=synth3d or 3diebench); an image folder's "
             "views are cropped from the full image each step, so there is no fixed-size view to store"
         )
-    if meth.name in ("sie", "supervised") and cfg.data.source == "folder":
+    if meth.name in ("sie", "supervised") and cfg.data.source in IMAGE_SOURCES:
         needs = "per-pair rotation targets" if meth.name == "sie" else "rotation, colour and pose labels"
         yield (
             f"method.name={meth.name!r} needs {needs}, which only 3D sources give: "

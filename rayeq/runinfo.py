@@ -22,6 +22,7 @@ class RunInfo:
     mean: list[float]  # the per-channel normalisation the encoder trains with
     std: list[float]
     regress: dict[str, int]  # the probes' regression targets and their widths (empty for image sets)
+    classes_shared: bool = True  # the held-out split's classes are training's (not the photo set's: no held-out top-1)
     config_hash: str = ""
     run_dir: str | None = None  # metrics.jsonl goes here
     track_repo: str | None = None
@@ -39,6 +40,7 @@ class RunInfo:
             n_val=splits.get("val", 0),
             num_classes=len(meta["classes"]),
             three_d=three_d,
+            classes_shared=meta.get("classes_shared", True),
             mean=mean,
             std=std,
             regress=target_widths(cfg.data.color_target, three_d),

@@ -1,5 +1,6 @@
-"""The built-in data set: a synth3d set rendered once into the cache directory, used by the
-quickstart and whenever `data.source=synth3d` has no `data.path` (`data.builtin` picks standard or tiny)."""
+"""The built-in data sets, made once into the cache directory: a synth3d set, used by the quickstart and whenever
+`data.source=synth3d` has no `data.path` (`data.builtin` picks standard or tiny), and the natural-photo set of
+`data.source=photos` without a path."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ DATA_NAME = "synth3d-builtin-v3"
 # data.builtin=tiny: 1,600 images at 32 px, rendered in seconds; for smoke sweeps and checks
 TINY_DATA = dict(classes=10, objects_per_class=20, views=8, size=32, seed=0)
 TINY_NAME = "synth3d-tiny-v3"
+PHOTOS_NAME = "photos-builtin-v1"  # data.source=photos: rayeq.data.make.photos
+# 600 crops of each of the 6 training photos, 300 of each of the 3 held-out ones, at 96 px (64 px runs and below)
+PHOTOS_DATA = dict(size=96, train_crops=600, val_crops=300, seed=0)
 
 
 def cache_dir() -> Path:
@@ -22,7 +26,8 @@ def cache_dir() -> Path:
 
 
 def builtin_data_dir(name: str = "standard") -> Path:
-    return cache_dir() / (TINY_NAME if name == "tiny" else DATA_NAME)
+    """The cache folder of a built-in set: standard, tiny (synth3d) or photos."""
+    return cache_dir() / {"tiny": TINY_NAME, "photos": PHOTOS_NAME}.get(name, DATA_NAME)
 
 
 def _unusable(path: Path, spec: dict | None = None) -> str | None:
@@ -61,19 +66,47 @@ def ensure_data(log=print, name: str = "standard") -> Path:
     cannot be used is kept aside (`.broken-<time>`), and the console says why."""
     from rayeq.data.make.synth3d import generate
 
-    path = builtin_data_dir(name)
     spec = TINY_DATA if name == "tiny" else DATA
-    why = _unusable(path, spec)
-    if why is None:
+    path = builtin_data_dir(name)
+    return _ensure(path, lambda: _unusable(path, spec), lambda tmp: generate(tmp, **spec, log=log), log)
+
+
+def ensure_photos(log=print) -> Path:
+    """The built-in natural-photo set (`data.source=photos`), built once into the cache directory from the photos
+    inside the installed scikit-image and scikit-learn (nothing is downloaded)."""
+    from rayeq.data.make.photos import PHOTOS_VERSION, build_photos
+
+    path = builtin_data_dir("photos")
+
+    def why() -> str | None:
+        base = _unusable(path)
+        if base is not None:
+            return base
+        from rayeq.data.schema import read_meta
+
+        meta = read_meta(path)
+        made = {"photos_version": meta.get("photos_version"), **{k: meta.get(k) for k in PHOTOS_DATA}}
+        want = {"photos_version": PHOTOS_VERSION, **PHOTOS_DATA}
+        differ = [f"{k} {made[k]!r} (wanted {want[k]!r})" for k in want if made[k] != want[k]]
+        return f"it was made with other settings: {', '.join(differ)}" if differ else None
+
+    return _ensure(path, why, lambda tmp: build_photos(tmp, **PHOTOS_DATA, log=log), log)
+
+
+def _ensure(path: Path, why, build, log) -> Path:
+    """`path` if `why()` finds nothing wrong with it; else `build(tmp)` beside it and moved into place, an unusable
+    earlier copy kept aside (`.broken-<time>`), never deleted."""
+    reason = why()
+    if reason is None:
         if path not in _announced:
             _announced.add(path)
             log(f"reusing the built-in data set at {path}")
         return path
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"building the built-in data set (once) at {path}: {why}")
-    generate(tmp, **spec, log=log)
-    if _unusable(path, spec) is None:  # another process finished it meanwhile
+    log(f"building the built-in data set (once) at {path}: {reason}")
+    build(tmp)
+    if why() is None:  # another process finished it meanwhile
         shutil.rmtree(tmp)
         return path
     if path.exists():  # an unusable earlier attempt: keep it aside rather than delete it

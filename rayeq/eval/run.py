@@ -83,16 +83,16 @@ def evaluate(
         data_dir = resolve_data_dir(cfg)
     meta = read_meta(data_dir)
     three_d = is_objects(meta)
-    allowed = PROTOCOLS_3D if three_d else PROTOCOLS_IMAGES
+    # a set may narrow them (the photo set: its held-out photos are classes no training crop has, so no top-1)
+    allowed = tuple(meta.get("protocols") or (PROTOCOLS_3D if three_d else PROTOCOLS_IMAGES))
     unknown = [p for p in protocols or [] if p not in PROTOCOLS_3D + PROTOCOLS_IMAGES]
     if unknown:
         raise ConfigError(f"unknown protocol(s) {unknown}; known: {sorted(set(PROTOCOLS_3D + PROTOCOLS_IMAGES))}")
     wanted = list(protocols or [p for p in cfg.eval.protocols if p in allowed] or allowed)
     bad = [p for p in wanted if p not in allowed]
     if bad:
-        raise DataError(
-            f"protocol(s) {bad} need {'image' if three_d else '3D'} data; {str(data_dir)!r} allows {list(allowed)}"
-        )
+        why = meta.get("split_from", "") if meta.get("protocols") else f"they need {'image' if three_d else '3D'} data"
+        raise DataError(f"protocol(s) {bad}: {str(data_dir)!r} allows {list(allowed)} ({why})")
     settings = settings_for(cfg, fast)
     use_ray = use_ray_for(cfg.eval.extractor, address)
     if use_ray:
@@ -134,6 +134,8 @@ def evaluate(
             "r2": "SIE: 1 - SS_res / SS_tot around one mean over all target entries, on held-out objects' pairs",
             "r2_per_dim": "per target dimension, then averaged (sklearn's uniform average), held-out pairs",
             "r2_train": "SIE's global R² on pairs of the train objects the probe was fitted on",
+            "transforms/*/r2": "the transform protocol's headline: R² per parameter, then averaged (a mean "
+            "predictor scores 0); transforms/*/r2_global: SIE's global R² of the same predictions",
         },
         "metrics": metrics,
         "floors": floors,

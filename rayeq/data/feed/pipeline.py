@@ -28,16 +28,25 @@ READ_CPUS = 0.1  # Parquet reads are light; a full CPU per read task starves sma
 # validation pipeline's actors reserve a token share of a CPU so that they can always be placed
 # (they work while the training stream waits for its consumer).
 VAL_CPUS = 0.1
-SOURCE_FORMATS = {"synth3d": OBJECTS_FORMAT, "3diebench": OBJECTS_FORMAT, "folder": IMAGES_FORMAT}
+SOURCE_FORMATS = {
+    "synth3d": OBJECTS_FORMAT,
+    "3diebench": OBJECTS_FORMAT,
+    "folder": IMAGES_FORMAT,
+    "photos": IMAGES_FORMAT,
+}
 
 
 def resolve_data_dir(cfg: ExperimentConfig, build: bool = True) -> Path:
-    """data.path, or for data.source=synth3d without a path the built-in set (rendered once into the
-    cache directory, $RAYEQ_CACHE or ~/.cache/rayeq)."""
+    """data.path, or without a path the built-in set of data.source synth3d (rendered once into the cache
+    directory, $RAYEQ_CACHE or ~/.cache/rayeq) or photos (built once there from the installed packages' photos)."""
     if cfg.data.path is None and cfg.data.source == "synth3d":
         from rayeq.data.builtin import builtin_data_dir, ensure_data
 
         return ensure_data(name=cfg.data.builtin) if build else builtin_data_dir(cfg.data.builtin)
+    if cfg.data.path is None and cfg.data.source == "photos":
+        from rayeq.data.builtin import builtin_data_dir, ensure_photos
+
+        return ensure_photos() if build else builtin_data_dir("photos")
     if cfg.data.path is None:
         raise DataError(
             f"data.path is not set for data.source={cfg.data.source!r}: make a data set first "
