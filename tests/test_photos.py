@@ -88,3 +88,30 @@ def test_photo_crops_vary_and_fill_the_size():
     assert len(crops) == 5 and all(c.shape == (24, 24, 3) and c.std() >= photos.MIN_STD for c in crops)
     with pytest.raises(DataError, match="vary by"):
         photos._crops(np.full((50, 50, 3), 7, np.uint8), 2, 24, g)
+
+
+@pytest.mark.extras
+def test_eval_on_the_photo_set_keeps_to_the_transforms_protocol(small_photos, tmp_path, monkeypatch):
+    from test_eval import _checkpoint
+
+    from rayeq.eval.run import evaluate
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
+    out, _, _ = small_photos
+    run = _checkpoint(tmp_path, out, "data.source=photos", "data.image_size=32")
+    # held-out photos are classes no training crop has: classification is refused, naming why
+    with pytest.raises(DataError, match=r"allows \['transforms'\] \(source photo: held out"):
+        evaluate(run, protocols=["linear"], fast=True, log=lambda *a: 0)
+    res = evaluate(run, fast=True, log=lambda *a: 0)  # the config's default protocols, narrowed to the set's
+    assert res["protocols"] == ["transforms"]
+    assert {f"transforms/{f}/r2" for f in ("rotation", "color", "blur", "translation", "mean")} <= set(res["metrics"])
+    assert not any(k.startswith(("linear", "knn")) for k in res["metrics"])
+
+
+def test_the_held_out_probe_line_can_leave_top1_out():
+    from rayeq.train.hooks import probe_line
+
+    m = {"val/top1": 0.0, "val/floor/top1": 0.0, "val/rot_r2": 0.5, "val/rot_r2_mean_predictor": 0.2}
+    assert probe_line(m, "val", 1 / 9).startswith("top-1 0.000 ▼")
+    line = probe_line(m, "val", 1 / 9, top1=False)
+    assert "top-1" not in line and line.startswith("rotation R² 0.500 (mean 0.200)")
