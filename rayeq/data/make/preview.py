@@ -53,12 +53,11 @@ def _draw(tiles, labels, out, scale, meta) -> Path:
     h = 20 + len(tiles) * (size + cap + pad)
     sheet = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text(
-        (4, 4),
-        f"{meta.get('source')}: {len(meta.get('classes', []))} classes; caption: floor hue, light hue; "
-        "rotation x y z (deg)",
-        fill=(0, 0, 0),
-    )
+    caption = "floor hue, light hue; rotation x y z (deg)" if meta["format"] == OBJECTS_FORMAT else "class (or photo)"
+    title = f"{meta.get('source')}: {len(meta.get('classes', []))} classes; caption: {caption}"
+    if meta.get("split_from"):
+        title += f"; split by {meta['split_from']}"
+    draw.text((4, 4), title, fill=(0, 0, 0))
     for i, row in enumerate(tiles):
         y = 20 + i * (size + cap + pad)
         draw.text((4, y + size // 2), labels[i][:14], fill=(0, 0, 0))
