@@ -115,3 +115,24 @@ def test_the_held_out_probe_line_can_leave_top1_out():
     assert probe_line(m, "val", 1 / 9).startswith("top-1 0.000 ▼")
     line = probe_line(m, "val", 1 / 9, top1=False)
     assert "top-1" not in line and line.startswith("rotation R² 0.500 (mean 0.200)")
+
+
+@pytest.mark.extras
+def test_the_cached_photo_set_is_built_once_and_rebuilt_when_its_settings_change(tmp_path, monkeypatch):
+    from rayeq.data import builtin
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path))
+    monkeypatch.setattr(builtin, "PHOTOS_DATA", dict(size=24, train_crops=3, val_crops=2, seed=0))
+    lines = []
+    path = builtin.ensure_photos(log=lines.append)
+    assert any("building the built-in data set (once)" in line for line in lines)
+    assert open_dataset(path)[0]["splits"] == {"train": 18, "val": 6}
+    lines.clear()
+    builtin._announced.discard(path)
+    assert builtin.ensure_photos(log=lines.append) == path
+    assert lines == [f"reusing the built-in data set at {path}"]  # not built again
+    monkeypatch.setattr(builtin, "PHOTOS_DATA", dict(size=24, train_crops=4, val_crops=2, seed=0))
+    lines.clear()
+    builtin.ensure_photos(log=lines.append)
+    assert any("train_crops 3 (wanted 4)" in line for line in lines)  # says why it builds again
+    assert list(tmp_path.glob("photos-builtin-v1.broken-*"))  # the old copy kept aside, not deleted

@@ -85,7 +85,8 @@ def ensure_photos(log=print) -> Path:
         from rayeq.data.schema import read_meta
 
         meta = read_meta(path)
-        made = {"photos_version": meta.get("photos_version"), **{k: meta.get(k) for k in PHOTOS_DATA}}
+        made = {"photos_version": meta.get("photos_version"), "size": meta.get("image_size")}
+        made.update({k: meta.get(k) for k in PHOTOS_DATA if k != "size"})
         want = {"photos_version": PHOTOS_VERSION, **PHOTOS_DATA}
         differ = [f"{k} {made[k]!r} (wanted {want[k]!r})" for k in want if made[k] != want[k]]
         return f"it was made with other settings: {', '.join(differ)}" if differ else None
