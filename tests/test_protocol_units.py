@@ -205,7 +205,7 @@ def test_method_labels_say_which_labels_a_method_reads():
     from rayeq.methods import method_label
 
     assert method_label("sie") == "sie [uses rotation labels]"
-    assert method_label("supervised") == "supervised [uses labels: rotation, colour, class, pose]"
+    assert method_label("supervised") == "supervised [uses labels: transformation targets, classes]"
     assert method_label("xrecon") == "xrecon" and method_label("vicreg") == "vicreg"
 
 
@@ -260,3 +260,24 @@ def test_pair_regression_trains_on_one_fresh_pair_per_object_per_epoch_from_its_
     assert all(torch.equal(a, b) for a, b in zip(draws, again, strict=True))  # the same from the same seed
     assert not torch.equal(draws[0], other[0])
     assert runs[0]["r2"] == runs[1]["r2"]
+
+
+def test_a_feature_dead_on_the_train_rows_cannot_blow_up_held_out_predictions():
+    """An untrained encoder has features that are (nearly) constant on the train rows and fire on held-out ones;
+    standardised with the train std they reach thousands of standard deviations. Clipped, the probe scores on
+    held-out rows what it scores without that feature."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 4, generator=g)
+    y = x[:, :1] * 2 + 0.1 * torch.randn(600, 1, generator=g)
+    dead = torch.cat([torch.zeros(500, 1), torch.rand(100, 1, generator=g)])  # 0 on the train rows, up to 1 after
+    nearly = torch.cat([1e-7 * torch.randn(500, 1, generator=g), torch.rand(100, 1, generator=g)])
+    heavy = torch.cat([torch.randn(500, 1, generator=g), 1e4 * torch.ones(100, 1)])  # alive, far out on held-out rows
+    xs = torch.cat([x, dead, nearly, heavy], 1)
+    s = ProtocolSettings(epochs=40, batch_size=64, hidden_dim=32, lr=3e-3)
+    with_dead = regression(xs[:500], y[:500], xs[500:], y[500:], s)["r2_per_dim"]
+    without = regression(x[:500], y[:500], x[500:], y[500:], s)["r2_per_dim"]
+    assert without > 0.9 and with_dead > without - 0.15, (with_dead, without)
+    ztr, z = _standardise(xs[:500], xs[500:])
+    assert (z[:, 4:6] == 0).all() and (ztr[:, 4:6] == 0).all()  # dead and nearly dead: nothing to learn, set to 0
+    assert (z[:, 6] == 5.0).all() and z[:, :4].abs().max() < 5.0  # clipped only where it must be
+    assert ztr[:, :4].mean(0).abs().max() < 1e-5 and (ztr[:, :4].std(0) - 1).abs().max() < 1e-3

@@ -85,9 +85,19 @@ def _fit(model: nn.Module, epoch_data, n: int, loss_fn, s: ProtocolSettings) -> 
     return model.eval()
 
 
+Z_CLIP = 5.0  # probe inputs: standardised on the train rows, then clipped to +-5 standard deviations
+DEAD = 1e-3  # a feature whose train std is below this fraction of the median feature's is set to 0
+
+
 def _standardise(train: torch.Tensor, *others: torch.Tensor):
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    return [(t - mean) / std for t in (train, *others)]
+    """Each feature to the train rows' mean 0 / std 1, clipped to +-Z_CLIP; a feature (nearly) constant on the train
+    rows (std < DEAD x the median std) is 0 everywhere: the probe cannot learn what it means, and on held-out rows it
+    would reach any size. An untrained encoder has many such features: measured on the photo set's held-out photos
+    (ResNet-18, init seed 2), 11 of 1,024 pair features constant on the train rows and 76 beyond 10 train standard
+    deviations (up to 4,342), which put the MLP probe's colour R² at -77."""
+    mean, std = train.mean(0), train.std(0)
+    live = std >= DEAD * std.median()
+    return [torch.where(live, ((t - mean) / (std + 1e-6)).clamp(-Z_CLIP, Z_CLIP), 0.0) for t in (train, *others)]
 
 
 def majority_top1(ytr: torch.Tensor, yva: torch.Tensor) -> float:

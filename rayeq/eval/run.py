@@ -21,7 +21,7 @@ from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
 from rayeq.data.schema import DataError, is_objects, read_meta
 from rayeq.eval.features import Features, cached_features
-from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression
+from rayeq.eval.protocols import DEAD, Z_CLIP, ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression
 from rayeq.methods import USES_LABELS, build_method, method_label
 from rayeq.metrics import r2_global
 from rayeq.models import feature_part
@@ -258,6 +258,8 @@ def protocol_key(cfg: ExperimentConfig, protocol: str, settings: dict[str, Proto
     e = cfg.eval
     own = e.knn.model_dump() if protocol == "knn" else settings[protocol].__dict__
     blob = [protocol, own, e.pairs_per_object, e.feature_seed]
+    if protocol != "knn":  # probe inputs clipped since issue 28: floors cached before it are not reused
+        blob.append({"z_clip": Z_CLIP, "dead": DEAD})
     if list(e.parts) != list(PARTS):  # keys made before eval.parts existed (all parts) still hit
         blob.append(list(e.parts))
     blob = json.dumps(blob, sort_keys=True)
