@@ -128,6 +128,11 @@ def cmd_data(args) -> int:
         from rayeq.data.make.photos import build_photos
 
         build_photos(args.out, args.size, args.train_crops, args.val_crops, seed=args.seed, overwrite=args.overwrite)
+    elif args.data_command == "renders":
+        from rayeq.data.make.renders import build_renders
+
+        build_renders(args.out, args.classes, args.objects_per_class, args.views, args.size, seed=args.seed,
+                      overwrite=args.overwrite)  # fmt: skip
     elif args.data_command == "preview":
         from rayeq.data.make.preview import contact_sheet
 
@@ -277,6 +282,20 @@ def _add_data_parser(sub) -> None:
     s.add_argument("--val-crops", type=_positive_int, default=PHOTOS_DATA["val_crops"],
                    help="crops per held-out photo")  # fmt: skip
     s.add_argument("--seed", type=int, default=PHOTOS_DATA["seed"])
+    s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")
+    from rayeq.data.builtin import RENDERS_DATA
+
+    s = dsub.add_parser(
+        "renders",
+        help="synth3d renders as an image set (data.source=renders) into --out: every view a row with its object's "
+        "class, split by object (without data.path it is rendered once into the cache with these defaults)",
+    )
+    s.add_argument("--out", required=True)
+    s.add_argument("--classes", type=_positive_int, default=RENDERS_DATA["classes"])
+    s.add_argument("--objects-per-class", type=_positive_int, default=RENDERS_DATA["objects_per_class"])
+    s.add_argument("--views", type=int, default=RENDERS_DATA["views"], help="poses per object (at least 2)")
+    s.add_argument("--size", type=_positive_int, default=RENDERS_DATA["size"])
+    s.add_argument("--seed", type=int, default=RENDERS_DATA["seed"])
     s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")
     s = dsub.add_parser("preview", help="contact sheet PNG of a data set")
     s.add_argument("dir")

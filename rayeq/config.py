@@ -79,15 +79,16 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
-IMAGE_SOURCES = ("folder", "photos")  # one row per image (no 3D object, no views, no pose)
+IMAGE_SOURCES = ("folder", "photos", "renders")  # one row per image (no 3D object, no views, no pose)
 
 
 class DataConfig(Section):
-    source: Literal["synth3d", "3diebench", "folder", "photos"] = Field(
+    source: Literal["synth3d", "3diebench", "folder", "photos", "renders"] = Field(
         "synth3d",
         description="synth3d: built-in renders; 3diebench: converted 3DIEBench; folder: natural images (an image "
         "folder converted by `rayeq data folder --src ROOT --out DIR`); photos: the built-in natural-photo set "
-        "(crops of the photos inside scikit-image and scikit-learn, built once into the cache; the `photos` extra)",
+        "(crops of the photos inside scikit-image and scikit-learn, built once into the cache; the `photos` extra); "
+        "renders: synth3d renders as an image set (one row per view, split by object; 2D augmentations, top-1)",
     )
     path: str | None = Field(None, description="data directory (Parquet shards + meta.json); None = built-in cache")
     builtin: Literal["standard", "tiny"] = Field(
@@ -219,8 +220,11 @@ class LossConfig(Section):
     temperature: float = Field(0.1, gt=0.0, le=10.0, description="SimCLR NT-Xent temperature")
     equi_weight: float = Field(4.5, ge=0.0, description="SIE: weight of the equivariant prediction term")
     recon_weight: float = Field(1.0, ge=0.0, le=100.0, description="xrecon: weight of the reconstruction loss")
-    rotation_weight: float = Field(1.0, ge=0.0, description="supervised: relative-rotation MSE")
-    color_weight: float = Field(1.0, ge=0.0, description="supervised: colour-change MSE")
+    rotation_weight: float = Field(1.0, ge=0.0, description="supervised: relative-rotation MSE (3D: quaternion; "
+                                   "images: the rotation augmentation's angle)")  # fmt: skip
+    color_weight: float = Field(1.0, ge=0.0, description="supervised: colour-change MSE (3D: hues; images: jitter)")
+    blur_weight: float = Field(1.0, ge=0.0, description="supervised, image data: relative blur sigma MSE")
+    translation_weight: float = Field(1.0, ge=0.0, description="supervised, image data: relative shift MSE")
     class_weight: float = Field(1.0, ge=0.0, description="supervised: classification cross-entropy")
     pose_weight: float = Field(1.0, ge=0.0, description="supervised: each view's own rotation matrix, MSE")
 
@@ -425,6 +429,22 @@ class ExperimentConfig(Section):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The families the supervised ceiling regresses on image data -> their loss weight keys (loss.<key>)
+IMAGE_TARGET_WEIGHTS = {"rotation": "rotation_weight", "color": "color_weight", "blur": "blur_weight",
+                        "translation": "translation_weight"}  # fmt: skip
+
+
+def supervised_families(cfg: ExperimentConfig) -> dict[str, float]:
+    """Image data: the augmentation families the supervised ceiling regresses (on, with a weight above 0) ->
+    their weight."""
+    out = {}
+    for fam, key in IMAGE_TARGET_WEIGHTS.items():
+        aug, weight = getattr(cfg.augment, fam), getattr(cfg.loss, key)
+        if aug.enabled and aug.strength > 0 and weight > 0:
+            out[fam] = weight
+    return out
+
+
 def _cross_field_problems(cfg: ExperimentConfig):
     """Constraints between sections, each message naming the keys involved."""
     m, meth = cfg.model, cfg.method
@@ -440,11 +460,18 @@ def _cross_field_problems(cfg: ExperimentConfig):
             "data.decoded=true applies to 3D object sets (data.source=synth3d or 3diebench); an image folder's "
             "views are cropped from the full image each step, so there is no fixed-size view to store"
         )
-    if meth.name in ("sie", "supervised") and cfg.data.source in IMAGE_SOURCES:
-        needs = "per-pair rotation targets" if meth.name == "sie" else "rotation, colour and pose labels"
+    if meth.name == "sie" and cfg.data.source in IMAGE_SOURCES:
         yield (
-            f"method.name={meth.name!r} needs {needs}, which only 3D sources give: "
+            "method.name='sie' needs per-pair rotation targets, which only 3D sources give: "
             "set data.source to 'synth3d' or '3diebench'"
+        )
+    if meth.name == "supervised" and cfg.data.source in IMAGE_SOURCES and not supervised_families(cfg):
+        yield (
+            f"method.name='supervised' on image data (data.source={cfg.data.source!r}) regresses the relative "
+            f"parameters of the augmentation families {list(IMAGE_TARGET_WEIGHTS)} that are on, each with its "
+            "loss.<family>_weight; none is on with a weight above 0 "
+            f"({', '.join(f'augment.{f}.enabled={getattr(cfg.augment, f).enabled}' for f in IMAGE_TARGET_WEIGHTS)}): "
+            "switch one on, e.g. augment.rotation.enabled=true"
         )
     stride = STEM_STRIDES[m.stem]
     if cfg.data.image_size < stride:

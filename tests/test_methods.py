@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -389,10 +390,12 @@ def test_supervised_heads_read_the_right_views_and_targets(fast_cfg):
 
 
 @pytest.mark.slow
-def test_supervised_learns_its_targets_on_a_fixed_batch(fast_cfg):
+@pytest.mark.parametrize("data", ["3d", "images"])
+def test_supervised_learns_its_targets_on_a_fixed_batch(fast_cfg, data):
     torch.manual_seed(0)
-    m = build_method(fast_cfg("method.name=supervised", size=16), num_classes=3)
-    batch = _labelled_pairs(16, 16, seed=1)
+    cfg = fast_cfg("method.name=supervised", size=16) if data == "3d" else fast_cfg(*IMAGE_SUPERVISED, size=16)
+    m = build_method(cfg, num_classes=3)
+    batch = _labelled_pairs(16, 16, seed=1) if data == "3d" else _augmented_pairs(cfg, 16, seed=1)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     first = None
     for _ in range(60):
@@ -401,7 +404,8 @@ def test_supervised_learns_its_targets_on_a_fixed_batch(fast_cfg):
         out.total.backward()
         opt.step()
         first = first or {k: v.item() for k, v in out.losses.items()}
-    for k in ("rotation", "color", "pose", "class"):
+    terms = ("rotation", "color", "pose", "class") if data == "3d" else ("rotation", "color", "blur", "translation")
+    for k in terms:
         assert out.losses[k].item() < 0.5 * first[k], (k, first[k], out.losses[k].item())
 
 
@@ -411,10 +415,79 @@ def test_supervised_refuses_data_without_labels(fast_cfg):
     del batch["rel_color"], batch["latent2"]
     with pytest.raises(MissingTargetError, match=r"supervised.*missing \['rel_color', 'latent2'\].*3D source"):
         m(batch)
-    with pytest.raises(ConfigError, match="method.name='supervised' needs rotation, colour and pose labels"):
-        fast_cfg("method.name=supervised", "data.source=folder")
     with pytest.raises(ValueError, match="num_classes"):
         build_method(fast_cfg("method.name=supervised"))
+
+
+IMAGE_SUPERVISED = ["method.name=supervised", "data.source=photos", "augment.rotation.enabled=true",
+                    "augment.translation.enabled=true"]  # fmt: skip
+
+
+def _augmented_pairs(cfg, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Smooth images with each view's augmentation parameters drawn as the pair maker draws them."""
+    from rayeq.data.feed.augment import sample_params
+
+    g, size = np.random.default_rng(seed), cfg.data.image_size
+    pairs = smooth_pairs(batch, size, seed)
+    del pairs["rel_rotation"]
+    for k in ("aug1", "aug2"):
+        pairs[k] = torch.from_numpy(np.stack([sample_params(g, cfg.augment, (96, 96), size) for _ in range(batch)]))
+    pairs["label"] = torch.arange(batch) % 3
+    return pairs
+
+
+def test_supervised_on_image_data_regresses_the_recorded_augmentation_parameters(fast_cfg):
+    """On an image set the ceiling's terms are one MSE per augmentation family that is on: its head on the pair in
+    order, against view 2's parameters minus view 1's over the family's scale (45 deg, 10/224 of the side, 0.4 for
+    brightness/contrast/saturation and 0.1 for hue, sigma 1), plus the class term; no 3D target is read."""
+    from rayeq.data.feed.augment import FAMILIES
+
+    torch.manual_seed(0)
+    cfg = fast_cfg(*IMAGE_SUPERVISED)
+    m = build_method(cfg, num_classes=3).eval()
+    batch = _augmented_pairs(cfg, 8)
+    out = m(batch)
+    assert set(out.losses) == {"rotation", "color", "blur", "translation", "class", "total"}
+    t = 10 / 224 * 32
+    scale = {"rotation": [45.0], "color": [0.4, 0.4, 0.4, 0.1], "blur": [1.0], "translation": [t, t]}
+    with torch.no_grad():
+        _, r1 = m.backbone(batch["view1"])
+        _, r2 = m.backbone(batch["view2"])
+        pair = torch.cat([r1, r2], 1)
+        for fam, idx in FAMILIES.items():
+            target = (batch["aug2"][:, idx] - batch["aug1"][:, idx]) / torch.tensor(scale[fam])
+            assert target.abs().max() > 0.05, fam  # the draw moved every family somewhere in the batch
+            want = torch.nn.functional.mse_loss(m.family_heads[fam](pair), target)
+            torch.testing.assert_close(out.losses[fam], want, rtol=1e-5, atol=1e-6, msg=fam)
+        cls = torch.nn.functional.cross_entropy(m.classifier(torch.cat([r1, r2])), torch.cat([batch["label"]] * 2))
+    torch.testing.assert_close(out.losses["class"], cls, rtol=1e-5, atol=1e-6)
+    # the targets are relative: swapping the views negates them (and changes the terms)
+    swap = {"view1": batch["view2"], "view2": batch["view1"], "aug1": batch["aug2"], "aug2": batch["aug1"]}
+    swapped = m({**batch, **swap})
+    for fam in FAMILIES:
+        assert abs(swapped.losses[fam].item() - out.losses[fam].item()) > 1e-5, fam
+    # a family that is off has no head and no term; a weight scales its term
+    off = fast_cfg(*IMAGE_SUPERVISED, "augment.blur.enabled=false", "loss.translation_weight=3")
+    w = build_method(off, num_classes=3).eval()
+    w.load_state_dict(m.state_dict(), strict=False)
+    got = w(batch)
+    assert "blur" not in got.losses and "blur" not in w.family_heads
+    torch.testing.assert_close(got.losses["translation"], 3 * out.losses["translation"])
+    # a 3D batch is not what it reads
+    with pytest.raises(MissingTargetError, match=r"missing \['aug1', 'aug2'\].*augmentation parameters"):
+        m(_labelled_pairs(4, 32))
+
+
+def test_supervised_on_image_data_refuses_a_config_with_nothing_to_regress(fast_cfg):
+    fast_cfg("method.name=supervised", "data.source=folder")  # colour jitter and blur are on by default
+    with pytest.raises(ConfigError, match=r"supervised' on image data \(data.source='folder'\).*none is on.*"
+                       r"augment.color.enabled=False.*augment.rotation.enabled=true"):  # fmt: skip
+        fast_cfg("method.name=supervised", "data.source=folder", "augment.color.enabled=false",
+                 "augment.blur.enabled=false")  # fmt: skip
+    with pytest.raises(ConfigError, match="none is on with a weight above 0"):
+        fast_cfg("method.name=supervised", "data.source=photos", "loss.color_weight=0", "loss.blur_weight=0")
+    with pytest.raises(ConfigError, match="method.name='sie' needs per-pair rotation targets"):
+        fast_cfg("method.name=sie", "data.source=photos")
 
 
 @pytest.mark.parametrize("name", ["vicreg", "simclr", "xrecon"])

@@ -1,6 +1,6 @@
 """The built-in data sets, made once into the cache directory: a synth3d set, used by the quickstart and whenever
 `data.source=synth3d` has no `data.path` (`data.builtin` picks standard or tiny), and the natural-photo set of
-`data.source=photos` without a path."""
+`data.source=photos` or `renders` without a path."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ TINY_NAME = "synth3d-tiny-v3"
 PHOTOS_NAME = "photos-builtin-v1"  # data.source=photos: rayeq.data.make.photos
 # 600 crops of each of the 6 training photos, 300 of each of the 3 held-out ones, at 96 px (64 px runs and below)
 PHOTOS_DATA = dict(size=96, train_crops=600, val_crops=300, seed=0)
+RENDERS_NAME = "renders-builtin-v1"  # data.source=renders: rayeq.data.make.renders
+# 2,300 objects of the 23 classes x 2 poses at 64 px: 3,680 train / 920 held-out images, rendered in seconds
+RENDERS_DATA = dict(classes=23, objects_per_class=100, views=2, size=64, seed=2)
 
 
 def cache_dir() -> Path:
@@ -26,8 +29,8 @@ def cache_dir() -> Path:
 
 
 def builtin_data_dir(name: str = "standard") -> Path:
-    """The cache folder of a built-in set: standard, tiny (synth3d) or photos."""
-    return cache_dir() / {"tiny": TINY_NAME, "photos": PHOTOS_NAME}.get(name, DATA_NAME)
+    """The cache folder of a built-in set: standard, tiny (synth3d), photos or renders."""
+    return cache_dir() / {"tiny": TINY_NAME, "photos": PHOTOS_NAME, "renders": RENDERS_NAME}.get(name, DATA_NAME)
 
 
 def _unusable(path: Path, spec: dict | None = None) -> str | None:
@@ -77,21 +80,41 @@ def ensure_photos(log=print) -> Path:
     from rayeq.data.make.photos import PHOTOS_VERSION, build_photos
 
     path = builtin_data_dir("photos")
+    want = {"photos_version": PHOTOS_VERSION, **PHOTOS_DATA}
+    return _ensure(
+        path, lambda: _made_otherwise(path, want), lambda tmp: build_photos(tmp, **PHOTOS_DATA, log=log), log
+    )
 
-    def why() -> str | None:
-        base = _unusable(path)
-        if base is not None:
-            return base
-        from rayeq.data.schema import read_meta
 
-        meta = read_meta(path)
-        made = {"photos_version": meta.get("photos_version"), "size": meta.get("image_size")}
-        made.update({k: meta.get(k) for k in PHOTOS_DATA if k != "size"})
-        want = {"photos_version": PHOTOS_VERSION, **PHOTOS_DATA}
-        differ = [f"{k} {made[k]!r} (wanted {want[k]!r})" for k in want if made[k] != want[k]]
-        return f"it was made with other settings: {', '.join(differ)}" if differ else None
+def ensure_renders(log=print) -> Path:
+    """The built-in renders as an image set (`data.source=renders`): rendered once into the cache directory."""
+    from rayeq.data.make.renders import RENDERS_VERSION, build_renders
+    from rayeq.data.make.synth3d import GENERATOR_VERSION
 
-    return _ensure(path, why, lambda tmp: build_photos(tmp, **PHOTOS_DATA, log=log), log)
+    path = builtin_data_dir("renders")
+    want = {"renders_version": RENDERS_VERSION, "generator_version": GENERATOR_VERSION, **RENDERS_DATA}
+    build = lambda tmp: build_renders(tmp, **RENDERS_DATA, log=log)  # noqa: E731
+    return _ensure(path, lambda: _made_otherwise(path, want), build, log)
+
+
+# meta.json's name of a setting, where it is not the setting's own
+_META_KEYS = {"size": "image_size", "classes": None, "views": "views_per_object"}
+
+
+def _made_otherwise(path: Path, want: dict) -> str | None:
+    """Why the built-in image set at `path` cannot be used: missing, unreadable, or its meta.json records other
+    settings than `want` (each setting under its own name, or `_META_KEYS`'s)."""
+    base = _unusable(path)
+    if base is not None:
+        return base
+    from rayeq.data.schema import read_meta
+
+    meta = read_meta(path)
+    made = {k: meta.get(_META_KEYS.get(k) or k) for k in want}
+    if "classes" in want:
+        made["classes"] = len(meta.get("classes", []))
+    differ = [f"{k} {made[k]!r} (wanted {want[k]!r})" for k in want if made[k] != want[k]]
+    return f"it was made with other settings: {', '.join(differ)}" if differ else None
 
 
 def _ensure(path: Path, why, build, log) -> Path:

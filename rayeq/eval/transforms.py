@@ -9,13 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rayeq.data.feed.augment import IDENTITY, apply_params, resize
+from rayeq.data.feed.augment import FAMILIES, IDENTITY, apply_params, resize
 from rayeq.data.feed.normalize import normalize
 from rayeq.data.schema import decode_image, open_dataset, read_split_table
 from rayeq.eval.protocols import ProtocolSettings, regression
 
-# family -> indices into rayeq.data.feed.augment.PARAM_NAMES
-FAMILIES = {"rotation": [5], "color": [8, 9, 10, 11], "blur": [13], "translation": [6, 7]}
 # metric -> the regression's figure. The headline `r2` is R² per parameter, then averaged (scikit-learn's uniform
 # average): a mean predictor scores 0 on every family. SIE's global R² (one mean over all target entries), made
 # for the rotation quaternion, stays beside it as `r2_global`: on colour jitter it credits a mean predictor with

@@ -11,7 +11,7 @@ from rayeq.methods.xrecon import XRecon
 
 # What each method reads besides the images (shown wherever its results appear). "supervised" is the
 # ceiling, not a self-supervised method.
-USES_LABELS = {"sie": "uses rotation labels", "supervised": "uses labels: rotation, colour, class, pose"}
+USES_LABELS = {"sie": "uses rotation labels", "supervised": "uses labels: transformation targets, classes"}
 
 
 def method_label(name: str) -> str:

@@ -9,6 +9,11 @@ view's own pose from the batch, and is the reference an equivariant SSL method i
 - pose: a linear map of each view to its own rotation matrix (B, 9). The relative rotation is a
   product of two absolute poses; regressing each view's pose directly makes pose features arise much
   sooner (measured in docs/DATA.md). `loss.pose_weight=0` trains on the probe targets alone.
+On image data (folders, photos) there is no pose: the heads regress, from the concatenated pair, the relative
+parameters of the augmentations that made the two views (view 2's minus view 1's, each family on the scale of its
+range at strength 1: `augment.family_scales`), one MLP per family that is on (rotation angle, colour jitter's four
+factors, blur sigma, shift), with `loss.<family>_weight`; the class term reads the set's labels as above. In the
+transforms protocol view 1 is the untouched image, so these are the very parameters its probe regresses.
 The heads are dropped at evaluation: `encode` gives the backbone's pooled features, as for any method.
 """
 
@@ -18,51 +23,73 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayeq.config import ExperimentConfig
+from rayeq.config import IMAGE_SOURCES, ExperimentConfig, supervised_families
+from rayeq.data.feed.augment import FAMILIES, family_scales
 from rayeq.data.feed.targets import rotation_matrix_xyz, target_widths
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
 from rayeq.models import mlp
 
 
 class Supervised(SSLMethod):
-    required_keys = ("view1", "view2", "rel_rotation", "rel_color", "label", "latent1", "latent2")
-
     def __init__(self, cfg: ExperimentConfig, num_classes: int):
         super().__init__(cfg)
         c, h = self.feature_dim, cfg.method.supervised.hidden_dim
+        self.images = cfg.data.source in IMAGE_SOURCES
+        self.classifier = nn.Linear(c, num_classes)
+        lc = cfg.loss  # the loss weights, fixed at construction
+        self.class_weight = lc.class_weight
+        if self.images:
+            self.family_weights = supervised_families(cfg)
+            scales = family_scales(cfg.data.image_size)
+            self.family_heads = nn.ModuleDict({f: mlp(2 * c, h, len(FAMILIES[f])) for f in self.family_weights})
+            for f in self.family_weights:  # buffers: they follow the model to its device
+                self.register_buffer(f"scale_{f}", torch.tensor(scales[f]), persistent=False)
+            self.required_keys = ("view1", "view2", "aug1", "aug2", "label")
+            return
         widths = target_widths(cfg.data.color_target, three_d=True)
         self.rotation_head = mlp(2 * c, h, widths["rel_rotation"])
         self.color_head = mlp(2 * c, h, widths["rel_color"])
-        self.classifier = nn.Linear(c, num_classes)
         self.pose_head = nn.Linear(c, 9)
-        lc = cfg.loss  # the loss weights, fixed at construction
-        self.rotation_weight, self.color_weight = lc.rotation_weight, lc.color_weight
-        self.class_weight, self.pose_weight = lc.class_weight, lc.pose_weight
+        self.rotation_weight, self.color_weight, self.pose_weight = lc.rotation_weight, lc.color_weight, lc.pose_weight
+        self.required_keys = ("view1", "view2", "rel_rotation", "rel_color", "label", "latent1", "latent2")
 
     def check_batch(self, batch) -> None:
         missing = [k for k in self.required_keys if k not in batch]
         if missing:
+            what = (
+                "image pairs with both views' augmentation parameters (aug1, aug2) and labels"
+                if self.images
+                else "relative rotation, colour change and per-view latents, which only 3D sources "
+                "(data.source=synth3d or 3diebench) give"
+            )
             raise MissingTargetError(
                 f"method 'supervised' trains on labels and needs batch keys {list(self.required_keys)}; missing "
-                f"{missing}. Only 3D sources (data.source=synth3d or 3diebench) give relative rotation, colour "
-                "change and per-view latents; for other data use a self-supervised method."
+                f"{missing}: it reads {what}; for data without them use a self-supervised method."
             )
+
+    def family_targets(self, batch) -> dict[str, torch.Tensor]:
+        """Image data: family -> (B, k) relative parameters (view 2's minus view 1's) over the family's scale."""
+        a1, a2 = batch["aug1"].float(), batch["aug2"].float()
+        return {f: (a2[:, FAMILIES[f]] - a1[:, FAMILIES[f]]) / getattr(self, f"scale_{f}") for f in self.family_heads}
 
     def loss_terms(self, batch, out1, out2) -> StepOutput:
         (_, r1), (_, r2) = out1, out2
         pair = torch.cat([r1, r2], dim=1)  # (B, 2C)
         both = torch.cat([r1, r2])  # (2B, C): each view is a sample for the per-view heads
-        rotation = F.mse_loss(self.rotation_head(pair).float(), batch["rel_rotation"].float())
-        color = F.mse_loss(self.color_head(pair).float(), batch["rel_color"].float())
         labels = torch.cat([batch["label"], batch["label"]]).long()
-        classes = F.cross_entropy(self.classifier(both).float(), labels)
-        euler = torch.cat([batch["latent1"][:, :3], batch["latent2"][:, :3]]).float()
-        pose = F.mse_loss(self.pose_head(both).float(), rotation_matrix_xyz(euler).flatten(1))
-        losses = {
-            "rotation": self.rotation_weight * rotation,
-            "color": self.color_weight * color,
-            "class": self.class_weight * classes,
-            "pose": self.pose_weight * pose,
-        }
+        classes = self.class_weight * F.cross_entropy(self.classifier(both).float(), labels)
+        if self.images:
+            losses = {
+                f: self.family_weights[f] * F.mse_loss(self.family_heads[f](pair).float(), target)
+                for f, target in self.family_targets(batch).items()
+            }
+            losses["class"] = classes
+        else:
+            rotation = F.mse_loss(self.rotation_head(pair).float(), batch["rel_rotation"].float())
+            color = F.mse_loss(self.color_head(pair).float(), batch["rel_color"].float())
+            euler = torch.cat([batch["latent1"][:, :3], batch["latent2"][:, :3]]).float()
+            pose = F.mse_loss(self.pose_head(both).float(), rotation_matrix_xyz(euler).flatten(1))
+            losses = {"rotation": self.rotation_weight * rotation, "color": self.color_weight * color,
+                      "class": classes, "pose": self.pose_weight * pose}  # fmt: skip
         losses["total"] = sum(losses.values())
         return StepOutput(losses=losses, representations=(r1, r2))

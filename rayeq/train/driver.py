@@ -216,7 +216,8 @@ def build_trainer(
             storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_checkpoints,
-                checkpoint_score_attribute=score_attribute(info.has_val),
+                # held-out top-1 where the held-out classes are training's (the photo set reports none)
+                checkpoint_score_attribute=score_attribute(info.has_val and info.classes_shared),
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=t.max_failures),

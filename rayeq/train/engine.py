@@ -242,7 +242,8 @@ class Engine:
 
     @torch.no_grad()
     def validate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        """The probes on held-out pairs (val/*, val/floor/*); they keep training on train pairs only."""
+        """The probes on held-out pairs (val/*, val/floor/*); they keep training on train pairs only. No top-1 where
+        the held-out classes are not training's (`RunInfo.classes_shared`)."""
         module = self.module
         module.eval()
         acc = ProbeMetrics(self.info.regress, self.device)
@@ -277,7 +278,10 @@ class Engine:
             extra = {f"val/{k}": float(v / t[-1].clamp_min(1)) for k, v in zip(keys, t[:-1], strict=True)}
         if "val/recon" in extra and "val/recon_other_view" in extra:
             extra["val/recon_other_view_ratio"] = extra["val/recon_other_view"] / max(extra["val/recon"], 1e-12)
-        return {**acc.compute("val"), **(floor_acc.compute("val/floor") if floor_acc is not None else {}), **extra}
+        probes = {**acc.compute("val"), **(floor_acc.compute("val/floor") if floor_acc is not None else {})}
+        if not self.info.classes_shared:  # held-out classes training never saw (the photo set's photos): no top-1
+            probes = {k: v for k, v in probes.items() if "top1" not in k}
+        return {**probes, **extra}
 
     def state_dict(self) -> dict[str, Any]:
         """The training state a checkpoint holds (see `rayeq.checkpoint.TrainState`)."""

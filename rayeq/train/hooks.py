@@ -76,8 +76,7 @@ class ConsoleProgress(Hooks):
         # epochs carry the last validation forward), else, on a set without a held-out split, train objects
         split = "val" if m.get("val/epoch") == engine.epoch else None if "val/epoch" in m else "train"
         chance = 1 / engine.info.num_classes if getattr(engine, "info", None) and engine.info.num_classes else None
-        unseen = split == "val" and not getattr(getattr(engine, "info", None), "classes_shared", True)
-        line = probe_line(m, split, chance, top1=not unseen) if split else ""
+        line = probe_line(m, split, chance) if split else ""
         if line:
             where = "held-out" if split == "val" else "train"
             self.say(f"  probes on {where} objects: {line}")
@@ -86,14 +85,14 @@ class ConsoleProgress(Hooks):
 PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²"}
 
 
-def probe_line(m: dict[str, float], split: str, chance: float | None = None, top1: bool = True) -> str:
+def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> str:
     """`top-1 0.096 (untrained 0.085, chance 0.043) · rotation R² 0.218 ▼ (untrained 0.214, mean 0.230) · ...`: each
     probe of `split` beside its floors (the untrained encoder's probe, the mean predictor, chance), ▼ when not above
-    one. `top1=False`: not top-1 (held-out classes that training never saw, as the photo set's held-out photos)."""
+    one."""
     parts = []
     for key, label in PROBE_LABELS.items():
         value = m.get(f"{split}/{key}")
-        if value is None or (key == "top1" and not top1):
+        if value is None:
             continue
         mean = chance if key == "top1" else m.get(f"{split}/{key}_mean_predictor")
         floors = {"untrained": m.get(f"{split}/floor/{key}"), "chance" if key == "top1" else "mean": mean}

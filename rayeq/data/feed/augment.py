@@ -36,6 +36,16 @@ PARAM_NAMES = [
 ]
 IDENTITY = np.array([0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0], np.float32)
 P_COLOR, P_BLUR, P_FLIP, P_GRAY = 0.8, 0.5, 0.5, 0.2  # probabilities at strength 1 (SimCLR's)
+# The paper's four transformation families -> their indices into PARAM_NAMES (what the transforms protocol regresses)
+FAMILIES = {"rotation": [5], "color": [8, 9, 10, 11], "blur": [13], "translation": [6, 7]}
+
+
+def family_scales(size: int) -> dict[str, list[float]]:
+    """Each family's parameters' half-range at strength 1 (translation in pixels at `size`), to put the supervised
+    ceiling's regression targets on one scale: angle 45 deg, shift 10/224 of the side, brightness/contrast/
+    saturation 0.4, hue 0.1, blur sigma 1 (its range 0.1-2 centred)."""
+    t = 10 / 224 * size
+    return {"rotation": [45.0], "color": [0.4, 0.4, 0.4, 0.1], "blur": [1.0], "translation": [t, t]}
 
 
 def sample_params(

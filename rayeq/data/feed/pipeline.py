@@ -33,20 +33,23 @@ SOURCE_FORMATS = {
     "3diebench": OBJECTS_FORMAT,
     "folder": IMAGES_FORMAT,
     "photos": IMAGES_FORMAT,
+    "renders": IMAGES_FORMAT,
 }
 
 
 def resolve_data_dir(cfg: ExperimentConfig, build: bool = True) -> Path:
     """data.path, or without a path the built-in set of data.source synth3d (rendered once into the cache
-    directory, $RAYEQ_CACHE or ~/.cache/rayeq) or photos (built once there from the installed packages' photos)."""
+    directory, $RAYEQ_CACHE or ~/.cache/rayeq), photos (built once there from the installed packages' photos) or renders
+    (synth3d renders as an image set, rendered once there)."""
     if cfg.data.path is None and cfg.data.source == "synth3d":
         from rayeq.data.builtin import builtin_data_dir, ensure_data
 
         return ensure_data(name=cfg.data.builtin) if build else builtin_data_dir(cfg.data.builtin)
-    if cfg.data.path is None and cfg.data.source == "photos":
-        from rayeq.data.builtin import builtin_data_dir, ensure_photos
+    if cfg.data.path is None and cfg.data.source in ("photos", "renders"):
+        from rayeq.data.builtin import builtin_data_dir, ensure_photos, ensure_renders
 
-        return ensure_photos() if build else builtin_data_dir("photos")
+        ensure = ensure_photos if cfg.data.source == "photos" else ensure_renders
+        return ensure() if build else builtin_data_dir(cfg.data.source)
     if cfg.data.path is None:
         raise DataError(
             f"data.path is not set for data.source={cfg.data.source!r}: make a data set first "
