@@ -211,3 +211,45 @@ def test_launcher_configs_turn_token_auth_on_and_share_storage_with_the_containe
     commands = [c for k in ("initialization_commands", "setup_commands", "head_start_ray_commands",
                             "worker_start_ray_commands") for c in cfg[k]]  # fmt: skip
     assert {v for c in commands for v in re.findall(r"\$\{?([A-Za-z_]\w*)", c)} <= {"RAY_HEAD_IP"}
+
+
+def test_the_console_keeps_relaying_after_a_relay_call_fails_once():
+    """A worker's lines reach the driver's console while the run goes on, also when one call to the relay actor
+    failed (its start outlasted the call's timeout on a busy machine): the thread tries again, it does not stop."""
+    import time
+    from types import SimpleNamespace
+
+    from rayeq.cluster import Console
+
+    said, pending = [], ["epoch 1/4 step 10/40 ..."]
+
+    class FlakyRay:
+        calls = 0
+
+        def get_runtime_context(self):
+            return SimpleNamespace(get_node_id=lambda: "ab" * 28)
+
+        def remote(self, num_cpus=0):
+            take = SimpleNamespace(remote=lambda: "ref")
+            actor = SimpleNamespace(take=take)
+            return lambda cls: SimpleNamespace(options=lambda **kw: SimpleNamespace(remote=lambda: actor))
+
+        def is_initialized(self):
+            return True
+
+        def get(self, ref, timeout):
+            self.calls += 1
+            if self.calls == 1:
+                raise TimeoutError("the relay actor is still starting")
+            lines = list(pending)
+            pending.clear()
+            return lines
+
+    console = Console(FlakyRay(), say=said.append, interval=0.01)
+    try:
+        deadline = time.time() + 5
+        while not said and time.time() < deadline:
+            time.sleep(0.01)
+        assert said == ["epoch 1/4 step 10/40 ..."]  # relayed by the thread, before close()
+    finally:
+        console.stop.set()
