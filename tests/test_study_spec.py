@@ -29,9 +29,11 @@ def _study(tmp_path, **changes):
 
 
 def _check(path, tmp_path):
+    from rayeq.config import IMAGE_SOURCES
+
     spec = load_study(path)
     base, _ = base_config(spec)
-    return spec, check_study(spec, base, tmp_path / "study", three_d=True)
+    return spec, check_study(spec, base, tmp_path / "study", three_d=base.data.source not in IMAGE_SOURCES)
 
 
 def test_shipped_studies_pass_every_check_that_needs_no_data(tmp_path):
@@ -52,6 +54,31 @@ def test_methods_studies_compare_the_papers_arms_against_the_supervised_ceiling(
             (m, b if m == "xrecon" else "vicreg") for m, b in methods
         }, name
         assert ("xrecon", "simclr") in methods and any(m == "supervised" for m, _ in methods), name
+
+
+def test_transforms_studies_score_the_four_families_beside_the_supervised_ceiling(tmp_path):
+    """The photo study and the renders study: the same arms and training, the paper's four families on at strength
+    1; on the photos only the transforms protocol (held-out photos are no training class), top-1 on the renders."""
+    specs = {name: _check(Path("studies") / f"{name}.yaml", tmp_path) for name in ("transforms_cpu",
+                                                                                "transforms_renders_cpu")}  # fmt: skip
+    for name, (spec, configs) in specs.items():
+        assert len(spec.seeds) == 3 and spec.summary.ceiling == "supervised" and spec.baseline == "vicreg", name
+        methods = {(c.method.name, c.method.base if c.method.name == "xrecon" else None) for c in configs.values()}
+        assert methods == {("vicreg", None), ("simclr", None), ("xrecon", "vicreg"), ("xrecon", "simclr"),
+                           ("supervised", None)}, name  # fmt: skip
+        for c in configs.values():
+            assert all(getattr(c.augment, f).enabled and getattr(c.augment, f).strength == 1
+                       for f in ("rotation", "color", "blur", "translation")), name  # fmt: skip
+        assert spec.summary.metrics[0] == "transforms/mean/r2", name
+    (photos, pc), (renders, rc) = specs["transforms_cpu"], specs["transforms_renders_cpu"]
+    assert {c.data.source for c in pc.values()} == {"photos"} and {c.data.source for c in rc.values()} == {"renders"}
+    assert photos.eval.protocols == ["transforms"] and "linear/full/top1" in renders.summary.metrics
+    strip = lambda cfgs: {k: v.to_dict()["train"] for k, v in cfgs.items()}  # noqa: E731
+    assert strip(pc) == strip(rc)  # the same training protocol on both sets
+    bad = _study(tmp_path, base={"config": "configs/transforms_cpu.yaml"}, eval={"protocols": ["linear"]},
+                 summary={"metrics": ["linear/full/top1"]})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"eval.protocols \['linear'\] cannot score.*allows \['transforms'\]"):
+        _check(bad, tmp_path)
 
 
 def test_runs_expand_arm_setting_seed_with_their_overrides(tmp_path):

@@ -186,10 +186,11 @@ def eval_metric_names(protocols: list[str], three_d: bool, parts=("full", "inv",
     return names
 
 
-def check_eval(spec: StudySpec, three_d: bool, data: str, parts=("full", "inv", "equi")) -> None:
+def check_eval(spec: StudySpec, three_d: bool, data: str, parts=("full", "inv", "equi"), source: str = "") -> None:
+    from rayeq.data.make.photos import PROTOCOLS as PHOTO_PROTOCOLS
     from rayeq.eval.run import PROTOCOLS_3D, PROTOCOLS_IMAGES
 
-    allowed = PROTOCOLS_3D if three_d else PROTOCOLS_IMAGES
+    allowed = PHOTO_PROTOCOLS if source == "photos" else PROTOCOLS_3D if three_d else PROTOCOLS_IMAGES
     bad = [p for p in spec.eval.protocols if p not in allowed]
     if bad:
         raise ConfigError(f"study {spec.name!r}: eval.protocols {bad} cannot score {data!r}; it allows {list(allowed)}")
@@ -211,7 +212,7 @@ def check_study(spec: StudySpec, base: ExperimentConfig, study_dir: Path, three_
     parts: set[str] = set()
     for cfg in configs.values():
         parts |= set(with_eval_overrides(cfg, spec.eval.overrides).eval.parts)
-    check_eval(spec, three_d, base.data.path or "the built-in set", sorted(parts))
+    check_eval(spec, three_d, base.data.path or "the built-in set", sorted(parts), base.data.source)
     return configs
 
 

@@ -56,6 +56,10 @@ SIDE = (0.35, 0.9)
 MIN_STD = 12.0  # a crop whose pixels vary less than this (grey levels) shows nothing (black sky, a retina's rim)
 
 
+# what can be scored on the set: its held-out photos are classes no training crop has, so no top-1
+PROTOCOLS = ["transforms"]
+
+
 def photo_file(dist: str, module: str, rel: str) -> Path:
     """The photo's file inside its installed package; a missing package or file is named with the extra."""
     spec = importlib.util.find_spec(module)
@@ -124,7 +128,7 @@ def build_photos(
         "photos_version": PHOTOS_VERSION,
         "classes": [p["name"] for p in photos],
         "classes_shared": False,  # the held-out photos are labels no training crop has: no top-1 on this set
-        "protocols": ["transforms"],
+        "protocols": PROTOCOLS,
         "photos": photos,
         "n_images": writer.n_rows,
         "splits": splits,
