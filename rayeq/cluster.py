@@ -149,9 +149,9 @@ class Console:
             except Exception:
                 if not self.ray.is_initialized():  # Ray shut down under the thread: nothing more to relay
                     return
-                # else a relay call that failed once (measured: the relay actor's start took over the 30 s timeout
-                # while rendering and training start-up filled both cores, and the thread, returning here, left
-                # every line of the run to the end): the lines wait in the actor, the next turn takes them
+                # else a relay call that failed once (seen on a busy 2-core machine, rendering then starting a run:
+                # a thread that returned here left every line of the run to close(), at the end); the lines wait in
+                # the actor and the next turn takes them
 
     def close(self) -> None:
         """The last lines, then no more polling (a call after Ray shut down would start a new instance)."""
