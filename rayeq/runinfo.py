@@ -8,9 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayeq.config import ExperimentConfig
+from rayeq.data.feed.augment import FAMILIES, enabled_families, target_key
 from rayeq.data.feed.normalize import norm_stats
 from rayeq.data.feed.targets import target_widths
 from rayeq.data.schema import is_objects
+
+
+def image_target_widths(cfg: ExperimentConfig) -> dict[str, int]:
+    """Image sets: the probes regress the relative parameters of every augmentation family the pairs vary."""
+    return {target_key(f): len(FAMILIES[f]) for f in enabled_families(cfg.augment)}
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,7 @@ class RunInfo:
     three_d: bool  # a 3D object set: pairs carry relative rotation and colour targets
     mean: list[float]  # the per-channel normalisation the encoder trains with
     std: list[float]
-    regress: dict[str, int]  # the probes' regression targets and their widths (empty for image sets)
+    regress: dict[str, int]  # the probes' regression targets and their widths (image sets: aug_<family>)
     classes_shared: bool = True  # the held-out split's classes are training's (not the photo set's: no held-out top-1)
     config_hash: str = ""
     run_dir: str | None = None  # metrics.jsonl goes here
@@ -43,7 +49,7 @@ class RunInfo:
             classes_shared=meta.get("classes_shared", True),
             mean=mean,
             std=std,
-            regress=target_widths(cfg.data.color_target, three_d),
+            regress=target_widths(cfg.data.color_target, three_d) if three_d else image_target_widths(cfg),
             config_hash=identity.pop("config_hash", cfg.fingerprint()),
             **identity,
         )

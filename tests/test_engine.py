@@ -156,6 +156,45 @@ def test_validation_reports_held_out_probes_and_leaves_training_mode():
     assert not any("recon" in k for k in _engine(_cfg("method.name=vicreg")).validate(_batches(1)))
 
 
+def test_on_image_data_the_probes_regress_each_augmentation_family_the_pairs_vary(tmp_path):
+    """Image sets: beside top-1, an online probe per augmentation family that is on (the pairs' aug_<family>
+    targets), R² per dimension held out and on the untrained encoder, in the summary with a mean predictor of 0."""
+    from rayeq.runinfo import RunInfo
+    from rayeq.train.driver import TrainResult, summary
+
+    cfg = _cfg("data.source=folder", "augment.rotation.enabled=true", "augment.blur.enabled=false")
+    meta = {"format": "rayeq-images/1", "splits": {"train": 4 * BATCH, "val": BATCH}, "classes": ["a", "b", "c"],
+            "mean": [0.5] * 3, "std": [0.25] * 3}  # fmt: skip
+    info = RunInfo.from_meta(cfg, meta)
+    assert info.regress == {"aug_rotation": 1, "aug_color": 4}  # blur and translation are off: no probe
+    g = np.random.default_rng(0)
+
+    def batches(n):
+        for _ in range(n):
+            yield {
+                "view1": torch.from_numpy(g.integers(0, 256, (BATCH, 3, SIZE, SIZE), dtype=np.uint8)),
+                "view2": torch.from_numpy(g.integers(0, 256, (BATCH, 3, SIZE, SIZE), dtype=np.uint8)),
+                "label": torch.from_numpy(g.integers(0, 3, BATCH)),
+                "aug_rotation": torch.from_numpy(g.normal(size=(BATCH, 1)).astype(np.float32)),
+                "aug_color": torch.from_numpy(g.normal(size=(BATCH, 4)).astype(np.float32)),
+            }
+
+    torch.manual_seed(0)
+    eng = Engine(cfg, info, "cpu")
+    m = {**eng.run_epoch(batches(4)).metrics, **eng.validate(batches(1))}
+    for split in ("train", "val", "val/floor"):
+        assert {f"{split}/aug_rotation_r2_per_dim", f"{split}/aug_color_r2_per_dim", f"{split}/top1"} <= set(m)
+    assert not any("blur" in k or "rot_r2" in k for k in m)
+    from rayeq.train.probes import reported_metric_names
+
+    names = reported_metric_names(three_d=False, has_val=True, floor=True, regress=info.regress)
+    assert "val/aug_color_r2_per_dim" in names and set(names) <= set(m)  # what a sweep on image data may tune on
+    text = summary(TrainResult(metrics=m, run_dir=tmp_path, checkpoint_path=None, seconds=1.0, track_repo=""), cfg)
+    row = next(line for line in text.splitlines() if "val/aug_rotation_r2_per_dim" in line)
+    key = "aug_rotation_r2_per_dim"
+    assert row.split()[1:4] == [f"{m[f'val/{key}']:.4f}", f"{m[f'val/floor/{key}']:.4f}", "0.0000"]
+
+
 def test_the_best_checkpoint_rule():
     assert score_attribute(True) == "val/top1" and score_attribute(False) == "train/top1"
     assert checkpoint_score({"val/top1": 0.3, "train/top1": 0.9}) == 0.3

@@ -424,14 +424,15 @@ IMAGE_SUPERVISED = ["method.name=supervised", "data.source=photos", "augment.rot
 
 
 def _augmented_pairs(cfg, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Smooth images with each view's augmentation parameters drawn as the pair maker draws them."""
-    from rayeq.data.feed.augment import sample_params
+    """Smooth images with each view's augmentation parameters drawn, and the targets made, as the pair maker does."""
+    from rayeq.data.feed.augment import relative_targets, sample_params
 
     g, size = np.random.default_rng(seed), cfg.data.image_size
     pairs = smooth_pairs(batch, size, seed)
     del pairs["rel_rotation"]
-    for k in ("aug1", "aug2"):
-        pairs[k] = torch.from_numpy(np.stack([sample_params(g, cfg.augment, (96, 96), size) for _ in range(batch)]))
+    aug = {k: np.stack([sample_params(g, cfg.augment, (96, 96), size) for _ in range(batch)]) for k in ("aug1", "aug2")}
+    targets = relative_targets(aug["aug1"], aug["aug2"], size)
+    pairs.update({k: torch.from_numpy(v) for k, v in {**aug, **targets}.items()})
     pairs["label"] = torch.arange(batch) % 3
     return pairs
 
@@ -439,7 +440,8 @@ def _augmented_pairs(cfg, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_supervised_on_image_data_regresses_the_recorded_augmentation_parameters(fast_cfg):
     """On an image set the ceiling's terms are one MSE per augmentation family that is on: its head on the pair in
     order, against view 2's parameters minus view 1's over the family's scale (45 deg, 10/224 of the side, 0.4 for
-    brightness/contrast/saturation and 0.1 for hue, sigma 1), plus the class term; no 3D target is read."""
+    brightness/contrast/saturation and 0.1 for hue, sigma 1: the pair maker's aug_<family> targets), plus the class
+    term; no 3D target is read."""
     from rayeq.data.feed.augment import FAMILIES
 
     torch.manual_seed(0)
@@ -462,8 +464,12 @@ def test_supervised_on_image_data_regresses_the_recorded_augmentation_parameters
         cls = torch.nn.functional.cross_entropy(m.classifier(torch.cat([r1, r2])), torch.cat([batch["label"]] * 2))
     torch.testing.assert_close(out.losses["class"], cls, rtol=1e-5, atol=1e-6)
     # the targets are relative: swapping the views negates them (and changes the terms)
-    swap = {"view1": batch["view2"], "view2": batch["view1"], "aug1": batch["aug2"], "aug2": batch["aug1"]}
-    swapped = m({**batch, **swap})
+    from rayeq.data.feed.augment import relative_targets
+
+    back = relative_targets(batch["aug2"].numpy(), batch["aug1"].numpy(), 32)
+    assert all(np.allclose(v, -batch[k].numpy()) for k, v in back.items())
+    swapped = m({**batch, "view1": batch["view2"], "view2": batch["view1"], **{k: torch.from_numpy(v) for k, v in
+                                                                               back.items()}})  # fmt: skip
     for fam in FAMILIES:
         assert abs(swapped.losses[fam].item() - out.losses[fam].item()) > 1e-5, fam
     # a family that is off has no head and no term; a weight scales its term
@@ -474,7 +480,7 @@ def test_supervised_on_image_data_regresses_the_recorded_augmentation_parameters
     assert "blur" not in got.losses and "blur" not in w.family_heads
     torch.testing.assert_close(got.losses["translation"], 3 * out.losses["translation"])
     # a 3D batch is not what it reads
-    with pytest.raises(MissingTargetError, match=r"missing \['aug1', 'aug2'\].*augmentation parameters"):
+    with pytest.raises(MissingTargetError, match=r"missing \['aug_rotation', 'aug_color', .*augmentation parameters"):
         m(_labelled_pairs(4, 32))
 
 

@@ -101,6 +101,13 @@ def test_image_pairs_record_parameters(tmp_path):
 
     src = torch.from_numpy(np.array(Image.open(io.BytesIO(imgs[1])))).permute(2, 0, 1)
     np.testing.assert_array_equal(apply_params(src, out["aug2"][1], 32).numpy(), out["view2"][1])
+    # the pair's targets, as 3D pairs carry rel_rotation: view 2's parameters minus view 1's over the family's scale
+    d = out["aug2"] - out["aug1"]
+    np.testing.assert_allclose(out["aug_rotation"][:, 0], d[:, 5] / 45, rtol=1e-6)
+    np.testing.assert_allclose(out["aug_translation"], d[:, 6:8] / (10 / 224 * 32), rtol=1e-6)
+    np.testing.assert_allclose(out["aug_color"], d[:, 8:12] / [0.4, 0.4, 0.4, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(out["aug_blur"][:, 0], d[:, 13], rtol=1e-6)
+    assert np.abs(out["aug_rotation"]).max() > 0.05  # rotation is on here
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -206,7 +213,8 @@ def test_image_pairs_views_parameters_labels_and_empty_batches():
     empty = ImagePairs(cfg, split="test", seed=0)(table)
     want = {"view1": ((0, 3, 24, 24), np.uint8), "view2": ((0, 3, 24, 24), np.uint8),
             "aug1": ((0, len(PARAM_NAMES)), np.float32), "aug2": ((0, len(PARAM_NAMES)), np.float32),
-            "label": ((0,), np.int64)}  # fmt: skip
+            "aug_rotation": ((0, 1), np.float32), "aug_color": ((0, 4), np.float32), "aug_blur": ((0, 1), np.float32),
+            "aug_translation": ((0, 2), np.float32), "label": ((0,), np.int64)}  # fmt: skip
     assert {k: (v.shape, v.dtype) for k, v in empty.items()} == want
     assert pair_maker_class("folder") is ImagePairs and pair_maker_class("imagenet") is ImagePairs
     assert pair_maker_class("synth3d") is ObjectPairs and pair_maker_class("3diebench") is ObjectPairs

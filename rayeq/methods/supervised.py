@@ -11,7 +11,7 @@ view's own pose from the batch, and is the reference an equivariant SSL method i
   sooner (measured in docs/DATA.md). `loss.pose_weight=0` trains on the probe targets alone.
 On image data (folders, photos) there is no pose: the heads regress, from the concatenated pair, the relative
 parameters of the augmentations that made the two views (view 2's minus view 1's, each family on the scale of its
-range at strength 1: `augment.family_scales`), one MLP per family that is on (rotation angle, colour jitter's four
+range at strength 1: `augment.relative_targets`), one MLP per family that is on (rotation angle, colour jitter's four
 factors, blur sigma, shift), with `loss.<family>_weight`; the class term reads the set's labels as above. In the
 transforms protocol view 1 is the untouched image, so these are the very parameters its probe regresses.
 The heads are dropped at evaluation: `encode` gives the backbone's pooled features, as for any method.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayeq.config import IMAGE_SOURCES, ExperimentConfig, supervised_families
-from rayeq.data.feed.augment import FAMILIES, family_scales
+from rayeq.data.feed.augment import FAMILIES, target_key
 from rayeq.data.feed.targets import rotation_matrix_xyz, target_widths
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
 from rayeq.models import mlp
@@ -40,11 +40,8 @@ class Supervised(SSLMethod):
         self.class_weight = lc.class_weight
         if self.images:
             self.family_weights = supervised_families(cfg)
-            scales = family_scales(cfg.data.image_size)
             self.family_heads = nn.ModuleDict({f: mlp(2 * c, h, len(FAMILIES[f])) for f in self.family_weights})
-            for f in self.family_weights:  # buffers: they follow the model to its device
-                self.register_buffer(f"scale_{f}", torch.tensor(scales[f]), persistent=False)
-            self.required_keys = ("view1", "view2", "aug1", "aug2", "label")
+            self.required_keys = ("view1", "view2", *map(target_key, self.family_weights), "label")
             return
         widths = target_widths(cfg.data.color_target, three_d=True)
         self.rotation_head = mlp(2 * c, h, widths["rel_rotation"])
@@ -57,7 +54,7 @@ class Supervised(SSLMethod):
         missing = [k for k in self.required_keys if k not in batch]
         if missing:
             what = (
-                "image pairs with both views' augmentation parameters (aug1, aug2) and labels"
+                "image pairs with their relative augmentation parameters (the pair maker's aug_<family>) and labels"
                 if self.images
                 else "relative rotation, colour change and per-view latents, which only 3D sources "
                 "(data.source=synth3d or 3diebench) give"
@@ -67,11 +64,6 @@ class Supervised(SSLMethod):
                 f"{missing}: it reads {what}; for data without them use a self-supervised method."
             )
 
-    def family_targets(self, batch) -> dict[str, torch.Tensor]:
-        """Image data: family -> (B, k) relative parameters (view 2's minus view 1's) over the family's scale."""
-        a1, a2 = batch["aug1"].float(), batch["aug2"].float()
-        return {f: (a2[:, FAMILIES[f]] - a1[:, FAMILIES[f]]) / getattr(self, f"scale_{f}") for f in self.family_heads}
-
     def loss_terms(self, batch, out1, out2) -> StepOutput:
         (_, r1), (_, r2) = out1, out2
         pair = torch.cat([r1, r2], dim=1)  # (B, 2C)
@@ -80,8 +72,8 @@ class Supervised(SSLMethod):
         classes = self.class_weight * F.cross_entropy(self.classifier(both).float(), labels)
         if self.images:
             losses = {
-                f: self.family_weights[f] * F.mse_loss(self.family_heads[f](pair).float(), target)
-                for f, target in self.family_targets(batch).items()
+                f: self.family_weights[f] * F.mse_loss(head(pair).float(), batch[target_key(f)].float())
+                for f, head in self.family_heads.items()
             }
             losses["class"] = classes
         else:

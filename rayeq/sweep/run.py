@@ -221,11 +221,13 @@ def run_sweep(
     if starts_local_ray(address):
         check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made
     from rayeq.data.schema import is_objects
+    from rayeq.runinfo import image_target_widths
     from rayeq.train.probes import reported_metric_names
 
     base, meta = absolute_base(base)
     has_val = meta["splits"].get("val", 0) > 0
-    check_metrics(spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes))
+    regress = None if is_objects(meta) else image_target_widths(base)  # image sets: aug_<family>_r2 per family on
+    check_metrics(spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes, regress))
 
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     record = record_of(spec, used_overrides, base)

@@ -294,7 +294,8 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     )
 
 
-SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim")
+SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim",
+                *(f"aug_{f}_r2_per_dim" for f in ("rotation", "color", "blur", "translation")))  # fmt: skip
 
 
 def _cell(v: float | None) -> str:

@@ -82,7 +82,10 @@ class ConsoleProgress(Hooks):
             self.say(f"  probes on {where} objects: {line}")
 
 
-PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²"}
+# image sets: the pair's relative augmentation parameters, R² per dimension (a mean predictor: 0)
+AUG_LABELS = {"rotation": "rotation", "color": "colour", "blur": "blur", "translation": "shift"}
+PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²",
+                **{f"aug_{f}_r2_per_dim": f"{name} R²" for f, name in AUG_LABELS.items()}}  # fmt: skip
 
 
 def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> str:
@@ -94,7 +97,8 @@ def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> 
         value = m.get(f"{split}/{key}")
         if value is None:
             continue
-        mean = chance if key == "top1" else m.get(f"{split}/{key}_mean_predictor")
+        # per dimension a mean predictor scores 0 by definition
+        mean = chance if key == "top1" else 0.0 if key.endswith("_per_dim") else m.get(f"{split}/{key}_mean_predictor")
         floors = {"untrained": m.get(f"{split}/floor/{key}"), "chance" if key == "top1" else "mean": mean}
         floors = {k: v for k, v in floors.items() if v is not None}
         mark = " ▼" if floors and value <= max(floors.values()) else ""

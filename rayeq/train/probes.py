@@ -4,7 +4,8 @@ measure the representation during training without sending gradients into it.
 Each head starts with a non-affine BatchNorm, so it sees standardised features whatever their scale.
 - linear classifiers on the full pooled representation and on its invariant part (top-1);
 - for 3D data, MLPs (2C -> h -> h -> out) on the two views' concatenated representations that
-  regress the relative rotation quaternion and the colour change (R², both definitions).
+  regress the relative rotation quaternion and the colour change (R², both definitions); for image data the
+  same MLPs regress the relative parameters of each augmentation family the pairs vary (aug_<family>_r2).
 
 `FloorProbes` trains the same heads on a frozen copy of the encoder as it was initialised: the floor
 (`*/floor/*` metrics) that every online probe number is read against.
@@ -86,19 +87,27 @@ class ProbeMetrics:
         out = {f"{prefix}/top1": self.top1.compute(), f"{prefix}/top1_inv": self.top1_inv.compute()}
         for k, acc in self.r2.items():
             r2 = acc.compute()
-            out[f"{prefix}/{R2_NAMES.get(k, k)}"] = r2["global"]  # SIE's definition
-            out[f"{prefix}/{R2_NAMES.get(k, k)}_per_dim"] = r2["per_dim"]
-            out[f"{prefix}/{R2_NAMES.get(k, k)}_mean_predictor"] = r2["global_mean_predictor"]
+            name = r2_name(k)
+            out[f"{prefix}/{name}"] = r2["global"]  # SIE's definition
+            out[f"{prefix}/{name}_per_dim"] = r2["per_dim"]
+            out[f"{prefix}/{name}_mean_predictor"] = r2["global_mean_predictor"]
         return out
 
 
 R2_NAMES = {"rel_rotation": "rot_r2", "rel_color": "color_r2"}
 
 
-def reported_metric_names(three_d: bool, has_val: bool, floor: bool = False) -> list[str]:
+def r2_name(target: str) -> str:
+    """A regression target's metric name: rot_r2 and color_r2 (3D), aug_<family>_r2 (image sets)."""
+    return R2_NAMES.get(target, f"{target}_r2")
+
+
+def reported_metric_names(three_d: bool, has_val: bool, floor: bool = False, regress: dict | None = None) -> list[str]:
     """The probe and throughput metrics every training report holds (what sweeps may tune against);
-    with `floor`, also the untrained encoder's (`train/floor/top1`, ...)."""
-    probe = ["top1", "top1_inv"] + [f"{n}{s}" for n in R2_NAMES.values() for s in ("", "_per_dim")] * three_d
+    with `floor`, also the untrained encoder's (`train/floor/top1`, ...). `regress`: the run's regression targets
+    (`RunInfo.regress`; by default a 3D set's)."""
+    targets = regress if regress is not None else dict.fromkeys(R2_NAMES) if three_d else {}
+    probe = ["top1", "top1_inv"] + [f"{r2_name(t)}{s}" for t in targets for s in ("", "_per_dim")]
     prefixes = ["train", "val"] if has_val else ["train"]
     if floor:
         prefixes += [f"{p}/floor" for p in prefixes]

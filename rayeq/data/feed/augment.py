@@ -41,11 +41,32 @@ FAMILIES = {"rotation": [5], "color": [8, 9, 10, 11], "blur": [13], "translation
 
 
 def family_scales(size: int) -> dict[str, list[float]]:
-    """Each family's parameters' half-range at strength 1 (translation in pixels at `size`), to put the supervised
-    ceiling's regression targets on one scale: angle 45 deg, shift 10/224 of the side, brightness/contrast/
-    saturation 0.4, hue 0.1, blur sigma 1 (its range 0.1-2 centred)."""
+    """Each family's parameters' half-range at strength 1 (translation in pixels at `size`), to put the regression
+    targets on one scale: angle 45 deg, shift 10/224 of the side, brightness/contrast/saturation 0.4, hue 0.1, blur
+    sigma 1 (its range 0.1-2 centred)."""
     t = 10 / 224 * size
     return {"rotation": [45.0], "color": [0.4, 0.4, 0.4, 0.1], "blur": [1.0], "translation": [t, t]}
+
+
+def target_key(family: str) -> str:
+    """The batch key of a family's relative parameters (what `relative_targets` makes)."""
+    return f"aug_{family}"
+
+
+def relative_targets(p1: np.ndarray, p2: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Image pairs' transformation targets, as 3D pairs have rel_rotation: per family, view 2's parameters minus
+    view 1's over the family's scale (`family_scales`), (B, k) float32 under `target_key(family)`. In the transforms
+    protocol view 1 is the untouched image, so these are the parameters of g (shifted and scaled)."""
+    scales = family_scales(size)
+    return {
+        target_key(f): ((p2[:, idx] - p1[:, idx]) / np.asarray(scales[f], np.float32)).astype(np.float32)
+        for f, idx in FAMILIES.items()
+    }
+
+
+def enabled_families(cfg: AugmentConfig) -> list[str]:
+    """The transformation families a training's pairs vary (on, strength above 0): the others' targets are 0."""
+    return [f for f in FAMILIES if getattr(cfg, f).enabled and getattr(cfg, f).strength > 0]
 
 
 def sample_params(

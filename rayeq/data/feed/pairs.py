@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.feed.augment import PARAM_NAMES, apply_params, resize, sample_params
+from rayeq.data.feed.augment import PARAM_NAMES, apply_params, relative_targets, resize, sample_params
 from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion, target_widths
 from rayeq.data.schema import N_LATENTS, RAW_ENCODING, DataError, decode_image, raw_views
 
@@ -231,11 +231,14 @@ class ImagePairs(_Pairs):
             p2s.append(p2)
             labels.append(row["label"])
         k = len(PARAM_NAMES)
+        aug1 = np.stack(p1s) if p1s else np.zeros((0, k), np.float32)  # (B, len(PARAM_NAMES))
+        aug2 = np.stack(p2s) if p2s else np.zeros((0, k), np.float32)
         return {
             "view1": np.stack(v1s) if v1s else np.zeros((0, 3, s, s), np.uint8),
             "view2": np.stack(v2s) if v2s else np.zeros((0, 3, s, s), np.uint8),
-            "aug1": np.stack(p1s) if p1s else np.zeros((0, k), np.float32),  # (B, len(PARAM_NAMES))
-            "aug2": np.stack(p2s) if p2s else np.zeros((0, k), np.float32),
+            "aug1": aug1,
+            "aug2": aug2,
+            **relative_targets(aug1, aug2, s),  # aug_rotation (B, 1), aug_color (B, 4), aug_blur, aug_translation
             "label": np.asarray(labels, np.int64),
         }
 
