@@ -145,6 +145,11 @@ class AugmentConfig(Section):
     translation: AugFamily = AugFamily(enabled=False)
     photometric_3d: bool = Field(False, description="apply colour/blur to 3D pairs too (SIE uses none)")
 
+    def varies(self, family: str) -> bool:
+        """Whether the pairs' views differ in this family's parameters (on, with a strength above 0)."""
+        aug = getattr(self, family)
+        return aug.enabled and aug.strength > 0
+
 
 # --------------------------------------------------------------------------- model
 class ModelConfig(Section):
@@ -437,12 +442,8 @@ IMAGE_TARGET_WEIGHTS = {"rotation": "rotation_weight", "color": "color_weight", 
 def supervised_families(cfg: ExperimentConfig) -> dict[str, float]:
     """Image data: the augmentation families the supervised ceiling regresses (on, with a weight above 0) ->
     their weight."""
-    out = {}
-    for fam, key in IMAGE_TARGET_WEIGHTS.items():
-        aug, weight = getattr(cfg.augment, fam), getattr(cfg.loss, key)
-        if aug.enabled and aug.strength > 0 and weight > 0:
-            out[fam] = weight
-    return out
+    weights = {fam: getattr(cfg.loss, key) for fam, key in IMAGE_TARGET_WEIGHTS.items()}
+    return {fam: w for fam, w in weights.items() if cfg.augment.varies(fam) and w > 0}
 
 
 def _cross_field_problems(cfg: ExperimentConfig):

@@ -66,7 +66,7 @@ def relative_targets(p1: np.ndarray, p2: np.ndarray, size: int) -> dict[str, np.
 
 def enabled_families(cfg: AugmentConfig) -> list[str]:
     """The transformation families a training's pairs vary (on, strength above 0): the others' targets are 0."""
-    return [f for f in FAMILIES if getattr(cfg, f).enabled and getattr(cfg, f).strength > 0]
+    return [f for f in FAMILIES if cfg.varies(f)]
 
 
 def sample_params(
