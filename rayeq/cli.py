@@ -293,7 +293,7 @@ def _add_data_parser(sub) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--classes", type=_positive_int, default=RENDERS_DATA["classes"])
     s.add_argument("--objects-per-class", type=_positive_int, default=RENDERS_DATA["objects_per_class"])
-    s.add_argument("--views", type=int, default=RENDERS_DATA["views"], help="poses per object (at least 2)")
+    s.add_argument("--views", type=int, default=RENDERS_DATA["views"], help="poses (images) per object")
     s.add_argument("--size", type=_positive_int, default=RENDERS_DATA["size"])
     s.add_argument("--seed", type=int, default=RENDERS_DATA["seed"])
     s.add_argument("--overwrite", action="store_true", help="replace a previous data set in --out")

@@ -29,6 +29,11 @@ def test_renders_become_image_rows_split_by_object(tmp_path):
     assert all(not np.array_equal(*v) for v in views.values())  # two poses, two images
     with pytest.raises(DataError, match="--overwrite"):  # nothing a user made is overwritten
         build_renders(tmp_path / "set", classes=3, objects_per_class=5, views=2, size=32, log=lambda *a: None)
+    with pytest.raises(DataError, match="--views must be at least 1"):
+        build_renders(tmp_path / "none", classes=3, objects_per_class=5, views=0, size=32, log=lambda *a: None)
+    assert not (tmp_path / "none").exists()  # refused before anything was written
+    one = build_renders(tmp_path / "one", classes=2, objects_per_class=5, views=1, size=32, log=lambda *a: None)
+    assert one["n_images"] == 10 and one["splits"] == {"train": 8, "val": 2}  # one image per object
 
 
 def test_the_cached_renders_are_built_once_and_trainable_by_every_image_method(tmp_path, monkeypatch, capsys):

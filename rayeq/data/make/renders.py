@@ -14,6 +14,7 @@ from rayeq.data.make.progress import Progress
 from rayeq.data.schema import (
     IMAGES_FORMAT,
     IMAGES_SCHEMA,
+    DataError,
     ShardWriter,
     open_dataset,
     prepare_output_dir,
@@ -32,21 +33,24 @@ def build_renders(
     view as an image row (PNG bytes as rendered; path `<object_id>/<view>`) with its object's split."""
     from rayeq.data.make.synth3d import generate
 
+    if views < 1:
+        raise DataError(f"--views must be at least 1 (poses per object), got {views}")
     out = prepare_output_dir(out, overwrite)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rayeq-renders-") as tmp:
-        made = generate(Path(tmp) / "objects", classes=classes, objects_per_class=objects_per_class, views=views,
-                        size=size, seed=seed, log=log)  # fmt: skip
+        # synth3d renders at least 2 views (its pairs need two); an image set may keep one
+        made = generate(Path(tmp) / "objects", classes=classes, objects_per_class=objects_per_class,
+                        views=max(views, 2), size=size, seed=seed, log=log)  # fmt: skip
         _, shards = open_dataset(Path(tmp) / "objects")
         writer = ShardWriter(out, IMAGES_SCHEMA, 1024)
         progress = Progress(classes * objects_per_class * views, "images", every=5.0, log=log)
         for shard in shards:
             for split in ("train", "val"):
                 for row in read_split_table(shard, split, ["object_id", "label", "class_name", "images"]).to_pylist():
-                    for k, image in enumerate(row["images"]):
+                    for k, image in enumerate(row["images"][:views]):
                         writer.add({"image": image, "label": row["label"], "class_name": row["class_name"],
                                     "path": f"{row['object_id']}/{k}", "split": split})  # fmt: skip
-                    progress.update(len(row["images"]))
+                    progress.update(views)
         writer.flush()
     splits = {s: made["splits"][s] * views for s in ("train", "val")}
     meta = {
