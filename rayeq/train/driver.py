@@ -320,14 +320,15 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
             f"  online probes on {'held-out' if split == 'val' else 'train'} objects "
             f"(epoch {m.get(f'{split}/epoch', m.get('epoch'))}):"
         )
-        lines.append(f"  {'metric':22s} {'encoder':>10s} {'untrained':>10s} {'mean pred.':>10s}")
+        w = max(22, *(len(f"{split}/{k}") for k in rows))  # the image probes' names are longer
+        lines.append(f"  {'metric':{w}s} {'encoder':>10s} {'untrained':>10s} {'mean pred.':>10s}")
         for k in rows:
             value, floor = m[f"{split}/{k}"], m.get(f"{split}/floor/{k}")
             # per dimension, predicting the mean scores R² 0 by definition; top-1 has no mean predictor here
             mean = 0.0 if k.endswith("_per_dim") else m.get(f"{split}/{k}_mean_predictor")
             floors = [f for f in (floor, mean) if f is not None]
             mark = " ▼" if floors and value <= max(floors) else ""
-            lines.append(f"  {split + '/' + k:22s} {value:10.4f} {_cell(floor)} {_cell(mean)}{mark}")
+            lines.append(f"  {split + '/' + k:{w}s} {value:10.4f} {_cell(floor)} {_cell(mean)}{mark}")
         lines.append("  ▼: not above a floor (the untrained encoder's probes, or the mean predictor)")
         if not any(f"{split}/floor/{k}" in m for k in rows):
             lines.append("  (train.floor_probes is off: `rayeq eval RUN --fast` gives every metric with its floors)")
