@@ -98,7 +98,7 @@ def ensure_renders(log=print) -> Path:
 
 
 # meta.json's name of a setting, where it is not the setting's own
-_META_KEYS = {"size": "image_size", "classes": None, "views": "views_per_object"}
+_META_KEYS = {"size": "image_size", "views": "views_per_object"}
 
 
 def _made_otherwise(path: Path, want: dict) -> str | None:
@@ -110,8 +110,8 @@ def _made_otherwise(path: Path, want: dict) -> str | None:
     from rayeq.data.schema import read_meta
 
     meta = read_meta(path)
-    made = {k: meta.get(_META_KEYS.get(k) or k) for k in want}
-    if "classes" in want:
+    made = {k: meta.get(_META_KEYS.get(k, k)) for k in want}
+    if "classes" in want:  # meta lists the class names
         made["classes"] = len(meta.get("classes", []))
     differ = [f"{k} {made[k]!r} (wanted {want[k]!r})" for k in want if made[k] != want[k]]
     return f"it was made with other settings: {', '.join(differ)}" if differ else None

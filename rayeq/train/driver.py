@@ -14,10 +14,12 @@ import yaml
 from rayeq.checkpoint import score_attribute
 from rayeq.cluster import LocalResources, check_resources, connect_ray, starts_local_ray, worker_resources
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
+from rayeq.data.feed.augment import FAMILIES, target_key
 from rayeq.data.feed.pipeline import check_data
 from rayeq.runinfo import RunInfo
 from rayeq.track import backend_of, check_backend, resolve_track_repo
 from rayeq.train.engine import Hooks
+from rayeq.train.probes import r2_name
 
 CONFIG_FILE = "config.yaml"
 
@@ -295,7 +297,7 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
 
 
 SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim",
-                *(f"aug_{f}_r2_per_dim" for f in ("rotation", "color", "blur", "translation")))  # fmt: skip
+                *(f"{r2_name(target_key(f))}_per_dim" for f in FAMILIES))  # fmt: skip
 
 
 def _cell(v: float | None) -> str:

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from rayeq.config import ExperimentConfig
+from rayeq.data.feed.augment import target_key
 from rayeq.data.feed.normalize import denormalize
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine, EpochResult, Hooks
+from rayeq.train.probes import r2_name
 
 
 def write(*parts, flush: bool = True) -> None:
@@ -85,7 +87,7 @@ class ConsoleProgress(Hooks):
 # image sets: the pair's relative augmentation parameters, R² per dimension (a mean predictor: 0)
 AUG_LABELS = {"rotation": "rotation", "color": "colour", "blur": "blur", "translation": "shift"}
 PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²",
-                **{f"aug_{f}_r2_per_dim": f"{name} R²" for f, name in AUG_LABELS.items()}}  # fmt: skip
+                **{f"{r2_name(target_key(f))}_per_dim": f"{name} R²" for f, name in AUG_LABELS.items()}}  # fmt: skip
 
 
 def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> str:
