@@ -28,18 +28,37 @@ import torch
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
 from rayeq.data.make.parity import IEBENCH_IMAGES
-from rayeq.quickstart import OVERRIDES as QUICKSTART_OVERRIDES
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine
 
-# the quickstart's CPU-sized model (compact stem, 32 px views of the built-in set), on 1 worker
-# (train.epochs: the plain loop's cosine schedule spans 100 x 10,000 steps, i.e. a constant lr)
+# the CPU-sized model of the figures in docs/PERFORMANCE.md (the quickstart's until issue 28: compact stem, 32 px
+# views of the built-in set), on 1 worker (train.epochs: the plain loop's cosine schedule spans 100 x 10,000 steps,
+# i.e. a constant lr)
 BENCH_OVERRIDES = [
-    *QUICKSTART_OVERRIDES,
+    "data.source=synth3d",
+    "data.image_size=32",
+    "data.cpus_per_actor=0.4",
+    "data.num_actors=1",
+    "model.stem=compact",
+    "model.projector=[512,512]",
+    "method.name=xrecon",
+    "method.decoder.width=64",
+    "method.decoder.recon_size=32",
+    "loss.sim_weight=10",
+    "loss.std_weight=10",
+    "loss.cov_weight=1",
+    "optim.lr=0.002",
+    "optim.scale_lr=false",
     "optim.warmup_epochs=0",
     "train.num_workers=1",
+    "train.cpus_per_worker=0.5",
+    "train.batch_size=64",
+    "train.steps_per_epoch=36",
+    "train.val_every_epochs=4",
+    "train.keep_checkpoints=2",
     "train.epochs=100",
     "train.log_every_steps=1000",
+    "track.image_every_epochs=2",
     "track.backend=none",
 ]
 

@@ -91,10 +91,11 @@ class DataConfig(Section):
         "renders: synth3d renders as an image set (one row per view, split by object; 2D augmentations, top-1)",
     )
     path: str | None = Field(None, description="data directory (Parquet shards + meta.json); None = built-in cache")
-    builtin: Literal["standard", "tiny"] = Field(
+    builtin: Literal["standard", "small", "tiny"] = Field(
         "standard",
         description="synth3d without a path: the standard built-in set (34,500 objects x 4 views, 64 px; "
-        "rendered once, about 5 minutes on 2 cores) or a tiny one (1,600 views, 32 px, for smoke tests)",
+        "rendered once, 2-3 minutes on 2 cores), the quickstart's small one (6,900 objects x 4 views, 64 px; "
+        "about half a minute) or a tiny one (1,600 views, 32 px, for smoke tests)",
     )
     image_size: int = Field(64, ge=16, le=512, description="side of the square views fed to the encoder")
     rotation_target: Literal["sie", "canonical"] = Field(

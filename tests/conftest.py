@@ -125,11 +125,13 @@ def ray_session(tmp_path_factory):
 
 @pytest.fixture
 def tiny_builtin(tmp_path, monkeypatch):
-    """The built-in data set, made tiny (3 classes x 10 objects x 3 views) in a private cache."""
+    """The built-in data sets (standard and the quickstart's small one), made tiny (3 classes x 10 objects x 3
+    views) in a private cache."""
     import rayeq.data.builtin as builtin
 
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(builtin, "DATA", dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
+    for name in ("DATA", "SMALL_DATA"):
+        monkeypatch.setattr(builtin, name, dict(classes=3, objects_per_class=10, views=3, size=32, seed=0))
     monkeypatch.setattr(builtin, "_announced", set())
     return tmp_path
 
