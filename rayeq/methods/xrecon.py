@@ -110,13 +110,13 @@ class XRecon(JointEmbedding):
             target = resize_target(batch[f"view{t}"], pred.shape[-1])
             recon = recon + reconstruction_loss(pred, target)
         recon = recon / len(self.targets)
-        losses["ssl"] = losses.pop("total")
+        ssl = losses.pop("total")  # the base loss's parts stay the logged terms: they and recon add up to total
         losses["recon"] = self.recon_weight * recon
-        losses["total"] = losses["ssl"] + losses["recon"]
+        losses["total"] = ssl + losses["recon"]
         return StepOutput(
             losses=losses,
             representations=(r1, r2),
             reconstruction=pred.detach(),
             recon_target=target,
-            diagnostics={"recon_mse": recon.detach()},
+            diagnostics={"recon_mse": recon.detach(), "ssl": ssl.detach()},
         )
