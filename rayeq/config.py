@@ -188,6 +188,15 @@ class XAttnConfig(Section):
     attn_dim: int = Field(256, ge=8, description="width of learned projections (ignored when parameter-free)")
     heads: int = Field(1, ge=1, le=64)
     residual: bool = Field(True, description="add the queries to the attention output")
+    target_code: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="k > 0: the target's pooled equivariant vector, mapped to k dimensions (a learned linear map), "
+        "scales and shifts the blended tokens (FiLM: x * (1 + gamma) + beta); with residual=false the target then "
+        "reaches the decoder only through those k numbers, enough to steer pose and colour, too few to carry its "
+        "content. 0 = off",
+    )
 
 
 class DecoderConfig(Section):
@@ -212,6 +221,22 @@ class MethodConfig(Section):
     base: Literal["vicreg", "simclr"] = Field("vicreg", description="SSL loss of xrecon's invariant part")
     target_view: Literal[1, 2] = Field(1, description="xrecon: which view is reconstructed")
     symmetric: bool = Field(False, description="xrecon: reconstruct both views (average of the two losses)")
+    intermediate: list[float] = Field(
+        [],
+        description="xrecon, design B (the follow-up, arXiv 2503.18753): rebuild no view but the image at a fraction "
+        "t of the way from view 1's augmentation parameters to view 2's (each pair's t drawn from this list, values "
+        "in (0, 1)); its code is (1 - t) x view 1's + t x view 2's pooled equivariant vector (the query, with the "
+        "position code), its content view 1's invariant tokens (keys and values). Image data (2D augmentations) "
+        "only. [] = off",
+    )
+    target_mask: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.95,
+        description="xrecon: hide this fraction of the target view's pixels (cells of an 8 x 8 grid, set to 0, the "
+        "normalised mean) before encoding it; the decoder still rebuilds the whole target (CroCo's masked "
+        "cross-view completion). The encoder's features for probes and eval are of whole images. 0 = off",
+    )
     xattn: XAttnConfig = XAttnConfig()
     decoder: DecoderConfig = DecoderConfig()
     sie: SIEConfig = SIEConfig()
@@ -489,6 +514,33 @@ def _cross_field_problems(cfg: ExperimentConfig):
         )
 
 
+def _intermediate_problems(cfg: ExperimentConfig):
+    meth, x = cfg.method, cfg.method.xattn
+    bad = [t for t in meth.intermediate if not 0 < t < 1]
+    if bad:
+        yield f"method.intermediate={meth.intermediate}: every t must lie strictly between 0 and 1, not {bad}"
+    if cfg.data.source in ("synth3d", "3diebench"):
+        yield (
+            f"method.intermediate (design B) with data.source={cfg.data.source!r}: the image between two 3D views "
+            "is the object rendered at the interpolated pose, which the data pipeline does not make yet; use image "
+            "data (data.source=renders, photos or folder) with the 2D augmentations"
+        )
+    default = XAttnConfig()
+    changed = [
+        f"method.xattn.{k}={getattr(x, k)!r}" for k in ("query", "key", "value") if getattr(x, k) != getattr(default, k)
+    ]
+    if changed:
+        yield (
+            f"method.intermediate fixes the blend (query: both views' interpolated pooled equivariant vectors; keys "
+            f"and values: view 1's invariant tokens), so {', '.join(changed)} would be ignored: leave them at their "
+            "defaults"
+        )
+    others = [k for k, on in (("method.symmetric", meth.symmetric), ("method.target_mask", meth.target_mask > 0),
+                             ("method.xattn.target_code", x.target_code > 0)) if on]  # fmt: skip
+    if others:
+        yield f"method.intermediate (design B) rebuilds no view, so it does not combine with {', '.join(others)}"
+
+
 def token_width(source: str, model: ModelConfig) -> int:
     part = source.split(".")[1].removesuffix("_pooled")
     return {"inv": model.inv_dim, "equi": model.equi_dim, "full": model.feature_dim}[part]
@@ -514,6 +566,13 @@ def _xattn_problems(cfg: ExperimentConfig):
                 yield f"method.xattn.heads={x.heads} must divide the {name} width {d}"
     elif x.attn_dim % x.heads:
         yield f"method.xattn.heads={x.heads} must divide method.xattn.attn_dim={x.attn_dim}"
+    if cfg.method.intermediate:
+        yield from _intermediate_problems(cfg)
+    if cfg.method.target_mask > 0 and cfg.method.symmetric:
+        yield (
+            f"method.target_mask={cfg.method.target_mask} with method.symmetric=true would mask both views, the "
+            "other view too: mask one target (symmetric=false) or set target_mask=0"
+        )
 
 
 # --------------------------------------------------------------------------- loading

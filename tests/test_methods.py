@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from rayeq.config import ConfigError
+from rayeq.config import ConfigError, load_config
 from rayeq.losses import resize_target
 from rayeq.methods import SIE, JointEmbedding, MissingTargetError, XRecon, build_method
-from rayeq.methods.xrecon import position_code
+from rayeq.methods.xrecon import mask_cells, position_code
 
 from conftest import smooth_pairs
 
@@ -174,6 +174,136 @@ def test_xrecon_decodes_the_configured_blend_and_reconstructs_the_target_view(fa
     mse = torch.nn.functional.mse_loss(seen[0][1], want_target)
     torch.testing.assert_close(out.losses["recon"], cfg.loss.recon_weight * mse)
     assert abs(mse - torch.nn.functional.mse_loss(seen[0][1], resize_target(pairs[f"view{3 - t}"], 16))) > 1e-3
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_narrow_target_code_scales_and_shifts_the_blend_by_hand(fast_cfg, residual):
+    """Design A (method.xattn.target_code=k): the target's pooled equivariant vector, through a k-wide linear map
+    and a linear map to 2d, scales and shifts the blended tokens: blend * (1 + gamma) + beta, computed here by
+    hand. It starts as the identity (gamma = beta = 0), so a new run decodes the plain blend."""
+    torch.manual_seed(0)
+    cfg = fast_cfg("method.name=xrecon", "method.decoder.recon_size=16", "method.xattn.target_code=4",
+                   f"method.xattn.residual={str(residual).lower()}")  # fmt: skip
+    m = build_method(cfg).eval()
+    pairs = smooth_pairs(3, 32, seed=2)
+    seen = []
+    m.decoder.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    with torch.no_grad():
+        m(pairs)
+        f1, f2 = m.backbone(pairs["view1"])[0], m.backbone(pairs["view2"])[0]
+    blend = _reference_blend(cfg, f1, f2)
+    torch.testing.assert_close(seen[-1], blend, rtol=1e-4, atol=1e-5)  # identity at the start
+    first, second = m.target_code
+    assert first.out_features == 4 and first.in_features == cfg.model.equi_dim  # k numbers of the target, no more
+    with torch.no_grad():
+        for p in second.parameters():
+            p.normal_(0, 0.05)
+        m(pairs)
+    z = _tokens(f1)[..., cfg.model.inv_dim :].mean(1)  # (B, equi_dim): the pooled equivariant vector
+    gamma_beta = (z @ first.weight.T + first.bias) @ second.weight.T + second.bias
+    gamma, beta = gamma_beta[:, : blend.shape[1]], gamma_beta[:, blend.shape[1] :]
+    want = blend * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+    torch.testing.assert_close(seen[-1], want, rtol=1e-4, atol=1e-5)
+    assert (seen[-1] - blend).abs().max() > 1e-3
+
+
+def test_mask_cells_hides_whole_cells_of_the_grid():
+    images = torch.rand(4, 3, 64, 48) + 1  # no pixel is 0 before masking
+    out = mask_cells(images, 0.75, seed=3)
+    cells = out.reshape(4, 3, 8, 8, 8, 6).permute(0, 2, 4, 1, 3, 5).flatten(3)  # (B, row, col, 3*8*6)
+    hidden = (cells == 0).all(-1)
+    kept = (cells != 0).all(-1)
+    assert (hidden | kept).all()  # every cell wholly hidden or wholly kept
+    assert hidden.flatten(1).sum(1).tolist() == [48, 48, 48, 48]  # 0.75 of 64 cells, per image
+    assert not torch.equal(hidden[0], hidden[1])  # a different set per image
+    torch.testing.assert_close(out[~(out == 0)], images[~(out == 0)])  # the rest untouched
+    assert torch.equal(mask_cells(images, 0.75, seed=3), out)
+    assert torch.equal(mask_cells(images, 0.0), images)
+
+
+def test_a_masked_target_is_encoded_hidden_and_rebuilt_whole_by_hand(fast_cfg):
+    """Design C (method.target_mask): the target view is encoded with cells hidden, and the reconstruction is
+    scored against the whole view; the other view is encoded whole. Validation hides the same cells every time."""
+    torch.manual_seed(0)
+    cfg = fast_cfg("method.name=xrecon", "method.decoder.recon_size=16", "method.target_mask=0.75")
+    m = build_method(cfg).eval()
+    pairs = smooth_pairs(3, 32, seed=2)
+    with torch.no_grad():
+        out = m(pairs)
+        f1 = m.backbone(mask_cells(pairs["view1"], 0.75, seed=0))[0]
+        f2 = m.backbone(pairs["view2"])[0]
+        pred = m.reconstruct({1: f1, 2: f2}, 1)
+        whole = m.backbone(pairs["view1"])[0]
+    torch.testing.assert_close(out.reconstruction, pred)
+    torch.testing.assert_close(out.recon_target, resize_target(pairs["view1"], 16))
+    torch.testing.assert_close(
+        out.losses["recon"], torch.nn.functional.mse_loss(pred, resize_target(pairs["view1"], 16))
+    )
+    assert (m.reconstruct({1: whole, 2: f2}, 1) - pred).abs().max() > 1e-4  # the mask reached the encoder
+    with torch.no_grad():  # the cross-view check measures the masked task too
+        terms = m.validation_terms(pairs, m.backbone(pairs["view1"]), m.backbone(pairs["view2"]))
+    torch.testing.assert_close(terms["recon"], out.losses["recon"])
+    m.train()
+    torch.manual_seed(5)
+    a = m(pairs).reconstruction
+    torch.manual_seed(6)
+    assert not torch.equal(a, m(pairs).reconstruction)  # training draws new cells every step
+
+
+def test_a_masked_target_with_both_views_as_targets_is_refused():
+    with pytest.raises(ConfigError, match="method.target_mask=0.75 with method.symmetric=true"):
+        load_config(None, ["method.target_mask=0.75", "method.symmetric=true"])
+
+
+def test_design_b_decodes_the_image_between_the_views_by_hand(fast_cfg):
+    """Design B (method.intermediate): the query is (1 - t) x view 1's + t x view 2's pooled equivariant vector plus
+    the position code, keys and values view 1's invariant tokens; the loss scores the `mid` image. The cross-view
+    check replaces each input view in turn."""
+    torch.manual_seed(0)
+    cfg = fast_cfg("method.name=xrecon", "method.decoder.recon_size=16", "method.intermediate=[0.25,0.75]",
+                   "data.source=folder")  # fmt: skip
+    m = build_method(cfg).eval()
+    pairs = smooth_pairs(3, 32, seed=2)
+    pairs = {**pairs, "mid": smooth_pairs(3, 32, seed=5)["view1"], "mid_t": torch.tensor([[0.25], [0.75], [0.25]])}
+    seen = []
+    m.decoder.register_forward_hook(lambda mod, inp, out: seen.append((inp[0], out)))
+    with torch.no_grad():
+        out = m(pairs)
+        f1, f2 = m.backbone(pairs["view1"])[0], m.backbone(pairs["view2"])[0]
+    inv, t1, t2 = cfg.model.inv_dim, _tokens(f1), _tokens(f2)
+    t = pairs["mid_t"][:, :, None]
+    q = (1 - t) * t1[..., inv:].mean(1, keepdim=True) + t * t2[..., inv:].mean(1, keepdim=True)
+    q = q + position_code(*f1.shape[2:], q.shape[-1])
+    k = t1[..., :inv]
+    blend = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, -1) @ k + q  # parameter-free, residual
+    torch.testing.assert_close(seen[0][0], blend.transpose(1, 2).reshape(f1.shape[0], -1, *f1.shape[2:]),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    want = resize_target(pairs["mid"], 16)
+    torch.testing.assert_close(out.recon_target, want)
+    torch.testing.assert_close(out.losses["recon"], torch.nn.functional.mse_loss(seen[0][1], want))
+    with torch.no_grad():
+        terms = m.validation_terms(pairs, m.backbone(pairs["view1"]), m.backbone(pairs["view2"]))
+        view2_swapped = m.reconstruct_between({1: f1, 2: f2.roll(1, dims=0)}, pairs["mid_t"])
+    assert set(terms) == set(m.validation_term_names) == {"recon", "recon_view1_swapped", "recon_view2_swapped"}
+    torch.testing.assert_close(terms["recon"], out.losses["recon"])
+    torch.testing.assert_close(terms["recon_view2_swapped"], torch.nn.functional.mse_loss(view2_swapped, want))
+    assert len({round(float(v), 6) for v in terms.values()}) == 3
+    with pytest.raises(MissingTargetError, match="mid"):
+        m({k: v for k, v in pairs.items() if k != "mid"})
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["method.intermediate=[0.5,1.0]"], r"strictly between 0 and 1, not \[1.0\]"),
+        (["data.source=synth3d", "method.intermediate=[0.5]"], "rendered at the interpolated pose"),
+        (["method.intermediate=[0.5]", "method.xattn.query=target.equi"], "method.xattn.query='target.equi' would"),
+        (["method.intermediate=[0.5]", "method.target_mask=0.5"], "does not combine with method.target_mask"),
+    ],
+)
+def test_design_b_refuses_what_it_cannot_serve(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["data.source=folder", *overrides])
 
 
 def test_position_code_is_fixed_distinct_per_position_and_bounded():

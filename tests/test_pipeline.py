@@ -489,3 +489,44 @@ def test_split_shards_skips_shards_that_hold_none_of_the_split(tiny_synth3d, tmp
     assert names(split_shards(every, "train")) == ["shard-mixed", "shard-nostats", "shard-train"]
     assert names(split_shards(every, "val")) == ["shard-mixed", "shard-nostats", "shard-val"]
     assert split_shards(every, "test") == [tmp_path / "shard-nostats.parquet"]
+
+
+def test_interpolated_parameters_by_hand():
+    from rayeq.data.feed.augment import IDENTITY, interpolate_params
+
+    p1, p2 = IDENTITY.copy(), IDENTITY.copy()
+    p1[[4, 5, 6, 8, 11, 12, 13]] = [1, -30, 2, 0.8, 0.1, 0, 0]  # flipped, -30 deg, shifted, darker, hue, colour
+    p2[[4, 5, 6, 8, 11, 12, 13]] = [0, 30, -2, 1.2, -0.1, 1, 1.6]  # not flipped, +30 deg, grey, blurred
+    p = interpolate_params(p1, p2, 0.25)
+    np.testing.assert_allclose(p[[5, 6, 8, 11, 13]], [-15, 1, 0.9, 0.05, 0.4], rtol=1e-6)
+    assert p[4] == 1 and p[12] == 0  # flip and grayscale from the nearer view (view 1)
+    q = interpolate_params(p1, p2, 0.75)
+    assert q[4] == 0 and q[12] == 1 and q[5] == pytest.approx(15)
+    np.testing.assert_array_equal(interpolate_params(p1, p2, 0.0), p1)
+
+
+def test_design_b_pairs_carry_the_image_between_the_views():
+    """method.intermediate: each pair also carries `mid`, the source under the parameters a fraction `mid_t` of the
+    way from view 1's to view 2's (t drawn from the list), and `to_model_batch` normalises it as it does the views."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from rayeq.data.feed.augment import apply_params, interpolate_params
+
+    table = _image_rows(5)
+    cfg = load_config(None, ["data.source=folder", "data.image_size=24", "augment.rotation.enabled=true",
+                             "augment.translation.enabled=true", "method.intermediate=[0.25,0.75]"])  # fmt: skip
+    out = ImagePairs(cfg, split="train", seed=0)(table)
+    assert out["mid"].shape == (4, 3, 24, 24) and out["mid"].dtype == np.uint8 and out["mid_t"].shape == (4, 1)
+    assert set(out["mid_t"][:, 0].tolist()) <= {0.25, 0.75}
+    for k in range(4):
+        src = torch.from_numpy(np.array(Image.open(io.BytesIO(table["image"][k].as_py())))).permute(2, 0, 1)
+        p = interpolate_params(out["aug1"][k], out["aug2"][k], float(out["mid_t"][k, 0]))
+        np.testing.assert_array_equal(apply_params(src, p, 24).numpy(), out["mid"][k])
+        assert not np.array_equal(out["mid"][k], out["view1"][k]) and not np.array_equal(out["mid"][k], out["view2"][k])
+    batch = to_model_batch(out, [0.5] * 3, [0.25] * 3)
+    torch.testing.assert_close(batch["mid"], (torch.from_numpy(out["mid"]).float() / 255 - 0.5) / 0.25)
+    plain = ImagePairs(load_config(None, ["data.source=folder", "data.image_size=24"]), split="train", seed=0)(table)
+    assert "mid" not in plain and "mid_t" not in plain  # off: the pairs are as before

@@ -276,8 +276,9 @@ class Engine:
 
                 dist.all_reduce(t)
             extra = {f"val/{k}": float(v / t[-1].clamp_min(1)) for k, v in zip(keys, t[:-1], strict=True)}
-        if "val/recon" in extra and "val/recon_other_view" in extra:
-            extra["val/recon_other_view_ratio"] = extra["val/recon_other_view"] / max(extra["val/recon"], 1e-12)
+        if "val/recon" in extra:  # each cross-view check over the error with the pair's own views: 1 = not used
+            for k in [k for k in extra if k.startswith("val/recon_")]:
+                extra[f"{k}_ratio"] = extra[k] / max(extra["val/recon"], 1e-12)
         probes = {**acc.compute("val"), **(floor_acc.compute("val/floor") if floor_acc is not None else {})}
         if not self.info.classes_shared:  # held-out classes training never saw (the photo set's photos): no top-1
             probes = {k: v for k, v in probes.items() if "top1" not in k}

@@ -97,6 +97,17 @@ def sample_params(
     return p
 
 
+DISCRETE = [4, 12]  # flip, grayscale: no state between off and on
+
+
+def interpolate_params(p1: np.ndarray, p2: np.ndarray, t: float) -> np.ndarray:
+    """The parameters a fraction `t` of the way from view 1's (`p1`) to view 2's (`p2`): every continuous parameter
+    (crop box, angle, shift, jitter factors, hue, blur sigma) linearly, flip and grayscale from the nearer view."""
+    p = ((1 - t) * p1 + t * p2).astype(np.float32)
+    p[DISCRETE] = (p1 if t < 0.5 else p2)[DISCRETE]
+    return p
+
+
 def _crop_box(g, h, w, scale, ratio):
     """torchvision RandomResizedCrop's sampling, as fractions (top, left, height, width)."""
     area = h * w

@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 import torch
 
 from rayeq.config import ExperimentConfig
-from rayeq.data.feed.augment import PARAM_NAMES, apply_params, relative_targets, resize, sample_params
+from rayeq.data.feed.augment import (
+    PARAM_NAMES,
+    apply_params,
+    interpolate_params,
+    relative_targets,
+    resize,
+    sample_params,
+)
 from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion, target_widths
 from rayeq.data.schema import N_LATENTS, RAW_ENCODING, DataError, decode_image, raw_views
 
@@ -217,7 +224,8 @@ class ImagePairs(_Pairs):
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         aug, s = self.cfg.augment, self.size
-        v1s, v2s, p1s, p2s, labels = [], [], [], [], []
+        ts = self.cfg.method.intermediate if self.cfg.method.name == "xrecon" else []  # design B's targets
+        v1s, v2s, p1s, p2s, labels, mids, mid_ts = [], [], [], [], [], [], []
         for row in self._rows(batch):
             img = self._decode(row["image"], {**row, "image_path": row.get("path")}, "image")
             if img is None:
@@ -230,6 +238,10 @@ class ImagePairs(_Pairs):
             p1s.append(p1)
             p2s.append(p2)
             labels.append(row["label"])
+            if ts:
+                t = float(ts[int(self.aug_rng.integers(len(ts)))])
+                mids.append(apply_params(src, interpolate_params(p1, p2, t), s).numpy())
+                mid_ts.append(t)
         k = len(PARAM_NAMES)
         aug1 = np.stack(p1s) if p1s else np.zeros((0, k), np.float32)  # (B, len(PARAM_NAMES))
         aug2 = np.stack(p2s) if p2s else np.zeros((0, k), np.float32)
@@ -240,6 +252,14 @@ class ImagePairs(_Pairs):
             "aug2": aug2,
             **relative_targets(aug1, aug2, s),  # aug_rotation (B, 1), aug_color (B, 4), aug_blur, aug_translation
             "label": np.asarray(labels, np.int64),
+            **(
+                {
+                    "mid": np.stack(mids) if mids else np.zeros((0, 3, s, s), np.uint8),  # design B's target image
+                    "mid_t": np.asarray(mid_ts, np.float32).reshape(-1, 1),  # (B, 1): how far from view 1
+                }
+                if ts
+                else {}
+            ),
         }
 
 

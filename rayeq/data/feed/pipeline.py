@@ -217,6 +217,9 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int =
     return with_idle_wait(pairs)
 
 
+IMAGE_KEYS = ("view1", "view2", "mid")  # the uint8 images of a batch (mid: xrecon's design B target)
+
+
 def to_model_batch(
     batch: dict[str, Any],
     mean: list[float],
@@ -229,7 +232,7 @@ def to_model_batch(
     for k, v in batch.items():
         t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
         t = t.to(device, non_blocking=True)
-        if k in ("view1", "view2"):
+        if k in IMAGE_KEYS:
             t = normalize(t, mean, std)
             if channels_last:
                 t = t.contiguous(memory_format=torch.channels_last)
