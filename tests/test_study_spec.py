@@ -81,6 +81,29 @@ def test_transforms_studies_score_the_four_families_beside_the_supervised_ceilin
         _check(bad, tmp_path)
 
 
+def test_the_cpu_ablations_run_each_cross_view_design_on_the_transforms_protocol(tmp_path):
+    """Issue 29's ablations: today's default against A (k = 4, 16, 64), B and C (0.75, 0.9), 3 seeds, on the renders
+    and on the photos, with the transforms studies' training and each run's cross-view checks in the summary."""
+    specs = {name: _check(Path("studies") / f"{name}.yaml", tmp_path)
+             for name in ("xattn_ablation_cpu", "xattn_ablation_photos_cpu")}  # fmt: skip
+    _, transforms = _check(Path("studies") / "transforms_renders_cpu.yaml", tmp_path)
+    train = next(c for c in transforms.values() if c.method.name == "xrecon").to_dict()["train"]
+    for name, (spec, configs) in specs.items():
+        assert len(spec.seeds) == 3 and spec.baseline == "default", name
+        by_arm = {k.rsplit("-s", 1)[0]: c for k, c in configs.items()}
+        assert {c.method.name for c in by_arm.values()} == {"xrecon"}, name
+        d = by_arm["default"].method
+        assert d.xattn.residual and not d.xattn.target_code and not d.intermediate and d.target_mask == 0, name
+        assert sorted(c.method.xattn.target_code for c in by_arm.values() if not c.method.xattn.residual) == [4, 16, 64]
+        assert sorted(c.method.target_mask for c in by_arm.values() if c.method.target_mask) == [0.75, 0.9], name
+        assert [c.method.intermediate for c in by_arm.values() if c.method.intermediate] == [[0.3333, 0.6667]], name
+        assert all(c.to_dict()["train"] | {"name": "", "storage_path": "", "seed": 0}
+                   == train | {"name": "", "storage_path": "", "seed": 0} for c in configs.values()), name  # fmt: skip
+        assert {"val/recon_other_view_ratio", "val/recon_view2_swapped_ratio"} <= set(spec.summary.train_metrics)
+    assert {c.data.source for c in specs["xattn_ablation_photos_cpu"][1].values()} == {"photos"}
+    assert {c.data.source for c in specs["xattn_ablation_cpu"][1].values()} == {"renders"}
+
+
 def test_runs_expand_arm_setting_seed_with_their_overrides(tmp_path):
     path = _study(tmp_path, grid={"loss.recon_weight": [0.3, 3]}, seeds=[7])
     spec, configs = _check(path, tmp_path)
