@@ -170,6 +170,11 @@ def cmd_eval(args) -> int:
     paths = args.compare if args.compare else [args.path]
     if not paths or paths == [None]:
         raise ConfigError("rayeq eval needs a run directory or checkpoint (or --compare RUN RUN ...)")
+    if args.cross_view_grid:
+        from rayeq.eval.crossview import write_cross_view_grid
+
+        write_cross_view_grid(paths[0], args.cross_view_grid, overwrite=args.overwrite)
+        return 0
     protocols = args.protocols.split(",") if args.protocols else None
     if args.out and not args.compare and Path(args.out).exists() and not args.overwrite:
         raise DataError(f"{args.out!r} exists; pass --overwrite to replace it")  # refused before the work
@@ -355,7 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     p.add_argument("--out", default=None, help="results JSON (default: <checkpoint>/eval/results.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (or --cross-view-grid PNG)")
+    p.add_argument(
+        "--cross-view-grid",
+        default=None,
+        metavar="PNG",
+        help="xrecon only, instead of the protocols: a picture of 8 held-out pairs decoded from their own views and "
+        "with each of the decoder's inputs swapped for another pair's (what the decoder uses)",
+    )
     _add_verbose(p)
     p.set_defaults(func=cmd_eval)
 

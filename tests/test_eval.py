@@ -455,3 +455,33 @@ def test_transform_protocol_on_images(image_data, tmp_path, monkeypatch):
         assert scores["stats"]["metrics"][key] > at_least > scores["stats"]["mean_predictor"][key], (fam, scores)
     for key, v in scores["constant"]["metrics"].items():
         assert v <= scores["constant"]["mean_predictor"][key] + 0.05, (key, scores)
+
+
+def test_the_cross_view_grid_decodes_with_each_input_swapped(reg_data, tmp_path):
+    """`rayeq eval RUN --cross-view-grid PNG`: titled rows (target, other view, own views, other view swapped,
+    target swapped) of held-out pairs, each swap the reconstruction with another pair's input (the batch rolled by
+    one); refused for a method without a decoder and for an existing picture without --overwrite."""
+    from PIL import Image
+
+    from rayeq.data.feed.pipeline import iter_pairs, to_model_batch
+    from rayeq.eval.crossview import cross_view_rows, write_cross_view_grid
+
+    run = _checkpoint(tmp_path, reg_data, "method.name=xrecon", "method.decoder.recon_size=8")
+    out = write_cross_view_grid(run, tmp_path / "grid.png", pairs=4, log=lambda *a: None)
+    img = Image.open(out)
+    assert img.height == 5 * 8 * 3 and img.width == 170 + 4 * 8 * 3  # 5 rows of 4 pairs at 8 px, enlarged 3 times
+    loaded = load_checkpoint(run)
+    method = loaded.encoder()
+    raw = next(iter_pairs(loaded.cfg, "val", batch_size=4))
+    batch = to_model_batch(raw, *loaded.norm_stats(reg_data))
+    rows = dict(cross_view_rows(method, batch))
+    assert list(rows) == ["target: view 1", "other view: 2", "own views", "other view swapped", "target swapped"]
+    with torch.no_grad():
+        f1, f2 = method.backbone(batch["view1"])[0], method.backbone(batch["view2"])[0]
+        torch.testing.assert_close(rows["own views"], method.reconstruct({1: f1, 2: f2}, 1))
+        torch.testing.assert_close(rows["other view swapped"], method.reconstruct({1: f1, 2: f2.roll(1, 0)}, 1))
+        torch.testing.assert_close(rows["target swapped"], method.reconstruct({1: f1.roll(1, 0), 2: f2}, 1))
+    with pytest.raises(DataError, match="exists; pass --overwrite"):
+        write_cross_view_grid(run, out, pairs=4)
+    with pytest.raises(ConfigError, match="needs an xrecon checkpoint"):
+        write_cross_view_grid(_checkpoint(tmp_path / "v", reg_data, "method.name=vicreg"), tmp_path / "g2.png")
