@@ -208,7 +208,7 @@ def cmd_sweep(args) -> int:
 def cmd_study(args) -> int:
     from rayeq.study.run import run_study
 
-    out = run_study(args.study, **_tune_kwargs(args))
+    out = run_study(args.study, **_tune_kwargs(args), summary_only=args.summary_only)
     print(f"study ran {out['seconds']:.0f}s; results in {out['study_dir']}")
     if not out["complete"]:
         print("some runs have no result (see above); run the same command with --resume to finish them")
@@ -394,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("study", help="study YAML (see studies/)")
     _add_tune_args(p, "study", "run", "finished runs and evaluations are kept", "train.epochs=1")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="train nothing: write the summary of the runs evaluated so far, the others marked as not run",
+    )
     _add_verbose(p)
     p.set_defaults(func=cmd_study)
 

@@ -144,3 +144,26 @@ def test_resume_refuses_a_changed_study(finished_study, study_data):
     changed = _study_file(tmp, study_data, seeds=[3, 4])
     with pytest.raises(ConfigError, match="different study file"):
         run_study(changed, resume=True, log=lambda *a: None)
+
+
+def test_summary_only_summarises_what_was_evaluated_and_trains_nothing(finished_study, study_data):
+    """`rayeq study FILE --summary-only` (what dev/gpu/run does when its deadline stops a study): the runs evaluated so
+    far are summarised, the others marked, nothing trains; a study that never started is refused."""
+    tmp, path, _, _ = finished_study
+    d = tmp / "studies" / "mini"
+    ev = d / "evals" / "xrecon-s3.json"
+    aside = ev.with_suffix(".aside")
+    ev.rename(aside)
+    try:
+        logs = []
+        out = run_study(path, summary_only=True, log=logs.append)
+        assert not out["complete"] and not any("to do" in line for line in logs)
+        with open(d / "results.csv") as f:
+            status = {r["run"]: r["status"] for r in csv.DictReader(f)}
+        assert status["vicreg-s3"] == "done" and status["xrecon-s3"].startswith("trained 1 epoch(s), not evaluated")
+        assert not ev.exists()
+    finally:
+        aside.rename(ev)
+    (tmp / "none").mkdir()
+    with pytest.raises(ConfigError, match="--summary-only: .* holds no study 'mini' yet"):
+        run_study(_study_file(tmp / "none", study_data), summary_only=True, log=lambda *a: None)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from rayeq.config import ExperimentConfig, from_dict
+from rayeq.config import ConfigError, ExperimentConfig, from_dict
 from rayeq.study.spec import (
     Run,
     StudySpec,
@@ -115,8 +115,11 @@ def run_study(
     storage_path: str | None = None,
     overrides: list[str] = (),
     autoscaling: bool = False,
+    summary_only: bool = False,
     log=print,
 ) -> dict[str, Any]:
+    """Train and evaluate the study's runs not evaluated yet, then write its summary. `summary_only`: write the
+    summary of the runs evaluated so far (the others marked) and train nothing, e.g. after a deadline stopped it."""
     t0 = time.perf_counter()
     spec = load_study(path, storage_path)
     from rayeq.data.schema import is_objects
@@ -138,9 +141,11 @@ def run_study(
     runs = expand(spec)
     record = record_of(spec, used_overrides, base)
     saved = study_dir / STUDY_FILE
-    check_saved(saved, record, spec, resume)
+    if summary_only and not saved.is_file():
+        raise ConfigError(f"--summary-only: {str(study_dir)!r} holds no study {spec.name!r} yet (no {STUDY_FILE})")
+    check_saved(saved, record, spec, resume or summary_only)
 
-    todo = [r for r in runs if not eval_path(study_dir, r.name).is_file()]
+    todo = [] if summary_only else [r for r in runs if not eval_path(study_dir, r.name).is_file()]
     log(
         f"study {spec.name}: {len(runs)} runs ({len(spec.arms)} arms x {len(runs) // len(spec.arms) // len(spec.seeds)}"
         f" setting(s) x {len(spec.seeds)} seeds), {len(runs) - len(todo)} already evaluated; dir {study_dir}"
