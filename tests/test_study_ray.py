@@ -23,7 +23,7 @@ def study_data(tmp_path_factory):
     return out
 
 
-def _study_file(tmp, data, **changes):
+def _study_file(tmp, data, file="mini.yaml", **changes):
     spec = {
         "name": "mini",
         "base": {
@@ -55,7 +55,7 @@ def _study_file(tmp, data, **changes):
         "storage_path": str(tmp / "studies"),
     }
     spec.update(changes)
-    path = tmp / "mini.yaml"
+    path = tmp / file
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -141,7 +141,7 @@ def test_rerunning_a_study_needs_resume_and_resume_redoes_nothing_finished(finis
 
 def test_resume_refuses_a_changed_study(finished_study, study_data):
     tmp, _, _, _ = finished_study
-    changed = _study_file(tmp, study_data, seeds=[3, 4])
+    changed = _study_file(tmp, study_data, file="mini-changed.yaml", seeds=[3, 4])  # mini.yaml stays the study run
     with pytest.raises(ConfigError, match="different study file"):
         run_study(changed, resume=True, log=lambda *a: None)
 
