@@ -158,6 +158,7 @@ def test_summary_only_summarises_what_was_evaluated_and_trains_nothing(finished_
         logs = []
         out = run_study(path, summary_only=True, log=logs.append)
         assert not out["complete"] and not any("to do" in line for line in logs)
+        assert any("1 already evaluated" in line for line in logs)  # the runs with an evaluation, not all of them
         with open(d / "results.csv") as f:
             status = {r["run"]: r["status"] for r in csv.DictReader(f)}
         assert status["vicreg-s3"] == "done" and status["xrecon-s3"].startswith("trained 1 epoch(s), not evaluated")

@@ -145,10 +145,11 @@ def run_study(
         raise ConfigError(f"--summary-only: {str(study_dir)!r} holds no study {spec.name!r} yet (no {STUDY_FILE})")
     check_saved(saved, record, spec, resume or summary_only)
 
-    todo = [] if summary_only else [r for r in runs if not eval_path(study_dir, r.name).is_file()]
+    unevaluated = [r for r in runs if not eval_path(study_dir, r.name).is_file()]
+    todo = [] if summary_only else unevaluated
     log(
         f"study {spec.name}: {len(runs)} runs ({len(spec.arms)} arms x {len(runs) // len(spec.arms) // len(spec.seeds)}"
-        f" setting(s) x {len(spec.seeds)} seeds), {len(runs) - len(todo)} already evaluated; dir {study_dir}"
+        f" setting(s) x {len(spec.seeds)} seeds), {len(runs) - len(unevaluated)} already evaluated; dir {study_dir}"
     )
     if todo:
         from rayeq.cluster import connect_ray
