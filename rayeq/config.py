@@ -214,9 +214,15 @@ class SupervisedConfig(Section):
     hidden_dim: int = Field(1024, ge=1, description="width of the rotation and colour heads (as the eval probes)")
 
 
+RECON_METHODS = ("xrecon", "between")  # the methods with a cross-attention and a decoder (methods/xrecon.py)
+BETWEEN_DEFAULT = [1 / 3, 2 / 3]  # method.name=between's fractions t when method.intermediate is []
+
+
 class MethodConfig(Section):
-    name: Literal["vicreg", "simclr", "sie", "xrecon", "supervised"] = Field(
-        "xrecon", description="supervised: the ceiling, trained with the labels the probes ask for (not SSL)"
+    name: Literal["vicreg", "simclr", "sie", "xrecon", "between", "supervised"] = Field(
+        "xrecon",
+        description="supervised: the ceiling, trained with the labels the probes ask for (not SSL); between: xrecon "
+        "with design B (the follow-up's intermediate target, method.intermediate; [1/3, 2/3] when it is [])",
     )
     base: Literal["vicreg", "simclr"] = Field("vicreg", description="SSL loss of xrecon's invariant part")
     target_view: Literal[1, 2] = Field(1, description="xrecon: which view is reconstructed")
@@ -238,6 +244,15 @@ class MethodConfig(Section):
         "cross-view completion). The encoder's features for probes and eval are of whole images. 0 = off",
     )
     xattn: XAttnConfig = XAttnConfig()
+
+    @property
+    def between_ts(self) -> list[float]:
+        """Design B's fractions t (the image rebuilt lies a fraction t of the way from view 1 to view 2), [] when the
+        method rebuilds a view: method.intermediate for xrecon, and for between the same or [1/3, 2/3] when []."""
+        if self.name == "between":
+            return list(self.intermediate) or list(BETWEEN_DEFAULT)
+        return list(self.intermediate) if self.name == "xrecon" else []
+
     decoder: DecoderConfig = DecoderConfig()
     sie: SIEConfig = SIEConfig()
     supervised: SupervisedConfig = SupervisedConfig()
@@ -476,7 +491,7 @@ def _cross_field_problems(cfg: ExperimentConfig):
     """Constraints between sections, each message naming the keys involved."""
     m, meth = cfg.model, cfg.method
     c = m.feature_dim
-    needs_split = meth.name in ("sie", "xrecon")
+    needs_split = meth.name in ("sie", *RECON_METHODS)
     if needs_split and not 0 < m.inv_dim < c:
         yield (
             f"model.inv_dim={m.inv_dim} must lie in [1, {c - 1}] for method.name={meth.name!r}: "
@@ -506,7 +521,7 @@ def _cross_field_problems(cfg: ExperimentConfig):
             f"data.image_size={cfg.data.image_size} is smaller than the total stride {stride} of "
             f"model.stem={m.stem!r}: use a larger image or model.stem='small'"
         )
-    if meth.name == "xrecon" and 0 < m.inv_dim < c:
+    if meth.name in RECON_METHODS and 0 < m.inv_dim < c:
         yield from _xattn_problems(cfg)
     if cfg.train.batch_size % max(cfg.train.num_workers, 1):
         yield (
@@ -516,7 +531,7 @@ def _cross_field_problems(cfg: ExperimentConfig):
 
 def _intermediate_problems(cfg: ExperimentConfig):
     meth, x = cfg.method, cfg.method.xattn
-    bad = [t for t in meth.intermediate if not 0 < t < 1]
+    bad = [t for t in meth.between_ts if not 0 < t < 1]
     if bad:
         yield f"method.intermediate={meth.intermediate}: every t must lie strictly between 0 and 1, not {bad}"
     if cfg.data.source in ("synth3d", "3diebench"):
@@ -566,7 +581,7 @@ def _xattn_problems(cfg: ExperimentConfig):
                 yield f"method.xattn.heads={x.heads} must divide the {name} width {d}"
     elif x.attn_dim % x.heads:
         yield f"method.xattn.heads={x.heads} must divide method.xattn.attn_dim={x.attn_dim}"
-    if cfg.method.intermediate:
+    if cfg.method.between_ts:
         yield from _intermediate_problems(cfg)
     if cfg.method.target_mask > 0 and cfg.method.symmetric:
         yield (

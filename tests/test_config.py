@@ -70,7 +70,7 @@ def test_unknown_key_in_yaml_is_named_with_allowed_keys(tmp_path):
     "override, fragments",
     [
         ("loss.recon_weight=-1", ["loss.recon_weight", "greater than or equal to 0", "-1"]),
-        ("method.name=byol", ["method.name", "'vicreg', 'simclr', 'sie', 'xrecon' or 'supervised'", "byol"]),
+        ("method.name=byol", ["method.name", "'vicreg', 'simclr', 'sie', 'xrecon', 'between' or 'supervised'", "byol"]),
         ("data.image_size=8", ["data.image_size", "greater than or equal to 16"]),
         ("loss.temperature=0", ["loss.temperature", "greater than 0"]),
         ("method.xattn.query=left.equi", ["method.xattn.query", "target.equi"]),
@@ -144,7 +144,7 @@ def test_shipped_configs_load(path):
 
 def test_shipped_configs_cover_every_method():
     names = {load_config(p).method.name for p in CONFIGS}
-    assert names == {"vicreg", "simclr", "sie", "xrecon", "supervised"}
+    assert names == {"vicreg", "simclr", "sie", "xrecon", "between", "supervised"}
 
 
 def test_a_wrong_value_names_the_file_or_the_overrides_it_came_from(tmp_path):

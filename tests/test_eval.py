@@ -483,5 +483,5 @@ def test_the_cross_view_grid_decodes_with_each_input_swapped(reg_data, tmp_path)
         torch.testing.assert_close(rows["target swapped"], method.reconstruct({1: f1.roll(1, 0), 2: f2}, 1))
     with pytest.raises(DataError, match="exists; pass --overwrite"):
         write_cross_view_grid(run, out, pairs=4)
-    with pytest.raises(ConfigError, match="needs an xrecon checkpoint"):
+    with pytest.raises(ConfigError, match="needs an xrecon or between checkpoint"):
         write_cross_view_grid(_checkpoint(tmp_path / "v", reg_data, "method.name=vicreg"), tmp_path / "g2.png")

@@ -292,6 +292,34 @@ def test_design_b_decodes_the_image_between_the_views_by_hand(fast_cfg):
         m({k: v for k, v in pairs.items() if k != "mid"})
 
 
+def test_between_is_xrecon_with_design_b_at_thirds_unless_told(fast_cfg):
+    """method.name=between: the follow-up's method as its own name, the same network and loss as xrecon with
+    method.intermediate=[1/3, 2/3] (its default t's), or with the t's it is given; a view-rebuilding xrecon has none."""
+    base = ("method.decoder.recon_size=16", "data.source=folder")
+    between = fast_cfg("method.name=between", *base)
+    same = fast_cfg("method.name=xrecon", "method.intermediate=[0.3333333333333333,0.6666666666666666]", *base)
+    assert between.method.between_ts == pytest.approx([1 / 3, 2 / 3]) == same.method.between_ts
+    assert fast_cfg("method.name=between", "method.intermediate=[0.5]", *base).method.between_ts == [0.5]
+    assert fast_cfg("method.name=xrecon", *base).method.between_ts == []
+    assert fast_cfg("method.name=vicreg", "method.intermediate=[0.5]", *base).method.between_ts == []
+    pairs = smooth_pairs(3, 32, seed=2)
+    pairs = {**pairs, "mid": smooth_pairs(3, 32, seed=5)["view1"], "mid_t": torch.tensor([[1 / 3], [2 / 3], [1 / 3]])}
+    outs = []
+    for cfg in (between, same):
+        torch.manual_seed(0)
+        m = build_method(cfg).eval()
+        assert m.intermediate and "mid" in m.required_keys
+        with torch.no_grad():
+            outs.append(m(pairs))
+    torch.testing.assert_close(outs[0].losses["total"], outs[1].losses["total"])
+    torch.testing.assert_close(outs[0].reconstruction, outs[1].reconstruction)
+    torch.testing.assert_close(outs[0].recon_target, resize_target(pairs["mid"], 16))
+    with pytest.raises(ConfigError, match="rendered at the interpolated pose"):
+        load_config(None, ["method.name=between", "data.source=synth3d"])
+    with pytest.raises(ConfigError, match="does not combine with method.symmetric"):
+        load_config(None, ["method.name=between", "data.source=folder", "method.symmetric=true"])
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

@@ -530,3 +530,6 @@ def test_design_b_pairs_carry_the_image_between_the_views():
     torch.testing.assert_close(batch["mid"], (torch.from_numpy(out["mid"]).float() / 255 - 0.5) / 0.25)
     plain = ImagePairs(load_config(None, ["data.source=folder", "data.image_size=24"]), split="train", seed=0)(table)
     assert "mid" not in plain and "mid_t" not in plain  # off: the pairs are as before
+    cfg = load_config(None, ["data.source=folder", "data.image_size=24", "method.name=between"])
+    between = ImagePairs(cfg, split="train", seed=0)(table)  # between's default t's: 1/3 and 2/3
+    assert {round(float(t), 4) for t in between["mid_t"][:, 0]} <= {0.3333, 0.6667} and between["mid"].shape[0] == 4

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rayeq.checkpoint import load_checkpoint
-from rayeq.config import ConfigError
+from rayeq.config import RECON_METHODS, ConfigError
 from rayeq.data.feed.normalize import denormalize
 from rayeq.data.schema import DataError
 from rayeq.losses import resize_target
@@ -76,9 +76,9 @@ def write_cross_view_grid(
     if out.exists() and not overwrite:
         raise DataError(f"{str(out)!r} exists; pass --overwrite to replace it")
     loaded = load_checkpoint(path)
-    if loaded.cfg.method.name != "xrecon":
+    if loaded.cfg.method.name not in RECON_METHODS:
         raise ConfigError(
-            f"--cross-view-grid needs an xrecon checkpoint; {str(loaded.path)!r} is {loaded.cfg.method.name}"
+            f"--cross-view-grid needs an xrecon or between checkpoint; {str(loaded.path)!r} is {loaded.cfg.method.name}"
         )
     method = loaded.encoder()
     data_dir = resolve_data_dir(loaded.cfg)

@@ -26,7 +26,7 @@ def build_method(cfg: ExperimentConfig, num_classes: int | None = None) -> SSLMe
         return JointEmbedding(cfg, ssl_loss=name)
     if name == "sie":
         return SIE(cfg)
-    if name == "xrecon":
+    if name in ("xrecon", "between"):  # between: xrecon with design B's target (config.MethodConfig.between_ts)
         return XRecon(cfg)
     if name == "supervised":
         if not num_classes:

@@ -77,7 +77,8 @@ class XRecon(JointEmbedding):
         self.targets = (1, 2) if cfg.method.symmetric else (cfg.method.target_view,)
         self.recon_weight = cfg.loss.recon_weight
         self.target_mask = cfg.method.target_mask
-        self.intermediate = bool(cfg.method.intermediate)  # design B: rebuild the image between the two views
+        # design B (xrecon + method.intermediate, or between): rebuild the image between the two views
+        self.intermediate = bool(cfg.method.between_ts)
         if self.intermediate:
             self.required_keys = (*self.required_keys, "mid", "mid_t")
             self.validation_term_names = ("recon", "recon_view1_swapped", "recon_view2_swapped")

@@ -224,7 +224,7 @@ class ImagePairs(_Pairs):
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         aug, s = self.cfg.augment, self.size
-        ts = self.cfg.method.intermediate if self.cfg.method.name == "xrecon" else []  # design B's targets
+        ts = self.cfg.method.between_ts  # design B's targets (xrecon + method.intermediate, or between)
         v1s, v2s, p1s, p2s, labels, mids, mid_ts = [], [], [], [], [], [], []
         for row in self._rows(batch):
             img = self._decode(row["image"], {**row, "image_path": row.get("path")}, "image")
