@@ -245,6 +245,10 @@ class MethodConfig(Section):
     )
     xattn: XAttnConfig = XAttnConfig()
 
+    decoder: DecoderConfig = DecoderConfig()
+    sie: SIEConfig = SIEConfig()
+    supervised: SupervisedConfig = SupervisedConfig()
+
     @property
     def between_ts(self) -> list[float]:
         """Design B's fractions t (the image rebuilt lies a fraction t of the way from view 1 to view 2), [] when the
@@ -252,10 +256,6 @@ class MethodConfig(Section):
         if self.name == "between":
             return list(self.intermediate) or list(BETWEEN_DEFAULT)
         return list(self.intermediate) if self.name == "xrecon" else []
-
-    decoder: DecoderConfig = DecoderConfig()
-    sie: SIEConfig = SIEConfig()
-    supervised: SupervisedConfig = SupervisedConfig()
 
 
 # --------------------------------------------------------------------------- loss

@@ -68,8 +68,8 @@ def run_demo(cfg: ExperimentConfig, steps: int = 20, batch: int = 16, log=print)
     )
     pairs = toy_pairs(batch, cfg.data.image_size, seed=cfg.train.seed)  # already normalised floats
     if ts := cfg.method.between_ts:  # design B (between): a toy image between the views, their pixel blend at t
-        t = torch.tensor(ts)[torch.arange(batch) % len(ts)].view(batch, 1)
-        pairs.update(mid=(1 - t.view(-1, 1, 1, 1)) * pairs["view1"] + t.view(-1, 1, 1, 1) * pairs["view2"], mid_t=t)
+        t = torch.tensor(ts)[torch.arange(batch) % len(ts)].view(batch, 1, 1, 1)
+        pairs.update(mid=(1 - t) * pairs["view1"] + t * pairs["view2"], mid_t=t.view(batch, 1))
     history = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rayeq.config import ExperimentConfig
+from rayeq.config import RECON_METHODS, ExperimentConfig
 from rayeq.methods.base import MissingTargetError, SSLMethod, StepOutput
 from rayeq.methods.joint import JointEmbedding
 from rayeq.methods.sie import SIE
@@ -26,7 +26,7 @@ def build_method(cfg: ExperimentConfig, num_classes: int | None = None) -> SSLMe
         return JointEmbedding(cfg, ssl_loss=name)
     if name == "sie":
         return SIE(cfg)
-    if name in ("xrecon", "between"):  # between: xrecon with design B's target (config.MethodConfig.between_ts)
+    if name in RECON_METHODS:  # between: xrecon with design B's target (config.MethodConfig.between_ts)
         return XRecon(cfg)
     if name == "supervised":
         if not num_classes:
