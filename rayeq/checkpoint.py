@@ -89,7 +89,12 @@ class LoadedCheckpoint:
     state: dict[str, Any]
 
     def norm_stats(self, data_dir: Path) -> tuple[list[float], list[float]]:
-        """The normalisation the encoder was trained with, else the data set's own."""
+        """The normalisation the encoder is evaluated with: the one it was trained with, else the data set's own;
+        SIE's fixed constants under `eval.normalization=sie` (or `eval.preset=sie`)."""
+        if self.cfg.eval.protocol()["normalization"] == "sie":
+            from rayeq.data.feed.normalize import SIE_MEAN, SIE_STD
+
+            return list(SIE_MEAN), list(SIE_STD)
         data = self.state.get("data", {})
         if data.get("mean") is not None:
             return data["mean"], data["std"]

@@ -178,6 +178,18 @@ def cmd_eval(args) -> int:
     protocols = args.protocols.split(",") if args.protocols else None
     if args.out and not args.compare and Path(args.out).exists() and not args.overwrite:
         raise DataError(f"{args.out!r} exists; pass --overwrite to replace it")  # refused before the work
+    if args.protocol_items:
+        from rayeq.eval import presets
+
+        if args.compare:
+            raise ConfigError("--protocol-items takes one run (not --compare)")
+        out = presets.compare_protocols(
+            paths[0], args.set, data=args.data, protocols=protocols, fast=args.fast, which=args.checkpoint,
+            address=args.address,
+        )  # fmt: skip
+        path = presets.write(out, args.out, args.overwrite)
+        print(f"wrote {path} and {path.with_suffix('.md')}\n\n{presets.markdown(out)}")
+        return 0
     results = []
     for p in paths:
         res = evaluate(
@@ -367,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="xrecon only, instead of the protocols: a picture of 8 held-out pairs decoded from their own views and "
         "with each of the decoder's inputs swapped for another pair's (what the decoder uses)",
+    )
+    p.add_argument(
+        "--protocol-items",
+        action="store_true",
+        help="evaluate under rayeq's protocol, under each of SIE's protocol items alone (raw probe inputs, BatchNorm "
+        "in train mode, one view per object, SIE's normalisation) and under eval.preset=sie: a table of how far "
+        "each moves every figure (<checkpoint>/eval/protocol-items.md, or --out)",
     )
     _add_verbose(p)
     p.set_defaults(func=cmd_eval)

@@ -411,6 +411,46 @@ class EvalConfig(Section):
         "cluster's GPUs, else CPUs), auto (ray when a cluster address is given, else local)",
     )
     extract_actors: int | None = Field(None, ge=1, description="Ray extraction actors; None = GPUs, else CPUs - 1")
+    preset: Literal["rayeq", "sie"] = Field(
+        "rayeq",
+        description="the evaluation protocol: rayeq (its own) or sie (facebookresearch/SIE's eval scripts: raw probe "
+        "inputs, BatchNorm in train mode while the probe's features are made, one view / pair per object, SIE's "
+        "normalisation constants). Each item below left unset follows the preset; set, it overrides it",
+    )
+    probe_inputs: Literal["standardised", "raw"] | None = Field(
+        None,
+        description="probe inputs: standardised (train rows' mean 0 / std 1, dead features 0, clipped at 5 std; "
+        "rayeq) or raw features (SIE); None = the preset's",
+    )
+    batchnorm: Literal["eval", "train"] | None = Field(
+        None,
+        description="the frozen encoder's BatchNorm while train features are made: eval (running statistics; rayeq) "
+        "or train (each shuffled batch's own statistics, running statistics updated, then val features in eval mode "
+        "with them, as SIE's scripts do with net.train()); None = the preset's",
+    )
+    sampling: Literal["rayeq", "sie"] | None = Field(
+        None,
+        description="3D probes' samples: rayeq (classification: every view a sample, every val view scored; pairs: "
+        "eval.pairs_per_object fixed pairs per held-out object) or sie (one random view per train object per epoch "
+        "and one per val object; one pair per held-out object); None = the preset's",
+    )
+    normalization: Literal["checkpoint", "sie"] | None = Field(
+        None,
+        description="input normalisation: checkpoint (the mean/std the encoder was trained with; rayeq computes them "
+        "from each data set's images) or sie (SIE's fixed 3DIEBench constants); None = the preset's",
+    )
+
+    def protocol(self) -> dict[str, str]:
+        """The evaluation protocol's items as they apply: each set item, else the preset's value."""
+        preset = EVAL_PRESETS[self.preset]
+        return {k: getattr(self, k) or preset[k] for k in preset}
+
+
+# eval.preset -> its protocol items (EvalConfig.protocol); sie: facebookresearch/SIE's eval_*.py
+EVAL_PRESETS = {
+    "rayeq": {"probe_inputs": "standardised", "batchnorm": "eval", "sampling": "rayeq", "normalization": "checkpoint"},
+    "sie": {"probe_inputs": "raw", "batchnorm": "train", "sampling": "sie", "normalization": "sie"},
+}
 
 
 # --------------------------------------------------------------------------- tracking

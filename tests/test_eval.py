@@ -16,7 +16,7 @@ from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
 from rayeq.config import ConfigError, load_config
 from rayeq.data.feed.normalize import norm_stats
 from rayeq.data.schema import DataError, read_meta
-from rayeq.eval.features import extract_features, extract_features_ray
+from rayeq.eval.features import Features, extract_features, extract_features_ray
 from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, pair_regression, view_pairs
 from rayeq.eval.run import FLOOR_MARK, evaluate, markdown_table, write_outputs
 from rayeq.methods import build_method
@@ -485,3 +485,163 @@ def test_the_cross_view_grid_decodes_with_each_input_swapped(reg_data, tmp_path)
         write_cross_view_grid(run, out, pairs=4)
     with pytest.raises(ConfigError, match="needs an xrecon or between checkpoint"):
         write_cross_view_grid(_checkpoint(tmp_path / "v", reg_data, "method.name=vicreg"), tmp_path / "g2.png")
+
+
+# --------------------------------------------------------------------------- eval.preset: rayeq's protocol or SIE's
+def test_the_sie_preset_sets_each_protocol_item_and_a_set_item_overrides_it(reg_data, tmp_path):
+    from rayeq.config import EVAL_PRESETS, from_dict
+
+    assert load_config(None, []).eval.protocol() == EVAL_PRESETS["rayeq"]
+    sie = load_config(None, ["eval.preset=sie"]).eval
+    assert sie.protocol() == {"probe_inputs": "raw", "batchnorm": "train", "sampling": "sie", "normalization": "sie"}
+    one = load_config(None, ["eval.preset=sie", "eval.batchnorm=eval"]).eval.protocol()
+    assert one["batchnorm"] == "eval" and one["probe_inputs"] == "raw"  # the rest stays SIE's
+    assert load_config(None, ["eval.probe_inputs=raw"]).eval.protocol()["sampling"] == "rayeq"
+    # a stored config (every key written out) still follows a preset given later, as `rayeq eval --set` does
+    stored = load_config(None, []).to_dict()
+    stored["eval"]["preset"] = "sie"
+    assert from_dict(stored).eval.protocol() == EVAL_PRESETS["sie"]
+    with pytest.raises(ConfigError, match="eval.batchnorm"):
+        load_config(None, ["eval.batchnorm=frozen"])
+    with pytest.raises(ConfigError, match="eval.preset"):
+        load_config(None, ["eval.preset=solo"])
+    # SIE's normalisation: its fixed 3DIEBench constants, whatever the encoder was trained with
+    loaded = load_checkpoint(_checkpoint(tmp_path, reg_data))
+    assert tuple(loaded.norm_stats(reg_data)) == tuple(norm_stats(read_meta(reg_data)))
+    loaded.cfg = load_config(None, [f"data.path={reg_data}", "eval.normalization=sie"])
+    assert tuple(loaded.norm_stats(reg_data)) == ([0.5016, 0.5037, 0.5060], [0.1030, 0.0999, 0.0969])
+
+
+class PerImage:
+    """A per-image function behind `encode` that records the train/eval mode it was called in."""
+
+    def __init__(self):
+        self.modes, self.training = [], False
+
+    def to(self, device):
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def encode(self, images):
+        self.modes.append(self.training)
+        return images.mean((2, 3))
+
+
+def test_batchnorm_in_train_mode_shuffles_batches_keeps_row_order_and_moves_the_running_statistics(reg_data):
+    mean, std = norm_stats(read_meta(reg_data))
+    enc = PerImage()
+    plain = extract_features(enc, reg_data, "train", 16, mean, std, batch_size=64)
+    assert not any(enc.modes)
+    enc.modes.clear()
+    shuffled = extract_features(enc, reg_data, "train", 16, mean, std, batch_size=64, batchnorm_train_seed=0)
+    assert all(enc.modes) and not enc.training  # every batch in train mode, back in eval mode after
+    torch.testing.assert_close(shuffled.r, plain.r)  # each row its own image's features, in the rows' order
+    # a real encoder: its BatchNorm normalises each batch by the batch's statistics, and the running ones move
+    cfg = load_config(None, [f"data.path={reg_data}", "data.image_size=16", "model.stem=compact", "method.name=vicreg"])
+    torch.manual_seed(0)
+    method = build_method(cfg, num_classes=3).eval()
+    bn = next(m for m in method.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    frozen = extract_features(method, reg_data, "val", 16, mean, std, batch_size=64)
+    assert torch.equal(bn.running_mean, before)  # eval mode leaves them
+    batch_stats = extract_features(method, reg_data, "val", 16, mean, std, batch_size=64, batchnorm_train_seed=0)
+    assert not torch.equal(bn.running_mean, before) and not method.training
+    gap = (batch_stats.r - frozen.r).abs().mean() / frozen.r.abs().mean()
+    assert gap > 0.05, float(gap)  # the same images, other features
+
+
+def test_raw_probe_inputs_see_the_features_scale_and_standardised_ones_do_not(reg_data):
+    from dataclasses import replace
+
+    from rayeq.eval.protocols import probe_inputs
+
+    tr, va = _feats(oracle, reg_data, "train"), _feats(oracle, reg_data, "val")
+    s = ProtocolSettings(epochs=3, batch_size=64, hidden_dim=32)
+    x, y = probe_inputs(s, tr.r * 7 + 3, va.r)
+    assert x.mean(0).abs().max() < 1e-4 and (x.std(0) - 1).abs().max() < 1e-3
+    raw = replace(s, standardise=False)
+    xr, yr = probe_inputs(raw, tr.r * 7 + 3, va.r)
+    assert torch.equal(xr, tr.r * 7 + 3) and torch.equal(yr, va.r)  # SIE's: as they come
+    runs = {}
+    for name, settings in (("std", s), ("raw", raw)):
+        for scale in (1.0, 50.0):
+            scaled = [Features(f.r * scale, f.label, f.obj, f.latent) for f in (tr, va)]
+            runs[name, scale] = _probe(*scaled, "rel_color", settings)["r2"]
+    assert runs["std", 1.0] == pytest.approx(runs["std", 50.0], abs=1e-4)
+    assert abs(runs["raw", 1.0] - runs["raw", 50.0]) > 1e-3
+
+
+def test_sie_sampling_draws_one_view_per_object_per_epoch_and_scores_one_per_object(reg_data):
+    from rayeq.eval.protocols import one_view_per_object
+
+    tr, va = _feats(oracle, reg_data, "train"), _feats(oracle, reg_data, "val")
+    g = np.random.default_rng(0)
+    first, second = one_view_per_object(tr.obj, g), one_view_per_object(tr.obj, g)
+    assert len(first) == tr.n_objects and torch.equal(tr.obj[first], torch.arange(tr.n_objects))
+    assert (first != second).any()  # a fresh draw each epoch
+    s = ProtocolSettings(epochs=3, batch_size=64, hidden_dim=32)
+    sie = ProtocolSettings(epochs=3, batch_size=64, hidden_dim=32, sampling="sie")
+    assert linear_probe(tr.r, tr.label, va.r, va.label, 3, s, tr.obj, va.obj)["scored"] == len(va.label)
+    assert linear_probe(tr.r, tr.label, va.r, va.label, 3, sie, tr.obj, va.obj)["scored"] == va.n_objects
+    assert len(_probe(tr, va, "rel_color", s)["rows"]) == 10 * va.n_objects  # eval.pairs_per_object
+    assert len(_probe(tr, va, "rel_color", sie)["rows"]) == va.n_objects
+
+
+@pytest.mark.slow
+def test_eval_under_the_sie_preset_names_it_and_keeps_its_own_features_and_floors(reg_data, tmp_path, monkeypatch):
+    from rayeq.eval.features import split_features
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
+    run = _checkpoint(tmp_path, reg_data, "eval.parts=[full]")
+    ours = evaluate(run, fast=True, protocols=["linear", "color"], log=lambda m: None)
+    logs = []
+    sie = evaluate(run, fast=True, protocols=["linear", "color"], overrides=["eval.preset=sie"], log=logs.append)
+    assert (ours["preset"], sie["preset"]) == ("rayeq", "sie") and sie["protocol"]["batchnorm"] == "train"
+    assert not any("cached" in line and "features" in line for line in logs)  # other features: encoded afresh
+    assert any("BatchNorm in train mode" in line for line in logs)
+    assert not any("floor" in line and "cached" in line for line in logs)  # and a floor of its own
+    assert sie["metrics"]["color/full/r2"] != ours["metrics"]["color/full/r2"]
+    held_out = _feats(oracle, reg_data, "val")
+    assert f"on {held_out.n_objects} val views" in "".join(logs) and held_out.n_objects < len(held_out.label)
+    assert "Measured under eval.preset=sie" in markdown_table([sie])
+    mixed = markdown_table([ours, sie])
+    assert "eval.preset=rayeq / eval.preset=sie" in mixed
+    one = evaluate(run, fast=True, protocols=["linear"], overrides=["eval.probe_inputs=raw"], log=lambda m: None)
+    assert "eval.preset=rayeq with eval.probe_inputs=raw" in markdown_table([one])
+    loaded = load_checkpoint(run)
+    loaded.cfg = load_config(None, [f"data.path={reg_data}", "eval.preset=sie", "eval.extractor=ray"])
+    with pytest.raises(ConfigError, match="eval.extractor=local"):  # refused before anything is encoded
+        split_features(loaded, reg_data, use_ray=True)
+
+
+@pytest.mark.slow
+def test_protocol_items_evaluate_each_sie_item_alone_beside_both_presets(reg_data, tmp_path, monkeypatch, capsys):
+    from rayeq.cli import main
+
+    monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
+    run = _checkpoint(tmp_path, reg_data, "eval.parts=[full]")
+    out = tmp_path / "items.json"
+    assert main(["eval", str(run), "--fast", "--protocols", "linear", "--protocol-items", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    variants = res["variants"]
+    items = ["probe_inputs=raw", "batchnorm=train", "sampling=sie", "normalization=sie"]
+    assert list(variants) == ["rayeq", *items, "sie"]
+    for name, r in variants.items():  # each variant departs from rayeq's protocol by its own item only
+        changed = {k for k, v in r["protocol"].items() if v != variants["rayeq"]["protocol"][k]}
+        assert changed == ({name.split("=")[0]} if "=" in name else set() if name == "rayeq" else set(r["protocol"]))
+    plain = evaluate(run, fast=True, protocols=["linear"], log=lambda m: None)
+    assert variants["rayeq"]["metrics"] == plain["metrics"]
+    md = out.with_suffix(".md").read_text()
+    assert md.count("| linear/full/top1 |") == 1 and "`batchnorm=train`" in md
+    sie = variants["sie"]["metrics"]["linear/full/top1"] - plain["metrics"]["linear/full/top1"]
+    assert f"({sie:+.3f})" in md  # the change from rayeq's protocol, per variant
+    assert "wrote" in capsys.readouterr().out
+    before = out.read_text()  # an existing --out is kept, refused before any work
+    assert main(["eval", str(run), "--fast", "--protocols", "linear", "--protocol-items", "--out", str(out)]) != 0
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == before

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from rayeq.checkpoint import LoadedCheckpoint
-from rayeq.config import ExperimentConfig
+from rayeq.config import ConfigError, ExperimentConfig
 from rayeq.data.feed.normalize import normalize
 from rayeq.data.schema import DataError, decode_image, open_dataset, read_split_table
 from rayeq.methods import build_method
@@ -64,22 +64,39 @@ class BatchEncoder:
         views_per_object: int | None = None,
         batch_size: int = 256,
         device: str = "cpu",
+        batchnorm_train_seed: int | None = None,
     ):
         self.encoder, self.size, self.views = encoder, image_size, views_per_object
         self.batch_size, self.device = batch_size, device
         self.mean, self.std = list(mean), list(std)
+        self.bn_seed = batchnorm_train_seed
 
     @torch.no_grad()
     def _encode(self, images: list[np.ndarray]) -> np.ndarray:
+        """Batches of `batch_size` in order; with `batchnorm_train_seed`, SIE's way (`net.train()` while its probe
+        fits): the images shuffled (batches mix objects, as SIE's shuffled loader's do), the encoder in train mode
+        (each batch normalised by its own statistics; the running statistics updated), then back in eval mode."""
         from rayeq.data.feed.augment import resize
 
+        order = np.arange(len(images))
+        if self.bn_seed is not None:
+            order = np.random.default_rng(np.random.SeedSequence([self.bn_seed, 37])).permutation(len(images))
+            self.encoder.train()
         out = []
-        for i in range(0, len(images), self.batch_size):
-            chunk = images[i : i + self.batch_size]
-            x = torch.stack([resize(torch.from_numpy(im).permute(2, 0, 1), self.size) for im in chunk])
-            x = normalize(x, self.mean, self.std).to(self.device)
-            out.append(self.encoder.encode(x).float().cpu())
-        return torch.cat(out).numpy()
+        try:
+            for i in range(0, len(images), self.batch_size):
+                chunk = [images[j] for j in order[i : i + self.batch_size]]
+                x = torch.stack([resize(torch.from_numpy(im).permute(2, 0, 1), self.size) for im in chunk])
+                x = normalize(x, self.mean, self.std).to(self.device)
+                if self.bn_seed is not None:  # a batch of one has no batch statistics: eval mode for it
+                    self.encoder.train(len(chunk) > 1)
+                out.append(self.encoder.encode(x).float().cpu())
+        finally:
+            if self.bn_seed is not None:
+                self.encoder.eval()
+        r = torch.cat(out).numpy()
+        r[order] = r.copy()  # back to the rows' order
+        return r
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         if "images" in table.column_names:  # 3D objects -> every view (or the first views_per_object)
@@ -140,12 +157,16 @@ def extract_features(
     batch_size: int = 256,
     device: str = "cpu",
     max_rows: int | None = None,
+    batchnorm_train_seed: int | None = None,
 ) -> Features:
     """Encode a split in this process (its first `max_rows` rows when given). Images are resized to
-    `image_size` and normalised."""
+    `image_size` and normalised. With `batchnorm_train_seed` the encoder's BatchNorm runs in train mode on
+    shuffled batches of each shard (`BatchEncoder`): its running statistics change."""
     _, shards = open_dataset(Path(data_dir), split)
-    enc = BatchEncoder(encoder, image_size, mean, std, views_per_object, batch_size, device)
+    enc = BatchEncoder(encoder, image_size, mean, std, views_per_object, batch_size, device, batchnorm_train_seed)
     rows_per_call = max(1, batch_size // (views_per_object or 8))
+    if batchnorm_train_seed is not None:
+        rows_per_call = 1 << 40  # a shard at a time: its views shuffled into batches
     parts, left = [], max_rows if max_rows is not None else float("inf")
     for shard in shards:
         table = read_split_table(shard, split)
@@ -217,48 +238,115 @@ def extract_features_ray(
 
 
 def cache_key(
-    ckpt: Path | None, data_dir: Path, split: str, image_size: int, views: int | None, rows: int | None = None
+    ckpt: Path | None,
+    data_dir: Path,
+    split: str,
+    image_size: int,
+    views: int | None,
+    rows: int | None = None,
+    protocol: list[str] = (),
 ) -> str:
+    """`protocol`: the eval items that change the features (`feature_items`); empty for rayeq's, so keys made
+    before they existed still hit."""
     meta = (data_dir / "meta.json").read_text()
     blob = ["every-view", str(ckpt), str(data_dir.resolve()), meta, split, image_size, views]
-    blob = json.dumps(blob if rows is None else [*blob, rows])  # keys made before train_rows existed still hit
+    if rows is not None:  # keys made before train_rows existed still hit
+        blob.append(rows)
+    blob = json.dumps([*blob, *protocol] if protocol else blob)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ray: bool = False, log=print):
-    """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made;
-    else encoded in this process (its GPU if any) or, with `use_ray`, by Ray Data actors."""
+def feature_items(loaded: LoadedCheckpoint) -> list[str]:
+    """The protocol items (`eval.preset` and its overrides) that change the features themselves."""
+    p, e = loaded.cfg.eval.protocol(), loaded.cfg.eval
+    items = [f"batchnorm-train-{e.feature_seed}"] if p["batchnorm"] == "train" else []
+    return items + (["normalization-sie"] if p["normalization"] == "sie" else [])
+
+
+def _cache_path(loaded: LoadedCheckpoint, data_dir: Path, split: str) -> Path:
     cfg, e = loaded.cfg, loaded.cfg.eval
     rows = e.train_rows if split == "train" else None
-    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.views_per_object, rows)
-    cache = loaded.path / "eval_cache" / f"{split}-{key}.pt"
-    if cache.is_file():
-        log(f"  features ({split}): cached {cache}")
-        return Features.load(cache)
-    t0 = time.perf_counter()
-    if use_ray:
-        feats = extract_features_ray(
-            loaded, data_dir, split, e.views_per_object, e.extract_batch_size, e.extract_actors, log, rows
-        )
-    else:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        log(f"  features ({split}): encoding in this process ({device}) ...")
-        mean, std = loaded.norm_stats(data_dir)
-        feats = extract_features(
-            loaded.encoder().to(device),
-            data_dir,
-            split,
-            cfg.data.image_size,
-            mean,
-            std,
-            e.views_per_object,
-            e.extract_batch_size,
-            device,
-            rows,
-        )
+    key = cache_key(loaded.path, data_dir, split, cfg.data.image_size, e.views_per_object, rows, feature_items(loaded))
+    return loaded.path / "eval_cache" / f"{split}-{key}.pt"
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _encode_here(loaded: LoadedCheckpoint, encoder, data_dir: Path, split: str, log, bn_seed: int | None = None):
+    """Encode a split with `encoder` (on `_device()`) in this process."""
+    cfg, e = loaded.cfg, loaded.cfg.eval
+    device = _device()
+    how = ", BatchNorm in train mode (eval.batchnorm=train)" if bn_seed is not None else ""
+    log(f"  features ({split}): encoding in this process ({device}{how}) ...")
+    mean, std = loaded.norm_stats(data_dir)
+    rows = e.train_rows if split == "train" else None
+    return extract_features(
+        encoder,
+        data_dir,
+        split,
+        cfg.data.image_size,
+        mean,
+        std,
+        e.views_per_object,
+        e.extract_batch_size,
+        device,
+        rows,
+        bn_seed,
+    )
+
+
+def _made(feats: Features, split: str, t0: float, cache: Path, log) -> Features:
     n = len(feats.label)
     dt = time.perf_counter() - t0
     log(f"  features ({split}): {n} images in {dt:.1f} s ({n / max(dt, 1e-9):.0f} images/s)")
     cache.parent.mkdir(exist_ok=True)
     feats.save(cache)
     return feats
+
+
+def cached_features(loaded: LoadedCheckpoint, data_dir: Path, split: str, use_ray: bool = False, log=print):
+    """Features of one split for a checkpoint, from `<checkpoint>/eval_cache/` when already made;
+    else encoded in this process (its GPU if any) or, with `use_ray`, by Ray Data actors."""
+    e = loaded.cfg.eval
+    cache = _cache_path(loaded, data_dir, split)
+    if cache.is_file():
+        log(f"  features ({split}): cached {cache}")
+        return Features.load(cache)
+    t0 = time.perf_counter()
+    if use_ray:
+        rows = e.train_rows if split == "train" else None
+        feats = extract_features_ray(
+            loaded, data_dir, split, e.views_per_object, e.extract_batch_size, e.extract_actors, log, rows
+        )
+    else:
+        feats = _encode_here(loaded, loaded.encoder().to(_device()), data_dir, split, log)
+    return _made(feats, split, t0, cache, log)
+
+
+def split_features(loaded: LoadedCheckpoint, data_dir: Path, use_ray: bool = False, log=print):
+    """(train, val) features. Under `eval.batchnorm=train` (SIE's scripts: `net.train()` while the probe fits,
+    `net.eval()` to score it) the train split is encoded with BatchNorm on each shuffled batch's statistics, which
+    also moves the running statistics, and the val split then in eval mode with those moved statistics: one encoder
+    for both, in this process. SIE encodes afresh every probe epoch; here each train view is encoded once, in one
+    seeded batch (`eval.feature_seed`)."""
+    if loaded.cfg.eval.protocol()["batchnorm"] == "eval":
+        return tuple(cached_features(loaded, data_dir, split, use_ray, log) for split in ("train", "val"))
+    if use_ray:
+        raise ConfigError(
+            "eval.batchnorm=train (eval.preset=sie) encodes both splits with one encoder in this process: set "
+            "eval.extractor=local (or eval.batchnorm=eval)"
+        )
+    caches = {split: _cache_path(loaded, data_dir, split) for split in ("train", "val")}
+    if all(c.is_file() for c in caches.values()):
+        for split, c in caches.items():
+            log(f"  features ({split}): cached {c}")
+        return Features.load(caches["train"]), Features.load(caches["val"])
+    encoder = loaded.encoder().to(_device())
+    t0 = time.perf_counter()
+    tr = _encode_here(loaded, encoder, data_dir, "train", log, bn_seed=loaded.cfg.eval.feature_seed)
+    tr = _made(tr, "train", t0, caches["train"], log)
+    t0 = time.perf_counter()
+    va = _made(_encode_here(loaded, encoder, data_dir, "val", log), "val", t0, caches["val"], log)
+    return tr, va

@@ -52,11 +52,16 @@ class ProtocolSettings:
     hidden_dim: int = 1024
     seed: int = 0
     min_steps: int = 0
+    standardise: bool = True  # eval.probe_inputs: standardised (rayeq) or raw (SIE)
+    sampling: str = "rayeq"  # eval.sampling: rayeq or sie (one view / pair per object)
 
     @classmethod
-    def from_config(cls, probe, fast=None) -> ProtocolSettings:
-        """From an `eval.<protocol>` section; `fast` (an `eval.fast` section) caps epochs and width."""
+    def from_config(cls, probe, fast=None, protocol: dict[str, str] | None = None) -> ProtocolSettings:
+        """From an `eval.<protocol>` section; `fast` (an `eval.fast` section) caps epochs and width; `protocol`
+        (`EvalConfig.protocol()`) sets the probe inputs and the sampling."""
         s = cls(probe.epochs, probe.lr, probe.batch_size, getattr(probe, "hidden_dim", 0), probe.seed, probe.min_steps)
+        if protocol is not None:
+            s.standardise, s.sampling = protocol["probe_inputs"] == "standardised", protocol["sampling"]
         if fast is not None:
             s.epochs = min(s.epochs, fast.max_epochs)
             s.hidden_dim = min(s.hidden_dim, fast.max_hidden_dim)
@@ -100,19 +105,50 @@ def _standardise(train: torch.Tensor, *others: torch.Tensor):
     return [torch.where(live, ((t - mean) / (std + 1e-6)).clamp(-Z_CLIP, Z_CLIP), 0.0) for t in (train, *others)]
 
 
+def probe_inputs(s: ProtocolSettings, train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """The probe's inputs: standardised (`_standardise`) or, as SIE's scripts feed them, the raw features."""
+    if s.standardise:
+        return _standardise(train.float(), *(t.float() for t in others))
+    return [train.float(), *(t.float() for t in others)]
+
+
+def one_view_per_object(obj: torch.Tensor, g: np.random.Generator) -> np.ndarray:
+    """The row of one random view of every object (rows are grouped by object): SIE's classification sample."""
+    starts, counts = object_runs(obj)
+    return starts + g.integers(0, counts)
+
+
 def majority_top1(ytr: torch.Tensor, yva: torch.Tensor) -> float:
     """Top-1 of always answering the most frequent train class (chance, for balanced classes)."""
     return float((yva == torch.bincount(ytr).argmax()).float().mean())
 
 
-def linear_probe(xtr, ytr, xva, yva, num_classes: int, s: ProtocolSettings) -> dict[str, float]:
+def linear_probe(
+    xtr, ytr, xva, yva, num_classes: int, s: ProtocolSettings, tr_obj=None, va_obj=None
+) -> dict[str, float]:
+    """A linear classifier on frozen features. rayeq's sampling: every row (view) a sample, every val row scored.
+    SIE's (`s.sampling == "sie"`, 3D data: `tr_obj` / `va_obj` given): one random view per train object per epoch,
+    scored on one random view per val object (drawn from the seed; SIE's last epoch draws afresh, unseeded)."""
     torch.manual_seed(s.seed)
-    xtr, xva = _standardise(xtr.float(), xva.float())
-    model = _fit(nn.Linear(xtr.shape[1], num_classes), lambda _: (xtr, ytr), len(xtr), F.cross_entropy, s)
+    xtr, xva = probe_inputs(s, xtr, xva)
+    data, n = (lambda _: (xtr, ytr)), len(xtr)
+    if s.sampling == "sie" and tr_obj is not None and va_obj is not None:
+        draw = np.random.default_rng(np.random.SeedSequence([s.seed, 29]))
+
+        def data(_):
+            rows = torch.from_numpy(one_view_per_object(tr_obj, draw))
+            return xtr[rows], ytr[rows]
+
+        n = len(object_runs(tr_obj)[0])
+        pick = np.random.default_rng(np.random.SeedSequence([s.seed, 31]))
+        rows = torch.from_numpy(one_view_per_object(va_obj, pick))
+        xva, yva = xva[rows], yva[rows]
+    model = _fit(nn.Linear(xtr.shape[1], num_classes), data, n, F.cross_entropy, s)
     with torch.no_grad():
         return {
             "top1": float((model(xva).argmax(1) == yva).float().mean()),
             "train_top1": float((model(xtr).argmax(1) == ytr).float().mean()),
+            "scored": len(yva),
         }
 
 
@@ -139,7 +175,7 @@ def regression(xtr, ytr, xva, yva, s: ProtocolSettings) -> dict[str, float]:
     """MLP in -> h -> h -> out on fixed (x, y) (input standardised); R² on the val set, both
     definitions, and what predicting the train mean scores."""
     torch.manual_seed(s.seed)
-    xtr, xva = _standardise(xtr.float(), xva.float())
+    xtr, xva = probe_inputs(s, xtr, xva)
     ytr = ytr.float()
     model = _fit(mlp(xtr.shape[1], s.hidden_dim, ytr.shape[1]), lambda _: (xtr, ytr), len(xtr), F.mse_loss, s)
     with torch.no_grad():
@@ -184,11 +220,14 @@ def pair_regression(
     """SIE's rotation / colour protocol on per-view features: the MLP reads the concatenated pair
     (2d) and regresses `target` (a PAIR_TARGETS name). Training pairs: one fresh random pair per train
     object per epoch. Scored on `pairs_per_object` fixed pairs per held-out object (`r2`, `r2_per_dim`)
-    and per train object (`r2_train`). Returns those, the mean predictor's scores under the same keys
+    and per train object (`r2_train`); under SIE's sampling on one pair per object (its last epoch's draw).
+    Returns those, the mean predictor's scores under the same keys
     (`mean`), and the held-out pairs' predictions, targets and object rows (for per-class scores)."""
     torch.manual_seed(s.seed)
     to_target = PAIR_TARGETS[target]
-    xtr, xva = _standardise(xtr.float(), xva.float())
+    xtr, xva = probe_inputs(s, xtr, xva)
+    if s.sampling == "sie":
+        pairs_per_object = 1
     lat_tr, lat_va = tr_latent.numpy(), va_latent.numpy()
 
     def pairs(x, lat, i, j):

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
-from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
+from rayeq.config import EVAL_PRESETS, ConfigError, ExperimentConfig, apply_overrides, from_dict
 from rayeq.data.schema import DataError, is_objects, read_meta
-from rayeq.eval.features import Features, cached_features
+from rayeq.eval.features import Features, split_features
 from rayeq.eval.protocols import DEAD, Z_CLIP, ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression
 from rayeq.methods import USES_LABELS, build_method, method_label
 from rayeq.metrics import r2_global
@@ -43,7 +43,7 @@ FLOORS_VERSION = "floors-1"
 def settings_for(cfg: ExperimentConfig, fast: bool) -> dict[str, ProtocolSettings]:
     """Each probe's settings from `eval.<protocol>`; `--fast` applies the `eval.fast` caps."""
     e = cfg.eval
-    return {p: ProtocolSettings.from_config(getattr(e, p), e.fast if fast else None) for p in PROBES}
+    return {p: ProtocolSettings.from_config(getattr(e, p), e.fast if fast else None, e.protocol()) for p in PROBES}
 
 
 def with_eval_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -101,7 +101,7 @@ def evaluate(
         connect_ray(address, log)
     log(
         f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state['epoch']}) on {data_dir}: "
-        f"{wanted}{' (fast)' if fast else ''}"
+        f"{wanted}{' (fast)' if fast else ''}, {protocol_label(cfg.eval.preset, cfg.eval.protocol())}"
     )
     scores = measure(loaded, data_dir, meta, wanted, settings, use_ray, log)
     random_init = random_init_floor(loaded, data_dir, meta, wanted, settings, use_ray, log)
@@ -119,6 +119,8 @@ def evaluate(
         "epoch": loaded.state["epoch"],
         "data": str(data_dir),
         "protocols": wanted,
+        "preset": cfg.eval.preset,
+        "protocol": cfg.eval.protocol(),
         "fast": fast,
         "settings": {
             **{p: settings[p].__dict__ for p in PROBES if p in wanted},
@@ -165,17 +167,16 @@ def measure(
     classes = meta["classes"]
     knn, pairs, seed = cfg.eval.knn, cfg.eval.pairs_per_object, cfg.eval.feature_seed
     if any(p in wanted for p in PROTOCOLS_3D):
-        tr = cached_features(loaded, data_dir, "train", use_ray, log)
-        va = cached_features(loaded, data_dir, "val", use_ray, log)
+        tr, va = split_features(loaded, data_dir, use_ray, log)
         chance = majority_top1(tr.label, va.label)
         for name in cfg.eval.parts:
             xtr, xva = feature_part(tr.r, name, inv_dim), feature_part(va.r, name, inv_dim)
             if "linear" in wanted:
-                res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"])
+                res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"], tr.obj, va.obj)
                 metrics[f"linear/{name}/top1"], mean[f"linear/{name}/top1"] = res["top1"], chance
                 log(
-                    f"  linear/{name}: top-1 {res['top1']:.4f} (train {res['train_top1']:.4f}; "
-                    f"majority class {chance:.4f})"
+                    f"  linear/{name}: top-1 {res['top1']:.4f} on {res['scored']} val views (train "
+                    f"{res['train_top1']:.4f}; majority class {chance:.4f})"
                 )
             if "knn" in wanted:
                 metrics[f"knn/{name}/top1"] = knn_top1(
@@ -256,12 +257,16 @@ def floor_dir(cfg: ExperimentConfig, data_dir: Path, norm) -> Path:
 def protocol_key(cfg: ExperimentConfig, protocol: str, settings: dict[str, ProtocolSettings]) -> str:
     """What one protocol's scores depend on besides the features: its settings (and the pairs)."""
     e = cfg.eval
-    own = e.knn.model_dump() if protocol == "knn" else settings[protocol].__dict__
+    own = e.knn.model_dump() if protocol == "knn" else dict(settings[protocol].__dict__)
+    for item in ("standardise", "sampling"):  # in e.protocol() below
+        own.pop(item, None)
     blob = [protocol, own, e.pairs_per_object, e.feature_seed]
     if protocol != "knn":  # probe inputs clipped since issue 28: floors cached before it are not reused
         blob.append({"z_clip": Z_CLIP, "dead": DEAD})
     if list(e.parts) != list(PARTS):  # keys made before eval.parts existed (all parts) still hit
         blob.append(list(e.parts))
+    if e.protocol() != EVAL_PRESETS["rayeq"]:  # keys made before eval.preset existed still hit
+        blob.append(e.protocol())
     blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -331,6 +336,13 @@ def random_init_floor(
     return floor
 
 
+def protocol_label(preset: str, protocol: dict[str, str]) -> str:
+    """The protocol a result was measured under, in words: the preset, and each item set against it."""
+    own = EVAL_PRESETS[preset]
+    changed = [f"eval.{k}={v}" for k, v in protocol.items() if v != own[k]]
+    return f"eval.preset={preset}" + (f" with {', '.join(changed)}" if changed else "")
+
+
 def floor_of(key: str, floors: dict[str, dict[str, float]]) -> float | None:
     """The highest floor a metric has (random init or mean predictor), None when it has none."""
     values = [f[key] for f in floors.values() if key in f]
@@ -372,6 +384,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         vals += ["" if k not in f else f"{f[k]:.4f}" for _, f in floor_cols]
         lines.append(f"| {k} | " + " | ".join(vals) + " |")
     lines.append("")
+    # results measured before eval.preset existed were rayeq's protocol
+    labels = {protocol_label(r.get("preset", "rayeq"), r.get("protocol", EVAL_PRESETS["rayeq"])) for r in results}
+    labels = sorted(labels)
+    lines.append(f"Measured under {' / '.join(labels)} (docs/RESULTS.md, comparing with published numbers).")
     lines.append(
         f"{FLOOR_MARK}: at or below a floor (the untrained encoder of the same architecture, or the mean "
         "predictor / majority class). R²: `r2` SIE's global definition on held-out objects, `r2_per_dim` "

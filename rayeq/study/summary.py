@@ -20,6 +20,14 @@ FLOORS = ("random_init", "mean_predictor")
 FLOOR_LABELS = {"random_init": "untrained encoder (floor)", "mean_predictor": "mean predictor / majority class"}
 
 
+def protocol_of(result: dict[str, Any]) -> str:
+    """The eval protocol a result was measured under, in words (results from before eval.preset: rayeq's)."""
+    from rayeq.config import EVAL_PRESETS
+    from rayeq.eval.run import protocol_label
+
+    return protocol_label(result.get("preset", "rayeq"), result.get("protocol", EVAL_PRESETS["rayeq"]))
+
+
 def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
@@ -28,7 +36,7 @@ def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict
         run_dir = study_dir / "runs" / run.name
         if path.is_file():
             res = json.loads(path.read_text())
-            row.update(status="done", epochs=res.get("epoch"))
+            row.update(status="done", epochs=res.get("epoch"), protocol=protocol_of(res))
             row.update({m: res["metrics"].get(m) for m in spec.summary.metrics})
             row.update({m: res.get("train_metrics", {}).get(m) for m in spec.summary.train_metrics})
             for floor in FLOORS:
@@ -112,6 +120,7 @@ def summarise(rows: list[dict[str, Any]], spec: StudySpec) -> dict[str, Any]:
         "floors": floors,
         "ceiling_mean": ceiling,
         "groups": list(groups.values()),
+        "protocols": sorted({r["protocol"] for r in done if r.get("protocol")}),
         "runs": {"total": len(rows), "done": len(done), "missing": [r["run"] for r in rows if r["status"] != "done"]},
     }
 
@@ -181,6 +190,8 @@ def write_summary(rows: list[dict[str, Any]], spec: StudySpec, study_dir: Path, 
         f"(no overlap); {FLOOR_MARK}: the mean is at or below a floor. Floors: the same protocols on an untrained "
         "encoder of the baseline's architecture, and a predictor of the train mean (R²) or majority class (top-1)."
     )
+    if summary["protocols"]:
+        legend += f" Measured under {' / '.join(summary['protocols'])}."
     missing = summary["runs"]["missing"]
     note = f"\n\n{len(missing)} of {len(rows)} runs have no result yet: {', '.join(missing)}" if missing else ""
     (study_dir / "summary.md").write_text(

@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+# facebookresearch/SIE's fixed normalisation (main.py and its eval_*.py scripts): 3DIEBench's per-channel mean / std
+SIE_MEAN, SIE_STD = [0.5016, 0.5037, 0.5060], [0.1030, 0.0999, 0.0969]
+
 
 def norm_stats(meta: dict[str, Any]) -> tuple[list[float], list[float]]:
     """Per-channel mean/std stored with the data (computed from the generated or converted images)."""
