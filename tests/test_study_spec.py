@@ -240,3 +240,25 @@ def test_summary_files_table_and_figure(tmp_path):
     img = Image.open(d / "summary.png")
     assert img.size[0] >= 2 * img.size[1]  # two panels side by side
     assert "val/recon" in markdown(out["summary"])
+
+
+def test_a_study_recorded_before_a_config_key_existed_still_resumes_and_a_changed_base_does_not(tmp_path):
+    from rayeq.config import load_config
+    from rayeq.sweep.run import check_saved, record_of
+
+    spec = load_study("studies/methods_cpu.yaml")
+    base = load_config(None, ["data.image_size=32"])
+    record = record_of(spec, [], base)
+    old = json.loads(json.dumps(record))
+    for key in ("preset", "probe_inputs", "batchnorm", "sampling", "normalization"):  # keys added by issue 31
+        del old["base"]["eval"][key]
+    saved = tmp_path / "study.yaml"
+    saved.write_text(yaml.safe_dump(old))
+    check_saved(saved, record, spec, resume=True)  # the same base, as this version writes it
+    changed = record_of(spec, [], load_config(None, ["data.image_size=48"]))
+    with pytest.raises(ConfigError, match="different study file or base config"):
+        check_saved(saved, changed, spec, resume=True)
+    old["base"]["eval"]["no_such_key"] = 1  # a base this version cannot read is not the same base
+    saved.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="different study file or base config"):
+        check_saved(saved, record, spec, resume=True)

@@ -60,6 +60,16 @@ def record_of(spec, used_overrides: list[str], base: ExperimentConfig) -> dict[s
     }
 
 
+def _as_today(base: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded base config as this version writes it: keys added since it was recorded take their defaults
+    (which keep what they add off), so a study or sweep begun before them still resumes; one that no longer
+    loads is returned as recorded (and so differs)."""
+    try:
+        return from_dict(base).to_dict() if base is not None else None
+    except ConfigError:
+        return base
+
+
 def check_saved(saved: Path, record: dict[str, Any], spec, resume: bool) -> None:
     """A sweep's or study's directory is continued only with --resume and only by the same file and base;
     nothing there is ever overwritten."""
@@ -71,7 +81,7 @@ def check_saved(saved: Path, record: dict[str, Any], spec, resume: bool) -> None
                 f"{kind} directory {str(where)!r} already holds {kind} {spec.name!r}: pass --resume to continue it, "
                 f"or give the {kind} another name (nothing there is overwritten)"
             )
-        if old.get("fingerprint") != record["fingerprint"] or old.get("base") != record["base"]:
+        if old.get("fingerprint") != record["fingerprint"] or _as_today(old.get("base")) != record["base"]:
             raise ConfigError(
                 f"--resume: {str(saved)!r} was made by a different {kind} file or base config; resuming it with "
                 f"this one is refused. Give the {kind} another name to start a new one."
