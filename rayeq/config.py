@@ -264,7 +264,12 @@ class LossConfig(Section):
     std_weight: float = Field(25.0, ge=0.0, description="VICReg variance weight (SIE: 10)")
     cov_weight: float = Field(1.0, ge=0.0, description="VICReg covariance weight")
     temperature: float = Field(0.1, gt=0.0, le=10.0, description="SimCLR NT-Xent temperature")
-    equi_weight: float = Field(4.5, ge=0.0, description="SIE: weight of the equivariant prediction term")
+    equi_weight: float = Field(
+        4.5,
+        ge=0.0,
+        description="SIE: weight of the equivariant prediction term (4.5: SIE's main.py default; its README trains "
+        "with 0.45, configs/sie_*.yaml; docs/METHOD.md)",
+    )
     recon_weight: float = Field(1.0, ge=0.0, le=100.0, description="xrecon: weight of the reconstruction loss")
     rotation_weight: float = Field(1.0, ge=0.0, description="supervised: relative-rotation MSE (3D: quaternion; "
                                    "images: the rotation augmentation's angle)")  # fmt: skip

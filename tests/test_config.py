@@ -147,6 +147,16 @@ def test_shipped_configs_cover_every_method():
     assert names == {"vicreg", "simclr", "sie", "xrecon", "between", "supervised"}
 
 
+@pytest.mark.parametrize("data", ["synth3d", "3diebench"])
+def test_sie_ships_both_equivariance_factors_and_they_differ_in_nothing_else(data):
+    """SIE's README trains with --equi-factor 0.45; its main.py defaults to 4.5 (docs/METHOD.md)."""
+    readme = load_config(CONFIGS[0].parent / f"sie_{data}.yaml").to_dict()
+    mainpy = load_config(CONFIGS[0].parent / f"sie_{data}_mainpy_default.yaml").to_dict()
+    assert (readme["loss"].pop("equi_weight"), mainpy["loss"].pop("equi_weight")) == (0.45, 4.5)
+    assert mainpy["train"].pop("name") == readme["train"].pop("name") + "_mainpy_default"
+    assert readme == mainpy
+
+
 def test_a_wrong_value_names_the_file_or_the_overrides_it_came_from(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: abc\n")
