@@ -97,6 +97,8 @@ def test_the_closing_table_gives_each_figure_its_margin_over_the_higher_floor():
     assert rows["colour change R²"] == ["0.7000", "0.4500", "0.0000", "+0.2500"]
     # under the mean predictor (the higher floor here): a negative margin, marked
     assert rows["relative rotation R²"] == ["0.1500", "-0.3000", "0.2300", "-0.0800", "▼"]
+    assert "measured under eval.preset=rayeq" in qs.closing_table(result)  # the protocol it was measured under
+    assert "eval.preset=sie" in qs.closing_table({**result, "preset": "sie"})
 
 
 def test_builtin_sets_are_named(tiny_builtin):
