@@ -579,11 +579,16 @@ def _intermediate_problems(cfg: ExperimentConfig):
     bad = [t for t in meth.between_ts if not 0 < t < 1]
     if bad:
         yield f"method.intermediate={meth.intermediate}: every t must lie strictly between 0 and 1, not {bad}"
-    if cfg.data.source in ("synth3d", "3diebench"):
+    if cfg.data.source == "3diebench":
         yield (
-            f"method.intermediate (design B) with data.source={cfg.data.source!r}: the image between two 3D views "
-            "is the object rendered at the interpolated pose, which the data pipeline does not make yet; use image "
-            "data (data.source=renders, photos or folder) with the 2D augmentations"
+            "method.intermediate (design B) with data.source='3diebench': the image between two 3D views is the "
+            "object rendered at the interpolated pose, and 3DIEBench's meshes are not in rayeq; use the built-in "
+            "synth3d set (rendered exactly) or image data"
+        )
+    if cfg.data.source == "synth3d" and cfg.augment.photometric_3d:
+        yield (
+            "method.intermediate (design B) with augment.photometric_3d=true: the rendered image between the views "
+            "would carry no jitter while the views do; set augment.photometric_3d=false"
         )
     default = XAttnConfig()
     changed = [

@@ -314,8 +314,9 @@ def test_between_is_xrecon_with_design_b_at_thirds_unless_told(fast_cfg):
     torch.testing.assert_close(outs[0].losses["total"], outs[1].losses["total"])
     torch.testing.assert_close(outs[0].reconstruction, outs[1].reconstruction)
     torch.testing.assert_close(outs[0].recon_target, resize_target(pairs["mid"], 16))
-    with pytest.raises(ConfigError, match="rendered at the interpolated pose"):
-        load_config(None, ["method.name=between", "data.source=synth3d"])
+    assert load_config(None, ["method.name=between", "data.source=synth3d"]).method.between_ts  # rendered there
+    with pytest.raises(ConfigError, match="3DIEBench's meshes are not in rayeq"):
+        load_config(None, ["method.name=between", "data.source=3diebench", "data.path=x"])
     with pytest.raises(ConfigError, match="does not combine with method.symmetric"):
         load_config(None, ["method.name=between", "data.source=folder", "method.symmetric=true"])
 
@@ -324,7 +325,8 @@ def test_between_is_xrecon_with_design_b_at_thirds_unless_told(fast_cfg):
     "overrides, match",
     [
         (["method.intermediate=[0.5,1.0]"], r"strictly between 0 and 1, not \[1.0\]"),
-        (["data.source=synth3d", "method.intermediate=[0.5]"], "rendered at the interpolated pose"),
+        (["data.source=3diebench", "data.path=x", "method.intermediate=[0.5]"], "rendered at the interpolated pose"),
+        (["data.source=synth3d", "method.intermediate=[0.5]", "augment.photometric_3d=true"], "photometric_3d=false"),
         (["method.intermediate=[0.5]", "method.xattn.query=target.equi"], "method.xattn.query='target.equi' would"),
         (["method.intermediate=[0.5]", "method.target_mask=0.5"], "does not combine with method.target_mask"),
     ],

@@ -533,3 +533,71 @@ def test_design_b_pairs_carry_the_image_between_the_views():
     cfg = load_config(None, ["data.source=folder", "data.image_size=24", "method.name=between"])
     between = ImagePairs(cfg, split="train", seed=0)(table)  # between's default t's: 1/3 and 2/3
     assert {round(float(t), 4) for t in between["mid_t"][:, 0]} <= {0.3333, 0.6667} and between["mid"].shape[0] == 4
+
+
+def test_scenes_between_two_views_interpolate_along_the_shorter_ways():
+    from scipy.spatial.transform import Rotation
+
+    from rayeq.data.feed.between3d import between_latents
+
+    g = np.random.default_rng(0)
+    l1 = np.column_stack([g.uniform(-1.5, 1.5, (6, 3)), g.uniform(0, 1, 6), g.uniform(0, 0.7, 6),
+                          g.uniform(0, 2 * np.pi, 6), g.uniform(0, 1, 6)])  # fmt: skip
+    l2 = np.column_stack([g.uniform(-1.5, 1.5, (6, 3)), g.uniform(0, 1, 6), g.uniform(0, 0.7, 6),
+                          g.uniform(0, 2 * np.pi, 6), g.uniform(0, 1, 6)])  # fmt: skip
+    rot = lambda lat: Rotation.from_euler("xyz", lat[:, :3])  # noqa: E731
+    for t, end in ((0.0, l1), (1.0, l2)):
+        mid = between_latents(l1, l2, np.full(6, t))
+        assert (rot(mid).inv() * rot(end)).magnitude().max() < 1e-5  # the same rotations at the ends
+    t = np.array([0.25, 0.5, 0.75, 1 / 3, 2 / 3, 0.5])
+    mid = between_latents(l1, l2, t)
+    whole = (rot(l1).inv() * rot(l2)).magnitude()
+    np.testing.assert_allclose((rot(l1).inv() * rot(mid)).magnitude(), t * whole, atol=1e-5)  # on the geodesic,
+    np.testing.assert_allclose((rot(mid).inv() * rot(l2)).magnitude(), (1 - t) * whole, atol=1e-5)  # t of the way
+    np.testing.assert_allclose(mid[:, 4], (1 - t) * l1[:, 4] + t * l2[:, 4], rtol=1e-6)  # the light's polar angle
+    hue = between_latents(np.array([[0, 0, 0, 0.9, 0, 6.0, 0.1]]), np.array([[0, 0, 0, 0.1, 0, 0.5, 0.3]]), [0.5])
+    np.testing.assert_allclose(
+        hue[0, [3, 5, 6]], [0.0, (6.0 + (0.5 + 2 * np.pi - 6.0) / 2) % (2 * np.pi), 0.2], atol=1e-6
+    )  # fmt: skip  hues and azimuth: across 0, the shorter way round
+
+
+def test_design_b_on_the_3d_set_renders_the_object_between_the_views(tiny_synth3d):
+    """On synth3d the image between two views is the object re-rendered at the scene between them: at t = 0 and 1
+    the renderer gives back the stored views byte for byte; in between, an image that is neither view."""
+    import json as _json
+
+    import torch
+
+    from rayeq.data.feed.between3d import SceneRenderer, between_latents
+    from rayeq.data.schema import decode_image
+
+    meta = _json.loads((tiny_synth3d / "meta.json").read_text())
+    table = pq.read_table(sorted(tiny_synth3d.glob("*.parquet"))[0])
+    scenes = SceneRenderer(meta)
+    row = table.slice(0, 1).to_pylist()[0]
+    lat = np.asarray(row["latents"], np.float32)
+    scene = scenes.scene(row["object_id"], lat)
+    for v in range(len(lat)):
+        np.testing.assert_array_equal(scenes.render([scene], lat[v : v + 1])[0], decode_image(row["images"][v]))
+    with pytest.raises(DataError, match="stored latents are not the ones its seed gives"):
+        SceneRenderer(meta).scene(row["object_id"], lat + 0.1)
+    with pytest.raises(DataError, match="only a synth3d set"):
+        SceneRenderer({**meta, "source": "3diebench"})
+    cfg = _cfg(tiny_synth3d, "method.name=between", "method.intermediate=[0.5]")
+    from rayeq.data.feed.pipeline import maker_kwargs
+
+    out = ObjectPairs(**{**maker_kwargs(cfg, meta, None), "seed": 0})(table)
+    n = len(out["label"])
+    assert out["mid"].shape == (n, 3, 32, 32) and out["mid"].dtype == np.uint8 and (out["mid_t"] == 0.5).all()
+    ids = table.column("object_id").to_pylist()
+    for k in range(n):
+        mid = between_latents(out["latent1"][k : k + 1], out["latent2"][k : k + 1], [0.5])
+        want = scenes.render([scenes.scene(ids[k])], mid)
+        np.testing.assert_array_equal(out["mid"][k], torch.from_numpy(want[0]).permute(2, 0, 1).numpy())
+        assert not np.array_equal(out["mid"][k], out["view1"][k]) and not np.array_equal(out["mid"][k], out["view2"][k])
+    plain = ObjectPairs(_cfg(tiny_synth3d), split=None, seed=0)(table)
+    assert "mid" not in plain
+    with pytest.raises(DataError, match="it needs the set's meta"):
+        ObjectPairs(cfg, split=None, seed=0)
+    batches = list(iter_pairs(cfg, "train", batch_size=8))  # the plain loop (and so Ray Data's actors) carry it too
+    assert batches[0]["mid"].shape == (8, 3, 32, 32) and batches[0]["mid_t"].shape == (8, 1)

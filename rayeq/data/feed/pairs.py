@@ -46,8 +46,10 @@ class _Pairs:
         seed: int | None = None,
         encoding: str | None = None,
         stored_size: int | None = None,
+        scene_meta: dict[str, Any] | None = None,
     ):
         self.cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.model_validate(cfg)
+        self.scene_meta = scene_meta  # a 3D set's meta.json: what re-renders its objects (design B's target)
         self.split = split
         self.size = self.cfg.data.image_size
         # how the views are stored: RAW_ENCODING (a decoded set, views of stored_size px) or image bytes
@@ -93,8 +95,20 @@ class ObjectPairs(_Pairs):
 
     Per batch, not per row: the two views of every row are drawn at once, their latents and the
     targets computed on whole arrays; only image decoding (encoded sets) is per view. From a decoded
-    set (`schema.RAW_ENCODING`) the views are a gather from the batch's raw buffer.
+    set (`schema.RAW_ENCODING`) the views are a gather from the batch's raw buffer. Design B (`between`, or
+    xrecon with `method.intermediate`) adds `mid`: the object rendered a fraction `mid_t` of the way from view 1's
+    scene to view 2's (`between3d`; synth3d sets only).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.between = None
+        if self.cfg.method.between_ts:
+            from rayeq.data.feed.between3d import SceneRenderer
+
+            if self.scene_meta is None:
+                raise DataError("design B on a 3D set renders the image between two views: it needs the set's meta")
+            self.between = SceneRenderer(self.scene_meta)
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         table = self._table(batch)
@@ -128,7 +142,20 @@ class ObjectPairs(_Pairs):
         lat = np.asarray(latents.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, N_LATENTS)
         rows = offsets[:-1][keep]
         labels = table.column("label").to_numpy().astype(np.int64)[keep]
-        return self._finish(v1, v2, lat[rows + i], lat[rows + j], labels, np.stack([i, j], 1))
+        between = self._between(table, lat, offsets, keep, lat[rows + i], lat[rows + j]) if self.between else None
+        return self._finish(v1, v2, lat[rows + i], lat[rows + j], labels, np.stack([i, j], 1), between)
+
+    def _between(self, table, lat, offsets, keep, l1, l2) -> dict[str, np.ndarray]:
+        """Design B's target: each kept row's object rendered at the scene a fraction t of the way from view 1's to
+        view 2's, t drawn per pair from the method's fractions."""
+        from rayeq.data.feed.between3d import between_latents
+
+        ts = np.asarray(self.cfg.method.between_ts, np.float32)
+        t = ts[self.aug_rng.integers(len(ts), size=len(keep))]
+        ids = table.column("object_id").to_pylist()
+        scenes = [self.between.scene(ids[r], lat[offsets[r] : offsets[r + 1]]) for r in keep]
+        mid = self.between.render(scenes, between_latents(l1, l2, t))  # (B, s, s, 3) at the set's size
+        return {"mid": self._resize(np.ascontiguousarray(mid.transpose(0, 3, 1, 2))), "mid_t": t.reshape(-1, 1)}
 
     def _decode_pairs(self, table: pa.Table, flat: pa.Array, offsets: np.ndarray, i: np.ndarray, j: np.ndarray):
         """Encoded views: decode only the two drawn per row; with data.skip_corrupt a row whose drawn
@@ -191,11 +218,13 @@ class ObjectPairs(_Pairs):
             out[k] = apply_params(torch.from_numpy(v), p, self.size).numpy()
         return out
 
-    def _finish(self, v1, v2, l1, l2, labels, view_index=None) -> dict[str, np.ndarray]:
+    def _finish(self, v1, v2, l1, l2, labels, view_index=None, between=None) -> dict[str, np.ndarray]:
         if v1 is None:
             s = self.size
             widths = target_widths(self.cfg.data.color_target, three_d=True)
+            empty = {"mid": np.zeros((0, 3, s, s), np.uint8), "mid_t": np.zeros((0, 1), np.float32)}
             return {
+                **(empty if self.between else {}),
                 "view1": np.zeros((0, 3, s, s), np.uint8),
                 "view2": np.zeros((0, 3, s, s), np.uint8),
                 "rel_rotation": np.zeros((0, widths["rel_rotation"]), np.float32),
@@ -216,6 +245,7 @@ class ObjectPairs(_Pairs):
             "latent2": l2,
             "label": labels,
             "view_index": view_index,
+            **(between or {}),
         }
 
 
@@ -276,9 +306,10 @@ class ShardPairs:
     work is the actors' alone, smooth and bounded by the stream's budget."""
 
     def __init__(self, cfg: ExperimentConfig | dict, split: str | None = "train", seed: int | None = None,
-                 encoding: str | None = None, stored_size: int | None = None):  # fmt: skip
+                 encoding: str | None = None, stored_size: int | None = None,
+                 scene_meta: dict[str, Any] | None = None):  # fmt: skip
         cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.model_validate(cfg)
-        self.maker = pair_maker_class(cfg.data.source)(cfg, split, seed, encoding, stored_size)
+        self.maker = pair_maker_class(cfg.data.source)(cfg, split, seed, encoding, stored_size, scene_meta)
         self.split, self.rows = split, cfg.data.rows_per_batch
 
     def __call__(self, items) -> Iterator[dict[str, np.ndarray]]:

@@ -103,7 +103,10 @@ def feed_data(cfg: ExperimentConfig, split: str | None = "train", log=print) -> 
 def maker_kwargs(cfg: ExperimentConfig, meta: dict[str, Any], split: str | None) -> dict[str, Any]:
     """What a pair maker needs besides the batch: the config, the split, and how views are stored."""
     encoding, stored_size = meta.get("image_encoding"), meta.get("image_size")
-    return {"cfg": cfg.to_dict(), "split": split, "encoding": encoding, "stored_size": stored_size}
+    kwargs = {"cfg": cfg.to_dict(), "split": split, "encoding": encoding, "stored_size": stored_size}
+    if cfg.method.between_ts and is_objects(meta):  # design B on 3D data re-renders the set's objects
+        kwargs["scene_meta"] = {k: v for k, v in meta.items() if k != "shards"}
+    return kwargs
 
 
 def iter_pairs(
