@@ -117,7 +117,7 @@ def test_linear_probe_reports_held_out_and_train_top1():
     yv = torch.tensor([0, 1, 2, 0])
     xv = torch.nn.functional.one_hot(yv, 3).float() * 2
     res = linear_probe(x, y, xv, yv, 3, ProtocolSettings(epochs=30, lr=0.05, batch_size=16))
-    assert res == {"top1": 1.0, "train_top1": 1.0}
+    assert res == {"top1": 1.0, "train_top1": 1.0, "scored": 4}  # scored: how many held-out rows
     wrong = linear_probe(x, y, xv, (yv + 1) % 3, 3, ProtocolSettings(epochs=30, lr=0.05, batch_size=16))
     assert wrong["top1"] == 0.0 and wrong["train_top1"] == 1.0
 

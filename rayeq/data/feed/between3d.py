@@ -53,7 +53,7 @@ class SceneRenderer:
         if meta.get("generator_version") != GENERATOR_VERSION:
             raise DataError(
                 f"this synth3d set was made by generator {meta.get('generator_version')!r}, not {GENERATOR_VERSION!r}: "
-                "its objects cannot be re-rendered exactly; render it again with `rayeq data synth3d`"
+                "its objects cannot be re-rendered exactly; render it again with `rayeq data synth3d --out DIR`"
             )
         self.classes, self.per_class = list(meta["classes"]), int(meta["objects_per_class"])
         self.seed, self.views = int(meta["seed"]), int(meta["views_per_object"])
