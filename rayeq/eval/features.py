@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from rayeq.checkpoint import LoadedCheckpoint
@@ -160,14 +161,20 @@ def extract_features(
     batchnorm_train_seed: int | None = None,
 ) -> Features:
     """Encode a split in this process (its first `max_rows` rows when given). Images are resized to
-    `image_size` and normalised. With `batchnorm_train_seed` the encoder's BatchNorm runs in train mode on
-    shuffled batches of each shard (`BatchEncoder`): its running statistics change."""
+    `image_size` and normalised. With `batchnorm_train_seed` the encoder's BatchNorm runs in train mode on shuffled
+    batches (`BatchEncoder`), each window of BN_WINDOW images shuffled together (SIE shuffles the whole split; a
+    window bounds the memory): the encoder's running statistics change."""
     _, shards = open_dataset(Path(data_dir), split)
     enc = BatchEncoder(encoder, image_size, mean, std, views_per_object, batch_size, device, batchnorm_train_seed)
     rows_per_call = max(1, batch_size // (views_per_object or 8))
-    if batchnorm_train_seed is not None:
-        rows_per_call = 1 << 40  # a shard at a time: its views shuffled into batches
-    parts, left = [], max_rows if max_rows is not None else float("inf")
+    window = BN_WINDOW if batchnorm_train_seed is not None else 1  # images encoded per call
+    parts, pending, left = [], [], max_rows if max_rows is not None else float("inf")
+
+    def flush():
+        if pending:
+            parts.append(enc(pa.concat_tables([pa.Table.from_batches([b]) for b in pending])))
+            pending.clear()
+
     for shard in shards:
         table = read_split_table(shard, split)
         for b in table.to_batches(max_chunksize=rows_per_call):
@@ -175,8 +182,22 @@ def extract_features(
                 break
             b = b.slice(0, int(min(left, b.num_rows)))
             left -= b.num_rows
-            parts.append(enc(pa.Table.from_batches([b])))
+            pending.append(b)
+            if sum(_images_in(p, views_per_object) for p in pending) >= window:
+                flush()
+    flush()
     return assemble_features(parts)
+
+
+BN_WINDOW = 8192  # eval.batchnorm=train: images shuffled together into batches (8,192 at 256 px: 1.6 GB decoded)
+
+
+def _images_in(batch: pa.RecordBatch, views: int | None) -> int:
+    """How many images a batch of stored rows holds (every view of a 3D row, or its first `views`)."""
+    if "images" not in batch.schema.names:
+        return batch.num_rows
+    counts = pc.list_value_length(batch.column("images")).to_numpy(zero_copy_only=False)
+    return int(np.minimum(counts, views).sum() if views is not None else counts.sum())
 
 
 class _RayBatchEncoder(BatchEncoder):
