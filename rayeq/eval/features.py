@@ -280,7 +280,7 @@ def cache_key(
 def feature_items(loaded: LoadedCheckpoint) -> list[str]:
     """The protocol items (`eval.preset` and its overrides) that change the features themselves."""
     p, e = loaded.cfg.eval.protocol(), loaded.cfg.eval
-    items = [f"batchnorm-train-{e.feature_seed}"] if p["batchnorm"] == "train" else []
+    items = [f"batchnorm-train-{e.feature_seed}-window-{BN_WINDOW}"] if p["batchnorm"] == "train" else []
     return items + (["normalization-sie"] if p["normalization"] == "sie" else [])
 
 

@@ -20,7 +20,7 @@ import torch
 from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
 from rayeq.config import EVAL_PRESETS, ConfigError, ExperimentConfig, apply_overrides, from_dict
 from rayeq.data.schema import DataError, is_objects, read_meta
-from rayeq.eval.features import Features, split_features
+from rayeq.eval.features import BN_WINDOW, Features, split_features
 from rayeq.eval.protocols import DEAD, Z_CLIP, ProtocolSettings, knn_top1, linear_probe, majority_top1, pair_regression
 from rayeq.methods import USES_LABELS, build_method, method_label
 from rayeq.metrics import r2_global
@@ -267,6 +267,8 @@ def protocol_key(cfg: ExperimentConfig, protocol: str, settings: dict[str, Proto
         blob.append(list(e.parts))
     if e.protocol() != EVAL_PRESETS["rayeq"]:  # keys made before eval.preset existed still hit
         blob.append(e.protocol())
+    if e.protocol()["batchnorm"] == "train":  # the floor's features are made so too (eval/features.py)
+        blob.append({"batchnorm_window": BN_WINDOW})
     blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
