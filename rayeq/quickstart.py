@@ -77,8 +77,9 @@ def closing_table(result: dict) -> str:
         mark = "" if margin > 0 else " ▼"
         lines.append(f"  {title:37s} {value:8.4f} {_cell(untrained, 9)} {_cell(mean, 11)} {margin:+8.4f}{mark}")
     lines.append("  margin: the encoder over the higher floor; ▼: not above it")
-    preset = result.get("preset", "rayeq")  # results from before eval.preset were rayeq's protocol
-    lines.append(f"  measured under eval.preset={preset} (docs/RESULTS.md: comparing with published numbers)")
+    from rayeq.eval.run import result_protocol
+
+    lines.append(f"  measured under {result_protocol(result)} (docs/RESULTS.md: comparing with published numbers)")
     return "\n".join(lines)
 
 

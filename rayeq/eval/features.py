@@ -169,11 +169,14 @@ def extract_features(
     rows_per_call = max(1, batch_size // (views_per_object or 8))
     window = BN_WINDOW if batchnorm_train_seed is not None else 1  # images encoded per call
     parts, pending, left = [], [], max_rows if max_rows is not None else float("inf")
+    held = 0  # images in `pending`
 
     def flush():
+        nonlocal held
         if pending:
             parts.append(enc(pa.concat_tables([pa.Table.from_batches([b]) for b in pending])))
             pending.clear()
+            held = 0
 
     for shard in shards:
         table = read_split_table(shard, split)
@@ -183,7 +186,8 @@ def extract_features(
             b = b.slice(0, int(min(left, b.num_rows)))
             left -= b.num_rows
             pending.append(b)
-            if sum(_images_in(p, views_per_object) for p in pending) >= window:
+            held += _images_in(b, views_per_object)
+            if held >= window:
                 flush()
     flush()
     return assemble_features(parts)

@@ -345,6 +345,11 @@ def protocol_label(preset: str, protocol: dict[str, str]) -> str:
     return f"eval.preset={preset}" + (f" with {', '.join(changed)}" if changed else "")
 
 
+def result_protocol(result: dict[str, Any]) -> str:
+    """`protocol_label` of a result JSON; results written before eval.preset existed were rayeq's protocol."""
+    return protocol_label(result.get("preset", "rayeq"), result.get("protocol", EVAL_PRESETS["rayeq"]))
+
+
 def floor_of(key: str, floors: dict[str, dict[str, float]]) -> float | None:
     """The highest floor a metric has (random init or mean predictor), None when it has none."""
     values = [f[key] for f in floors.values() if key in f]
@@ -386,9 +391,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         vals += ["" if k not in f else f"{f[k]:.4f}" for _, f in floor_cols]
         lines.append(f"| {k} | " + " | ".join(vals) + " |")
     lines.append("")
-    # results measured before eval.preset existed were rayeq's protocol
-    labels = {protocol_label(r.get("preset", "rayeq"), r.get("protocol", EVAL_PRESETS["rayeq"])) for r in results}
-    labels = sorted(labels)
+    labels = sorted({result_protocol(r) for r in results})
     lines.append(f"Measured under {' / '.join(labels)} (docs/RESULTS.md, comparing with published numbers).")
     lines.append(
         f"{FLOOR_MARK}: at or below a floor (the untrained encoder of the same architecture, or the mean "

@@ -20,15 +20,9 @@ FLOORS = ("random_init", "mean_predictor")
 FLOOR_LABELS = {"random_init": "untrained encoder (floor)", "mean_predictor": "mean predictor / majority class"}
 
 
-def protocol_of(result: dict[str, Any]) -> str:
-    """The eval protocol a result was measured under, in words (results from before eval.preset: rayeq's)."""
-    from rayeq.config import EVAL_PRESETS
-    from rayeq.eval.run import protocol_label
-
-    return protocol_label(result.get("preset", "rayeq"), result.get("protocol", EVAL_PRESETS["rayeq"]))
-
-
 def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict[str, Any]]:
+    from rayeq.eval.run import result_protocol
+
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run": run.name, "arm": run.arm, "setting": run.setting, "seed": run.seed}
@@ -36,7 +30,7 @@ def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict
         run_dir = study_dir / "runs" / run.name
         if path.is_file():
             res = json.loads(path.read_text())
-            row.update(status="done", epochs=res.get("epoch"), protocol=protocol_of(res))
+            row.update(status="done", epochs=res.get("epoch"), protocol=result_protocol(res))
             row.update({m: res["metrics"].get(m) for m in spec.summary.metrics})
             row.update({m: res.get("train_metrics", {}).get(m) for m in spec.summary.train_metrics})
             for floor in FLOORS:
