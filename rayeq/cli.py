@@ -165,7 +165,8 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rayeq.eval.run import evaluate, markdown_table, write_outputs
+    from rayeq.eval.output import markdown_table, write_outputs
+    from rayeq.eval.run import evaluate
 
     paths = args.compare if args.compare else [args.path]
     if not paths or paths == [None]:

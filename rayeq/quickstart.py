@@ -9,6 +9,7 @@ import time
 
 from rayeq.config import load_config
 from rayeq.data.builtin import ensure_data
+from rayeq.report import FLOOR_MARK, highest_floor, mark, number
 
 # Sized so that a fresh 2-core machine (rendering included) finishes in under 10 minutes and its closing table
 # shows learning (docs/RESULTS.md, "The quickstart"): methods_cpu's protocol (ResNet-18 with the ImageNet stem at
@@ -57,10 +58,6 @@ CLOSING_ROWS = [
 ]
 
 
-def _cell(x: float | None, width: int) -> str:
-    return f"{x:{width}.4f}" if x is not None else " " * width
-
-
 def closing_table(result: dict) -> str:
     """The evaluation's headline figures beside their floors, with the margin over the higher floor (▼ when the
     encoder does not beat it)."""
@@ -73,18 +70,21 @@ def closing_table(result: dict) -> str:
             continue
         untrained = floors.get("random_init", {}).get(key)
         mean = floors.get("mean_predictor", {}).get(key)
-        margin = value - max(f for f in (untrained, mean) if f is not None)
-        mark = "" if margin > 0 else " ▼"
-        lines.append(f"  {title:37s} {value:8.4f} {_cell(untrained, 9)} {_cell(mean, 11)} {margin:+8.4f}{mark}")
-    lines.append("  margin: the encoder over the higher floor; ▼: not above it")
-    from rayeq.eval.run import result_protocol
+        margin = value - highest_floor(untrained, mean)
+        lines.append(
+            f"  {title:37s} {value:8.4f} {number(untrained, width=9)} {number(mean, width=11)} {margin:+8.4f}"
+            f"{mark(value, untrained, mean)}"
+        )
+    lines.append(f"  margin: the encoder over the higher floor; {FLOOR_MARK}: not above it")
+    from rayeq.eval.output import result_protocol
 
     lines.append(f"  measured under {result_protocol(result)} (docs/RESULTS.md: comparing with published numbers)")
     return "\n".join(lines)
 
 
 def run_quickstart(epochs: int | None = None, storage_path: str = "runs", track_repo: str | None = None, log=print):
-    from rayeq.eval.run import evaluate, write_outputs
+    from rayeq.eval.output import write_outputs
+    from rayeq.eval.run import evaluate
     from rayeq.train.driver import run_training, summary
 
     t0 = time.perf_counter()

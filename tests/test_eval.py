@@ -18,7 +18,9 @@ from rayeq.data.feed.normalize import norm_stats
 from rayeq.data.schema import DataError, read_meta
 from rayeq.eval.features import Features, extract_features, extract_features_ray
 from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, pair_regression, view_pairs
-from rayeq.eval.run import FLOOR_MARK, evaluate, markdown_table, write_outputs
+from rayeq.eval.output import markdown_table, write_outputs
+from rayeq.eval.run import evaluate
+from rayeq.report import FLOOR_MARK
 from rayeq.methods import build_method
 
 from conftest import rendered_set
@@ -295,7 +297,7 @@ class SplitParts:
 @pytest.mark.slow
 def test_eval_reads_the_invariant_and_equivariant_channels_it_names(reg_data, tmp_path, monkeypatch):
     """linear/inv and rotation/equi see what sits in their channels; linear/equi and rotation/inv do not."""
-    from rayeq.eval.run import measure, settings_for
+    from rayeq.eval.measure import measure, settings_for
 
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
     run = _checkpoint(tmp_path, reg_data, "eval.rotation.hidden_dim=128", "eval.fast.max_hidden_dim=128",
@@ -427,7 +429,7 @@ def test_transform_pairs_hold_the_image_and_its_transform_by_the_recorded_parame
 def test_transform_protocol_on_images(image_data, tmp_path, monkeypatch):
     """The whole protocol runs through `rayeq eval`; a hand-made encoder of image statistics lets the probe read
     translation, blur and rotation far above what the mean predictor scores; a constant encoder does not beat it."""
-    from rayeq.eval.run import measure, settings_for
+    from rayeq.eval.measure import measure, settings_for
 
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))
     run = _checkpoint(tmp_path, image_data, "data.source=folder", "data.image_size=32")

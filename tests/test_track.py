@@ -76,7 +76,7 @@ def test_rayeq_eval_logs_to_the_tensorboard_run_it_evaluates(tmp_path):
     """`rayeq eval` adds eval/* and eval_floor/* to the run's own tracker run, named in the console; a run tracked
     elsewhere (a moved repo) is named as such and the results stay in the JSON."""
     from rayeq.checkpoint import LoadedCheckpoint
-    from rayeq.eval.run import _log_to_tracker
+    from rayeq.eval.output import log_to_tracker as _log_to_tracker
 
     first = open_tracker("tensorboard", str(tmp_path / "tb"), "r", name="r")
     first.log_metrics({"train/total": 1.0}, step=30)

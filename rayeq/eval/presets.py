@@ -10,7 +10,8 @@ from typing import Any
 
 from rayeq.config import EVAL_PRESETS
 from rayeq.data.schema import DataError
-from rayeq.eval.run import FLOOR_MARK, evaluate
+from rayeq.eval.run import evaluate
+from rayeq.report import FLOOR_MARK, number, table
 
 # variant name -> its eval overrides: rayeq's protocol, each item of SIE's alone, SIE's preset
 VARIANTS: dict[str, list[str]] = {
@@ -36,7 +37,7 @@ def markdown(out: dict[str, Any]) -> str:
     base = variants["rayeq"]
     keys = sorted({k for r in variants.values() for k in r["metrics"]})
     head = ["metric", *(f"`{n}`" for n in variants), "untrained (rayeq)", "untrained (sie)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for k in keys:
         cells = []
         for name, r in variants.items():
@@ -49,9 +50,10 @@ def markdown(out: dict[str, Any]) -> str:
             delta = f" ({v - b:+.3f})" if name != "rayeq" and b is not None else ""
             cells.append(f"{v:.3f}{delta}{mark}")
         floors = [variants[n]["floors"]["random_init"].get(k) for n in ("rayeq", "sie")]
-        cells += ["–" if f is None else f"{f:.3f}" for f in floors]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += [
+        cells += [number(f, 3, empty="–") for f in floors]
+        rows.append([k, *cells])
+    lines = [
+        table(head, rows),
         "",
         f"{out['run']} ({out['method']}): each column evaluates the same checkpoint; `rayeq` is rayeq's protocol, each "
         "`item=value` column switches that one item to SIE's choice, `sie` is `eval.preset=sie` (all four). In "

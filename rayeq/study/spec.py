@@ -170,7 +170,7 @@ def check_runs(spec: StudySpec, base: ExperimentConfig, study_dir: Path) -> dict
 
 def eval_metric_names(protocols: list[str], three_d: bool, parts=("full", "inv", "equi")) -> list[str]:
     """The metric names `rayeq eval` reports for these protocols and representation parts."""
-    from rayeq.eval.run import REGRESSIONS
+    from rayeq.eval.measure import REGRESSIONS
     from rayeq.eval.transforms import FAMILIES, HEADLINE
 
     names = []
@@ -188,7 +188,7 @@ def eval_metric_names(protocols: list[str], three_d: bool, parts=("full", "inv",
 
 def check_eval(spec: StudySpec, three_d: bool, data: str, parts=("full", "inv", "equi"), source: str = "") -> None:
     from rayeq.data.make.photos import PROTOCOLS as PHOTO_PROTOCOLS
-    from rayeq.eval.run import PROTOCOLS_3D, PROTOCOLS_IMAGES
+    from rayeq.eval.measure import PROTOCOLS_3D, PROTOCOLS_IMAGES
 
     allowed = PHOTO_PROTOCOLS if source == "photos" else PROTOCOLS_3D if three_d else PROTOCOLS_IMAGES
     bad = [p for p in spec.eval.protocols if p not in allowed]

@@ -12,16 +12,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rayeq.report import FLOOR_MARK, at_or_below_floor, number, seed_spread, table
 from rayeq.study.spec import Run, StudySpec, eval_path, trained_epochs
 
-FLOOR_MARK = "▼"
 ABOVE, BELOW = "↑", "↓"
 FLOORS = ("random_init", "mean_predictor")
 FLOOR_LABELS = {"random_init": "untrained encoder (floor)", "mean_predictor": "mean predictor / majority class"}
 
 
 def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict[str, Any]]:
-    from rayeq.eval.run import result_protocol
+    from rayeq.eval.output import result_protocol
 
     rows = []
     for run in runs:
@@ -92,8 +92,6 @@ def summarise(rows: list[dict[str, Any]], spec: StudySpec) -> dict[str, Any]:
             ceiling[m] = statistics.fmean(vals)
     floor_source = baseline or next((g for g in groups.values() if g["n"]), None)
     floors = floor_source["floors"] if floor_source else {f: {} for f in FLOORS}
-    from rayeq.eval.run import at_or_below_floor
-
     for g in groups.values():
         g["marks"] = {}
         low = set(at_or_below_floor({m: st["mean"] for m, st in g["metrics"].items() if m in metrics}, g["floors"]))
@@ -119,52 +117,33 @@ def summarise(rows: list[dict[str, Any]], spec: StudySpec) -> dict[str, Any]:
     }
 
 
-def _f(v: float | None, digits: int = 3) -> str:
-    return "" if v is None else f"{v:.{digits}f}"
-
-
 def markdown(summary: dict[str, Any]) -> str:
     metrics = summary["metrics"]
-    head = ["arm", "n", *metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for g in summary["groups"]:
         cells = [g["group"] + (" (baseline)" if g["group"] == summary["baseline"] else ""), str(g["n"])]
         for m in metrics:
             st = g["metrics"].get(m)
-            cells.append(
-                f"{st['mean']:.3f} ± {st['std']:.3f} ({st['min']:.3f}–{st['max']:.3f}){g['marks'].get(m, '')}"
-                if st
-                else "–"
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+            cells.append(seed_spread(st) + g["marks"].get(m, "") if st else "–")
+        rows.append(cells)
     for f in FLOORS:
-        lines.append(
-            f"| {FLOOR_LABELS[f]} | | " + " | ".join(_f(summary["floors"].get(f, {}).get(m)) for m in metrics) + " |"
-        )
+        rows.append([FLOOR_LABELS[f], "", *(number(summary["floors"].get(f, {}).get(m), 3) for m in metrics)])
     if summary["ceiling"]:
-        lines.append(
-            f"| ceiling ({summary['ceiling']}, mean) | | "
-            + " | ".join(_f(summary["ceiling_mean"].get(m)) for m in metrics)
-            + " |"
+        rows.append(
+            [f"ceiling ({summary['ceiling']}, mean)", "", *(number(summary["ceiling_mean"].get(m), 3) for m in metrics)]
         )
-    text = "\n".join(lines)
+    text = table(["arm", "n", *metrics], rows)
     tm = [m for m in summary["train_metrics"] if any(m in g["metrics"] for g in summary["groups"])]
     if tm:
-        rows = ["| arm | " + " | ".join(tm) + " |", "|" + " --- |" * (len(tm) + 1)]
-        for g in summary["groups"]:
-            if any(m in g["metrics"] for m in tm):
-                rows.append(
-                    f"| {g['group']} | "
-                    + " | ".join(
-                        f"{g['metrics'][m]['mean']:.3f} ± {g['metrics'][m]['std']:.3f}" if m in g["metrics"] else "–"
-                        for m in tm
-                    )
-                    + " |"
-                )
+        rows = [
+            [g["group"], *(seed_spread(g["metrics"][m], with_range=False) if m in g["metrics"] else "–" for m in tm)]
+            for g in summary["groups"]
+            if any(m in g["metrics"] for m in tm)
+        ]
         text += (
             "\n\nTraining's last validation (held-out pairs): the reconstruction error with the pair's other "
             "view (`val/recon`) and with another pair's (`val/recon_other_view`); a ratio near 1 means the "
-            "decoder rebuilds the target without the other view.\n\n" + "\n".join(rows)
+            "decoder rebuilds the target without the other view.\n\n" + table(["arm", *tm], rows)
         )
     return text
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
+from rayeq.report import number, table
 from rayeq.sweep.spec import SweepSpec, base_config, check_metrics, check_space, load_sweep, trial_config
 from rayeq.track import command_path
 
@@ -376,15 +377,11 @@ def pareto_front(points: list[list[float]], modes: list[str]) -> list[int]:
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
-    return "" if v is None else str(v)
+    return number(v, sci=True)
 
 
 def _markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows])
 
 
 def _usable(rows, metrics):

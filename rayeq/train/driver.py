@@ -16,6 +16,7 @@ from rayeq.cluster import LocalResources, check_resources, connect_ray, starts_l
 from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.feed.augment import FAMILIES, target_key
 from rayeq.data.feed.pipeline import check_data
+from rayeq.report import FLOOR_MARK, mark, number
 from rayeq.runinfo import RunInfo
 from rayeq.track import backend_of, check_backend, resolve_track_repo
 from rayeq.train.engine import Hooks
@@ -300,10 +301,6 @@ SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "col
                 *(f"{r2_name(target_key(f))}_per_dim" for f in FAMILIES))  # fmt: skip
 
 
-def _cell(v: float | None) -> str:
-    return f"{v:10.4f}" if v is not None else " " * 10
-
-
 def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
     """The run's final online probes on held-out objects beside their floors: the same probes trained
     on the untrained encoder (`val/floor/*`) and, for R², what predicting the mean scores."""
@@ -328,10 +325,11 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
             value, floor = m[f"{split}/{k}"], m.get(f"{split}/floor/{k}")
             # per dimension, predicting the mean scores R² 0 by definition; top-1 has no mean predictor here
             mean = 0.0 if k.endswith("_per_dim") else m.get(f"{split}/{k}_mean_predictor")
-            floors = [f for f in (floor, mean) if f is not None]
-            mark = " ▼" if floors and value <= max(floors) else ""
-            lines.append(f"  {split + '/' + k:{w}s} {value:10.4f} {_cell(floor)} {_cell(mean)}{mark}")
-        lines.append("  ▼: not above a floor (the untrained encoder's probes, or the mean predictor)")
+            lines.append(
+                f"  {split + '/' + k:{w}s} {value:10.4f} {number(floor, width=10)} {number(mean, width=10)}"
+                f"{mark(value, floor, mean)}"
+            )
+        lines.append(f"  {FLOOR_MARK}: not above a floor (the untrained encoder's probes, or the mean predictor)")
         if not any(f"{split}/floor/{k}" in m for k in rows):
             lines.append("  (train.floor_probes is off: `rayeq eval RUN --fast` gives every metric with its floors)")
     if res.checkpoint_path:

@@ -15,6 +15,7 @@ import torch
 from rayeq.config import ExperimentConfig
 from rayeq.data.feed.augment import target_key
 from rayeq.data.feed.normalize import denormalize
+from rayeq.report import mark
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine, EpochResult, Hooks
 from rayeq.train.probes import r2_name
@@ -103,9 +104,8 @@ def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> 
         mean = chance if key == "top1" else 0.0 if key.endswith("_per_dim") else m.get(f"{split}/{key}_mean_predictor")
         floors = {"untrained": m.get(f"{split}/floor/{key}"), "chance" if key == "top1" else "mean": mean}
         floors = {k: v for k, v in floors.items() if v is not None}
-        mark = " ▼" if floors and value <= max(floors.values()) else ""
         shown = ", ".join(f"{k} {v:.3f}" for k, v in floors.items())
-        parts.append(f"{label} {value:.3f}{mark}" + (f" ({shown})" if shown else ""))
+        parts.append(f"{label} {value:.3f}{mark(value, *floors.values())}" + (f" ({shown})" if shown else ""))
     return " · ".join(parts)
 
 
