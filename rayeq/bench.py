@@ -28,6 +28,7 @@ import torch
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
 from rayeq.data.make.parity import IEBENCH_IMAGES
+from rayeq.rundir import RunDir
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine
 
@@ -182,12 +183,12 @@ def ray_path(cfg: ExperimentConfig, steps: int, epochs: int, val_steps: int, log
                 ],
             )
         )
-        metrics = Path(tmp) / "bench" / "metrics.jsonl"
-        with CoordinatorCPU(metrics, epochs, progress=progress) as cpu:
+        run_dir = RunDir(Path(tmp) / "bench")
+        with CoordinatorCPU(run_dir, epochs, progress=progress) as cpu:
             t0 = time.perf_counter()
             run_training(run, log=log)
             seconds = time.perf_counter() - t0
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows = run_dir.metrics()
     return {
         **_stats([r["images_per_sec"] for r in rows[1:]]),
         "epoch": _stats([r["epoch_images_per_sec"] for r in rows[1:]]),
@@ -239,10 +240,10 @@ class CoordinatorCPU:
     over the whole run, and steady, from the end of the first epoch to the end of the last (read from the run's
     metrics.jsonl, one line per epoch): the last epoch's validation is in it, the first epoch's start is not."""
 
-    def __init__(self, metrics: Path, epochs: int, every: float = 0.5, progress=None):
+    def __init__(self, run_dir: RunDir, epochs: int, every: float = 0.5, progress=None):
         import threading
 
-        self.metrics, self.epochs, self.every, self.progress = metrics, epochs, every, progress
+        self.run_dir, self.epochs, self.every, self.progress = run_dir, epochs, every, progress
         self.samples: list[tuple[float, float, int]] = []  # (time, coordinator CPU seconds so far, epochs logged)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rayeq-bench-cpu", daemon=True)
@@ -267,13 +268,14 @@ class CoordinatorCPU:
                         seen[proc.info["pid"]] = sum(proc.cpu_times()[:2])
                 except psutil.Error:
                     continue
-            lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
-            logged = len(lines)
-            if self.progress and logged > (self.samples[-1][2] if self.samples else 0):
-                try:
-                    rate = f"{json.loads(lines[-1])['images_per_sec']:.1f} img/s"
-                except (ValueError, KeyError):  # a line being written
-                    rate = "logged"
+            before = self.samples[-1][2] if self.samples else 0
+            try:
+                rows = self.run_dir.metrics()
+            except ValueError:  # a line being written
+                rows = None
+            logged = before if rows is None else len(rows)
+            if self.progress and logged > before:
+                rate = f"{rows[-1]['images_per_sec']:.1f} img/s" if "images_per_sec" in rows[-1] else "logged"
                 into = time.perf_counter() - self.t0
                 self.progress(f"    (b) epoch {logged}/{self.epochs}: {rate}, {into:.0f} s into the run")
             self.samples.append((time.perf_counter(), sum(seen.values()), logged))

@@ -2,7 +2,8 @@
 run's checkpoints is best, and a checkpoint loaded as a frozen encoder (`LoadedCheckpoint`).
 
 Training writes it (train/loop.py, each epoch); resuming, `rayeq eval` and sweeps read it. On disk a
-checkpoint is a directory with `state.pt`, a plain dict of the `TrainState` fields."""
+checkpoint is a directory with `state.pt`, a plain dict of the `TrainState` fields; where a run keeps its
+checkpoints, and which one is its latest or best, is `rundir.py`'s."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Any
 
 import torch
 
-from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
-from rayeq.data.schema import DataError
+from rayeq.config import ExperimentConfig
 from rayeq.methods import build_method
 
 STATE_FILE = "state.pt"
@@ -37,18 +37,19 @@ class CheckpointMismatch(RuntimeError):
 
 @dataclass
 class TrainState:
-    """model ... scaler: the state dicts of `Engine.state_dict()`; epoch: epochs done; step: optimiser
-    steps done; data: the normalisation and class count the encoder was trained with."""
+    """model ... scaler: the state dicts of `Engine.state_dict()` (an encoder-only checkpoint, such as the untrained
+    baseline's, has none of the training parts); epoch: epochs done; step: optimiser steps done; data: the
+    normalisation and class count the encoder was trained with."""
 
     model: dict[str, Any]
-    optimizer: dict[str, Any]
-    probe_optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    scaler: dict[str, Any]
     epoch: int
     step: int
-    config_hash: str
     config: dict[str, Any]
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    probe_optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     tracker_run_id: str | None = None
@@ -83,10 +84,22 @@ def read_state(checkpoint_dir: Path) -> dict[str, Any]:
 
 @dataclass
 class LoadedCheckpoint:
+    """A checkpoint as a frozen encoder: where it is, its run directory, its config (as evaluated) and its state.
+    `rundir.load_checkpoint` reads one; `untrained` makes the untrained baseline of the same architecture."""
+
     path: Path  # the checkpoint directory
     run_dir: Path
     cfg: ExperimentConfig
-    state: dict[str, Any]
+    state: TrainState
+
+    @classmethod
+    def untrained(cls, cfg: ExperimentConfig, data: dict[str, Any], where: Path) -> LoadedCheckpoint:
+        """An untrained encoder of `cfg`'s architecture (its weights drawn from `train.seed`), evaluated with `data`'s
+        normalisation and class count; `where` stands for its checkpoint and run directory (the floor's cache)."""
+        torch.manual_seed(cfg.train.seed)
+        method = build_method(cfg, data.get("num_classes"))
+        model = {f"method.{k}": v for k, v in method.state_dict().items()}
+        return cls(where, where, cfg, TrainState(model=model, epoch=0, step=0, config=cfg.to_dict(), data=data))
 
     def norm_stats(self, data_dir: Path) -> tuple[list[float], list[float]]:
         """The normalisation the encoder is evaluated with: the one it was trained with, else the data set's own;
@@ -95,7 +108,7 @@ class LoadedCheckpoint:
             from rayeq.data.feed.normalize import SIE_MEAN, SIE_STD
 
             return list(SIE_MEAN), list(SIE_STD)
-        data = self.state.get("data", {})
+        data = self.state.data
         if data.get("mean") is not None:
             return data["mean"], data["std"]
         from rayeq.data.feed.normalize import norm_stats
@@ -105,41 +118,13 @@ class LoadedCheckpoint:
 
     def method_weights(self) -> dict[str, torch.Tensor]:
         """The method's state dict (the checkpoint also holds the online probes)."""
-        return {k[len("method.") :]: v for k, v in self.state["model"].items() if k.startswith("method.")}
+        return {k[len("method.") :]: v for k, v in self.state.model.items() if k.startswith("method.")}
 
     @property
     def num_classes(self) -> int | None:
-        return self.state.get("data", {}).get("num_classes")
+        return self.state.data.get("num_classes")
 
     def encoder(self) -> torch.nn.Module:
         method = build_method(self.cfg, self.num_classes)
         method.load_state_dict(self.method_weights())
         return method.eval()
-
-
-def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """A checkpoint directory, or a run directory (its latest, or best by the saved score)."""
-    path = Path(path).expanduser()
-    if (path / STATE_FILE).is_file():
-        return path
-    if not path.exists():
-        raise DataError(f"{str(path)!r} does not exist (rayeq eval takes a run directory or a checkpoint directory)")
-    if not path.is_dir():
-        raise DataError(f"{str(path)!r} is neither a run directory nor a checkpoint")
-    ckpts = sorted(p for p in path.glob("checkpoint_*") if p.is_dir() and (p / STATE_FILE).is_file())
-    if not ckpts:
-        raise DataError(f"run directory {str(path)!r} has no checkpoint_*/{STATE_FILE} (has training run yet?)")
-    if which == "latest":
-        return ckpts[-1]
-    scored = [(checkpoint_score(read_state(c).get("metrics", {})), c) for c in ckpts]
-    return max(scored)[1]
-
-
-def load_checkpoint(path: str | Path, which: str = "latest") -> LoadedCheckpoint:
-    ckpt = find_checkpoint(path, which)
-    state = read_state(ckpt)
-    try:
-        cfg = from_dict(upgrade_stored_config(state["config"]))
-    except ConfigError as exc:
-        raise DataError(f"checkpoint {str(ckpt)!r} holds a config this rayeq cannot read: {exc}") from exc
-    return LoadedCheckpoint(ckpt, ckpt.parent, cfg, state)

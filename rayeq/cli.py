@@ -142,7 +142,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rayeq.train.driver import failure_message, run_training, summary
+    from rayeq.train.driver import run_training
+    from rayeq.train.summary import failure_message, summary
 
     config, overrides = _split_config_and_overrides(args)
     cfg = load_config(config, overrides)

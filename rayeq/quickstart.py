@@ -85,7 +85,8 @@ def closing_table(result: dict) -> str:
 def run_quickstart(epochs: int | None = None, storage_path: str = "runs", track_repo: str | None = None, log=print):
     from rayeq.eval.output import write_outputs
     from rayeq.eval.run import evaluate
-    from rayeq.train.driver import run_training, summary
+    from rayeq.train.driver import run_training
+    from rayeq.train.summary import summary
 
     t0 = time.perf_counter()
     data = ensure_data(log, name="small")

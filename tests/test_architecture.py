@@ -16,17 +16,19 @@ ROOT = Path(rayeq.__file__).parent
 LAYERS = [
     ["rayeq", "rayeq.config"],
     ["rayeq.data", "rayeq.models", "rayeq.losses", "rayeq.metrics", "rayeq.report", "rayeq.track"],
-    ["rayeq.methods", "rayeq.runinfo", "rayeq.checkpoint", "rayeq.cluster"],
-    ["rayeq.train.engine", "rayeq.train.probes", "rayeq.train.optim", "rayeq.train.hooks", "rayeq.eval.features",
-     "rayeq.eval.protocols", "rayeq.eval.transforms", "rayeq.eval.measure", "rayeq.eval.floors", "rayeq.eval.output"],
+    ["rayeq.methods", "rayeq.runinfo", "rayeq.checkpoint", "rayeq.rundir", "rayeq.cluster"],
+    ["rayeq.train.engine", "rayeq.train.probes", "rayeq.train.optim", "rayeq.train.hooks", "rayeq.train.summary",
+     "rayeq.eval.features", "rayeq.eval.protocols", "rayeq.eval.transforms", "rayeq.eval.measure",
+     "rayeq.eval.floors", "rayeq.eval.output"],
     ["rayeq.train.loop", "rayeq.train.driver", "rayeq.eval.run", "rayeq.sweep", "rayeq.study", "rayeq.bench",
      "rayeq.demo", "rayeq.quickstart", "rayeq.train", "rayeq.eval"],
     ["rayeq.cli"],
 ]  # fmt: skip
 # plain PyTorch: importing these never imports Ray
-CORE = ["rayeq.config", "rayeq.models", "rayeq.losses", "rayeq.methods", "rayeq.metrics", "rayeq.report", "rayeq.runinfo",
-        "rayeq.checkpoint", "rayeq.train.engine", "rayeq.train.probes", "rayeq.train.optim", "rayeq.train.hooks",
-        "rayeq.eval.protocols", "rayeq.data.schema", "rayeq.data.feed"]  # fmt: skip
+CORE = ["rayeq.config", "rayeq.models", "rayeq.losses", "rayeq.methods", "rayeq.metrics", "rayeq.report",
+        "rayeq.runinfo", "rayeq.checkpoint", "rayeq.rundir", "rayeq.train.engine", "rayeq.train.probes",
+        "rayeq.train.optim", "rayeq.train.hooks", "rayeq.train.summary", "rayeq.eval.protocols", "rayeq.data.schema",
+        "rayeq.data.feed"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -160,7 +160,8 @@ def test_on_image_data_the_probes_regress_each_augmentation_family_the_pairs_var
     """Image sets: beside top-1, an online probe per augmentation family that is on (the pairs' aug_<family>
     targets), R² per dimension held out and on the untrained encoder, in the summary with a mean predictor of 0."""
     from rayeq.runinfo import RunInfo
-    from rayeq.train.driver import TrainResult, summary
+    from rayeq.train.driver import TrainResult
+    from rayeq.train.summary import summary
 
     cfg = _cfg("data.source=folder", "augment.rotation.enabled=true", "augment.blur.enabled=false")
     meta = {"format": "rayeq-images/1", "splits": {"train": 4 * BATCH, "val": BATCH}, "classes": ["a", "b", "c"],

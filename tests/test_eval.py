@@ -12,16 +12,17 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from rayeq.checkpoint import LoadedCheckpoint, load_checkpoint
+from rayeq.checkpoint import LoadedCheckpoint
 from rayeq.config import ConfigError, load_config
 from rayeq.data.feed.normalize import norm_stats
 from rayeq.data.schema import DataError, read_meta
 from rayeq.eval.features import Features, extract_features, extract_features_ray
-from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, pair_regression, view_pairs
 from rayeq.eval.output import markdown_table, write_outputs
+from rayeq.eval.protocols import ProtocolSettings, knn_top1, linear_probe, pair_regression, view_pairs
 from rayeq.eval.run import evaluate
-from rayeq.report import FLOOR_MARK
 from rayeq.methods import build_method
+from rayeq.report import FLOOR_MARK
+from rayeq.rundir import load_checkpoint
 
 from conftest import rendered_set
 
@@ -265,7 +266,7 @@ def test_metrics_at_or_below_their_floor_are_marked_in_every_table(reg_data, tmp
     real_encoder = LoadedCheckpoint.encoder
     memorising = ByImage(Memorising(), reg_data)
     monkeypatch.setattr(LoadedCheckpoint, "encoder",
-                        lambda self: memorising if self.state["epoch"] > 0 else real_encoder(self))  # fmt: skip
+                        lambda self: memorising if self.state.epoch > 0 else real_encoder(self))  # fmt: skip
     torch.manual_seed(0)
     res = evaluate(run, fast=True, protocols=["rotation"], log=lambda *a: 0)
     m, floors = res["metrics"], res["floors"]

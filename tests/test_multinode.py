@@ -189,10 +189,10 @@ def _wait_for_session_epoch(run_dir: Path, sessions: int, proc: subprocess.Popen
 def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, log: Path, timeout: float = 120) -> int:
     """Until Ray Train has kept the checkpoint of the last epoch logged (its line comes first), so that the fault
     that follows lands in the next epoch; returns that epoch."""
-    from rayeq.train.driver import kept_epoch
+    from rayeq.rundir import RunDir
 
     end = time.monotonic() + timeout
-    while (kept_epoch(run_dir) or 0) < max(_epochs(run_dir)):
+    while (RunDir(run_dir).kept_epoch() or 0) < max(_epochs(run_dir)):
         assert proc.poll() is None, f"run ended early:\n{log.read_text()[-4000:]}"
         assert time.monotonic() < end, f"no checkpoint of epoch {max(_epochs(run_dir))} in {timeout}s"
         time.sleep(0.2)
@@ -258,9 +258,9 @@ def test_a_sweep_job_spreads_over_the_nodes_and_a_stopped_one_resumes(cluster, m
     assert stop.returncode == 0, (stop.stdout + stop.stderr)[-3000:]
     stopped_at = {p.parent.name: _epochs(p.parent) for p in trials.glob("*/metrics.jsonl")}
     assert all(e[-1] < 3 for e in stopped_at.values()), stopped_at  # both were stopped mid-run
-    from rayeq.train.driver import kept_epoch
+    from rayeq.rundir import RunDir
 
-    kept = {name: kept_epoch(trials / name) or 0 for name in stopped_at}  # what Ray Train resumes from
+    kept = {name: RunDir(trials / name).kept_epoch() or 0 for name in stopped_at}  # what Ray Train resumes from
 
     proc = submit("--resume")
     assert "succeeded" in proc.stdout and "resuming sweep mn" in proc.stdout, proc.stdout[-4000:]

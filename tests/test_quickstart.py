@@ -66,7 +66,8 @@ def test_summary_shows_the_probes_beside_their_floors(tmp_path):
     """The closing summary: each held-out probe metric beside the untrained encoder's and the mean
     predictor's, marked when it does not beat them."""
     from rayeq.config import load_config
-    from rayeq.train.driver import TrainResult, summary
+    from rayeq.train.driver import TrainResult
+    from rayeq.train.summary import summary
 
     m = {"epoch": 4, "val/epoch": 4, "train/total": 1.5, "val/top1": 0.30, "val/floor/top1": 0.10,
          "val/rot_r2": 0.20, "val/floor/rot_r2": 0.22, "val/rot_r2_mean_predictor": 0.24,

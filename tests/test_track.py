@@ -1,6 +1,7 @@
 """The tracker interface: TensorBoard (the default without the Aim extra) logs what Aim logs, a resumed run goes on
 in its own directory, a new run never writes into another's; `auto` picks Aim only where it is installed."""
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -75,15 +76,15 @@ def test_auto_is_aim_only_where_aim_is_installed(monkeypatch, tmp_path):
 def test_rayeq_eval_logs_to_the_tensorboard_run_it_evaluates(tmp_path):
     """`rayeq eval` adds eval/* and eval_floor/* to the run's own tracker run, named in the console; a run tracked
     elsewhere (a moved repo) is named as such and the results stay in the JSON."""
-    from rayeq.checkpoint import LoadedCheckpoint
+    from rayeq.checkpoint import LoadedCheckpoint, TrainState
     from rayeq.eval.output import log_to_tracker as _log_to_tracker
 
     first = open_tracker("tensorboard", str(tmp_path / "tb"), "r", name="r")
     first.log_metrics({"train/total": 1.0}, step=30)
     first.close()
     cfg = load_config(None, ["train.name=r"])
-    state = {"tracker_run_id": "r", "track_backend": "tensorboard", "track_repo": str(tmp_path / "tb"), "step": 30,
-             "epoch": 3}  # fmt: skip
+    state = TrainState(model={}, config=cfg.to_dict(), tracker_run_id="r", track_backend="tensorboard",
+                       track_repo=str(tmp_path / "tb"), step=30, epoch=3)  # fmt: skip
     said = []
     loaded = LoadedCheckpoint(tmp_path, tmp_path, cfg, state)
     _log_to_tracker(loaded, {"color/full/r2": 0.9}, {"random_init": {"color/full/r2": 0.7}}, said.append)
@@ -92,6 +93,6 @@ def test_rayeq_eval_logs_to_the_tensorboard_run_it_evaluates(tmp_path):
     assert [(e.step, round(e.value, 4)) for e in ev.Scalars("eval/color/full/r2")] == [(30, 0.9)]
     assert [round(e.value, 4) for e in ev.Scalars("eval_floor/random_init/color/full/r2")] == [0.7]
     said.clear()
-    moved = LoadedCheckpoint(tmp_path, tmp_path, cfg, {**state, "track_repo": str(tmp_path / "gone")})
+    moved = LoadedCheckpoint(tmp_path, tmp_path, cfg, dataclasses.replace(state, track_repo=str(tmp_path / "gone")))
     _log_to_tracker(moved, {"color/full/r2": 0.9}, {}, said.append)
     assert said and said[0].startswith("  (could not log to TensorBoard: TensorBoard run r is not in"), said

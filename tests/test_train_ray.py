@@ -11,7 +11,8 @@ import torch
 from _hooks import RecordResume, by_value
 
 from rayeq.config import ConfigError, load_config
-from rayeq.train.driver import run_dir_of, run_training
+from rayeq.rundir import RunDir
+from rayeq.train.driver import run_training
 from rayeq.train.probes import reported_metric_names
 
 from conftest import assert_same_state, indexed_aim_repo
@@ -65,7 +66,7 @@ def first_run(ray_session, train_data, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env.update(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token")
     cmd = [sys.executable, "-m", "rayeq.cli", "train", str(tmp / "run.yaml")]
-    metrics = run_dir_of(cfg) / "metrics.jsonl"
+    metrics = RunDir.of(cfg).path / "metrics.jsonl"
     arrivals: list[tuple[str, int]] = []  # (line, epochs in metrics.jsonl when it arrived)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -164,7 +165,7 @@ def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
     saved = torch.load(Path(res.checkpoint_path) / "state.pt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 3
     more = _cfg(train_data, tmp, "run", "train.epochs=4")
-    res2 = run_training(more, log=lambda *a: None, hooks=[RecordResume(run_dir_of(more))])
+    res2 = run_training(more, log=lambda *a: None, hooks=[RecordResume(RunDir.of(more).path)])
     rows = _epochs(res2.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 4 only: 1-3 were not redone
     assert rows[3]["step"] == rows[2]["step"] + (rows[2]["step"] - rows[1]["step"])
@@ -188,7 +189,7 @@ def test_resume_under_changed_config_is_refused(first_run, train_data):
 def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):
     """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its pose term falls;
     its checkpoint loads as an encoder for `rayeq eval`."""
-    from rayeq.checkpoint import load_checkpoint
+    from rayeq.rundir import load_checkpoint
 
     cfg = _cfg(train_data, tmp_path, "ceiling", "method.name=supervised", "method.supervised.hidden_dim=64",
                "train.epochs=4", "track.backend=tensorboard", f"track.repo={tmp_path / 'tb'}")  # fmt: skip
@@ -213,7 +214,7 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     events = EventAccumulator(str(tmp_path / "tb" / "ceiling")).Reload()
     logged = [e.value for e in events.Scalars("train/total")]
     assert len(logged) == 4 and logged[-1] == pytest.approx(rows[-1]["train/total"], rel=1e-6), logged
-    assert loaded.state["track_backend"] == "tensorboard" and loaded.state["tracker_run_id"] == "ceiling"
+    assert loaded.state.track_backend == "tensorboard" and loaded.state.tracker_run_id == "ceiling"
 
 
 def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path):
@@ -225,7 +226,7 @@ def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path
     import pyarrow.parquet as pq
     from ray.train import TrainingFailedError
 
-    from rayeq.train.driver import failure_message
+    from rayeq.train.summary import failure_message
 
     bad = tmp_path / "bad"
     shutil.copytree(train_data, bad)

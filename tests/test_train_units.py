@@ -9,7 +9,7 @@ import torch
 from rayeq.cluster import check_resources
 from rayeq.config import ConfigError, load_config
 from rayeq.metrics import R2Accumulator, r2_global, r2_per_dim
-from rayeq.train.driver import check_run_dir, prepare_run_dir
+from rayeq.rundir import RunDir
 from rayeq.train.loop import Prefetch, after_first
 from rayeq.train.optim import LARS, build_optimizer, build_scheduler, scaled_lr
 from rayeq.train.probes import OnlineProbes, ProbeMetrics
@@ -128,20 +128,20 @@ def test_online_inv_probe_reads_the_invariant_channels(class_in):
 def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_config(tmp_path):
     base = [f"train.storage_path={tmp_path}", "train.name=run1"]
     cfg = load_config(None, base)
-    run_dir = check_run_dir(cfg, force=False)
+    rd = RunDir.of(cfg)
+    rd.check(cfg, force=False)
+    run_dir = rd.path
     assert not run_dir.exists()  # checks write nothing
-    prepare_run_dir(cfg, run_dir)
+    rd.prepare(cfg)
     saved = (run_dir / "config.yaml").read_text()
     # operational changes (more epochs, logging, workers) resume
-    check_run_dir(
-        load_config(None, [*base, "train.epochs=500", "train.log_every_steps=3", "train.num_workers=2"]), False
-    )
+    rd.check(load_config(None, [*base, "train.epochs=500", "train.log_every_steps=3", "train.num_workers=2"]), False)
     changed = load_config(None, [*base, "loss.recon_weight=2"])
     with pytest.raises(ConfigError, match=r"different config(.|\n)*loss.recon_weight: 1.0 -> 2.0(.|\n)*--force"):
-        check_run_dir(changed, force=False)
-    check_run_dir(changed, force=True)
+        rd.check(changed, force=False)
+    rd.check(changed, force=True)
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]  # still nothing written
-    prepare_run_dir(changed, run_dir)  # once every check passed: the old config kept, the new one saved
+    rd.prepare(changed)  # once every check passed: the old config kept, the new one saved
     assert (run_dir / "config.1.yaml").read_text() == saved
     assert load_config(run_dir / "config.yaml").loss.recon_weight == 2
 
@@ -185,16 +185,18 @@ def test_custom_worker_resources_the_cluster_lacks_are_refused_and_placement_rea
 def test_a_storage_path_that_cannot_be_written_or_is_full_is_refused_before_training(tmp_path, monkeypatch):
     import shutil
 
-    import rayeq.train.driver as driver
+    import rayeq.rundir as rundir
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(ConfigError, match="train.storage_path: cannot write the run directory"):
-        check_run_dir(load_config(None, [f"train.storage_path={blocker}", "train.name=r"]), force=False)
+        cfg = load_config(None, [f"train.storage_path={blocker}", "train.name=r"])
+        RunDir.of(cfg).check(cfg, force=False)
     real = shutil.disk_usage
-    monkeypatch.setattr(driver.shutil, "disk_usage", lambda p: real(p)._replace(free=100 << 20))
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: real(p)._replace(free=100 << 20))
     with pytest.raises(ConfigError, match="has 100 MiB free"):
-        check_run_dir(load_config(None, [f"train.storage_path={tmp_path / 'runs'}", "train.name=r"]), force=False)
+        cfg = load_config(None, [f"train.storage_path={tmp_path / 'runs'}", "train.name=r"])
+        RunDir.of(cfg).check(cfg, force=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # probed where it exists; nothing left
 
 
@@ -214,7 +216,7 @@ def test_metrics_file_keeps_one_line_per_epoch_when_an_epoch_runs_again(tmp_path
 def test_a_failed_run_says_what_is_kept_and_how_to_go_on(tmp_path):
     import json
 
-    from rayeq.train.driver import failure_message
+    from rayeq.train.summary import failure_message
 
     cfg = load_config(None, [f"train.storage_path={tmp_path}", "train.name=r", "train.epochs=6"])
     (tmp_path / "r").mkdir()

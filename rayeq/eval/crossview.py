@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rayeq.checkpoint import load_checkpoint
 from rayeq.config import RECON_METHODS, ConfigError
 from rayeq.data.feed.normalize import denormalize
 from rayeq.data.schema import DataError
 from rayeq.losses import resize_target
 from rayeq.methods.xrecon import XRecon, mask_cells
+from rayeq.rundir import load_checkpoint
 
 
 @torch.no_grad()

@@ -8,14 +8,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 from rayeq.checkpoint import LoadedCheckpoint
 from rayeq.config import EVAL_PRESETS, ExperimentConfig
 from rayeq.eval.features import BN_WINDOW
 from rayeq.eval.measure import PARTS, PER_CLASS_METRIC, measure, protocol_of
 from rayeq.eval.protocols import DEAD, Z_CLIP, ProtocolSettings
-from rayeq.methods import build_method
 
 FLOORS_VERSION = "floors-1"
 
@@ -92,17 +89,8 @@ def random_init_floor(
         f"  floor: evaluating an untrained {cfg.model.backbone} ({cfg.model.stem} stem, seed {cfg.train.seed}) "
         f"with the same protocols {todo} (once per data set and settings) ..."
     )
-    torch.manual_seed(cfg.train.seed)
-    method = build_method(cfg, loaded.num_classes)
-    state = {
-        "model": {f"method.{k}": v for k, v in method.state_dict().items()},
-        "epoch": 0,
-        "step": 0,
-        "config": cfg.to_dict(),
-        "data": {**loaded.state.get("data", {}), "mean": norm[0], "std": norm[1]},
-    }
     where.mkdir(parents=True, exist_ok=True)
-    untrained = LoadedCheckpoint(where, where, cfg, state)
+    untrained = LoadedCheckpoint.untrained(cfg, {**loaded.state.data, "mean": norm[0], "std": norm[1]}, where)
     scores = measure(untrained, data_dir, meta, todo, settings, use_ray, lambda msg: log(f"  (floor) {msg.strip()}"))
     for p in todo:
         mine = {k: v for k, v in scores["metrics"].items() if protocol_of(k) == p}

@@ -90,8 +90,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 def log_to_tracker(loaded: LoadedCheckpoint, metrics: dict[str, float], floors: dict[str, dict[str, float]], log):
     cfg = loaded.cfg
-    run_id = loaded.state.get("tracker_run_id")
-    backend = loaded.state.get("track_backend") or "aim"  # the tracker the run was trained with
+    run_id = loaded.state.tracker_run_id
+    backend = loaded.state.track_backend or "aim"  # the tracker the run was trained with
     if cfg.track.backend == "none" or not run_id:
         return
     tool = {"aim": "Aim", "tensorboard": "TensorBoard"}.get(backend, backend)
@@ -99,12 +99,12 @@ def log_to_tracker(loaded: LoadedCheckpoint, metrics: dict[str, float], floors: 
         from rayeq.track import open_tracker, resolve_track_repo
 
         # the repo the run was trained with (a relative track.repo resolved where training ran)
-        repo = loaded.state.get("track_repo") or resolve_track_repo(cfg)
+        repo = loaded.state.track_repo or resolve_track_repo(cfg)
         tracker = open_tracker(backend, repo, cfg.track.experiment or cfg.train.name, run_id, must_exist=True)
         values = {f"eval/{k}": v for k, v in metrics.items()}
         for name, floor in floors.items():
             values.update({f"eval_floor/{name}/{k}": v for k, v in floor.items()})
-        tracker.log_metrics(values, step=loaded.state["step"], epoch=loaded.state["epoch"], subset="eval")
+        tracker.log_metrics(values, step=loaded.state.step, epoch=loaded.state.epoch, subset="eval")
         tracker.close()
         log(f"  logged to {tool} run {run_id}")
     except Exception as exc:  # the results are in the JSON either way

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayeq.checkpoint import load_checkpoint
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
 from rayeq.data.schema import DataError, is_objects, read_meta
 from rayeq.eval.floors import random_init_floor
@@ -24,6 +23,7 @@ from rayeq.eval.measure import PER_CLASS_METRIC, PROBES, PROTOCOLS_3D, PROTOCOLS
 from rayeq.eval.output import log_to_tracker, protocol_label
 from rayeq.methods import USES_LABELS, method_label
 from rayeq.report import at_or_below_floor
+from rayeq.rundir import load_checkpoint
 
 
 def with_eval_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -80,7 +80,7 @@ def evaluate(
 
         connect_ray(address, log)
     log(
-        f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state['epoch']}) on {data_dir}: "
+        f"eval {loaded.path} ({method_label(cfg.method.name)}, epoch {loaded.state.epoch}) on {data_dir}: "
         f"{wanted}{' (fast)' if fast else ''}, {protocol_label(cfg.eval.preset, cfg.eval.protocol())}"
     )
     scores = measure(loaded, data_dir, meta, wanted, settings, use_ray, log)
@@ -96,7 +96,7 @@ def evaluate(
         "run": loaded.run_dir.name,
         "method": cfg.method.name,
         "uses_labels": USES_LABELS.get(cfg.method.name),
-        "epoch": loaded.state["epoch"],
+        "epoch": loaded.state.epoch,
         "data": str(data_dir),
         "protocols": wanted,
         "preset": cfg.eval.preset,

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from rayeq.config import ConfigError, ExperimentConfig, from_dict
+from rayeq.rundir import RunDir
 from rayeq.study.spec import (
     Run,
     StudySpec,
@@ -33,32 +34,23 @@ from rayeq.study.spec import (
     eval_path,
     expand,
     load_study,
-    trained_epochs,
 )
 
 STUDY_FILE = "study.yaml"
 
 
-def last_train_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
 def train_and_evaluate(cfg: ExperimentConfig, run: Run, study: dict[str, Any], log=print) -> dict[str, Any]:
     """One run of the study: train (or continue) it to its last epoch, evaluate it, write its eval JSON.
     Returns the stored result; a finished one is read back, not redone."""
-    from rayeq.train.driver import build_trainer, run_dir_of
+    from rayeq.train.driver import build_trainer
 
     out = Path(study["dir"]) / "evals" / f"{run.name}.json"
     if out.is_file():
         log("already evaluated; kept")
         return json.loads(out.read_text())
-    run_dir = run_dir_of(cfg)
+    run_dir = RunDir.of(cfg)
     t0 = time.perf_counter()
-    done = trained_epochs(run_dir)
+    done = run_dir.epochs_done()
     if done >= cfg.train.epochs:
         log(f"already trained ({done} epochs); evaluating")
     else:
@@ -72,14 +64,14 @@ def train_and_evaluate(cfg: ExperimentConfig, run: Run, study: dict[str, Any], l
 
     e = study["eval"]
     result = evaluate(
-        run_dir,
+        run_dir.path,
         protocols=e["protocols"],
         fast=e["fast"],
         which=e["checkpoint"],
         overrides=e["overrides"],
         log=log,
     )
-    train = last_train_metrics(run_dir)
+    train = run_dir.last_metrics()
     result.update(
         study=study["name"],
         arm=run.arm,

@@ -220,15 +220,5 @@ def eval_path(study_dir: Path, name: str) -> Path:
     return study_dir / "evals" / f"{name}.json"
 
 
-def trained_epochs(run_dir: Path) -> int:
-    """The epoch of the run's latest checkpoint (0 when there is none)."""
-    from rayeq.checkpoint import find_checkpoint, read_state
-
-    try:
-        return int(read_state(find_checkpoint(run_dir, "latest")).get("epoch", 0))
-    except (FileNotFoundError, ValueError, KeyError, ConfigError):
-        return 0
-
-
 def load_study(path: str | Path, storage_path: str | None = None) -> StudySpec:
     return read_spec(path, StudySpec, "study", storage_path)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rayeq.report import FLOOR_MARK, at_or_below_floor, number, seed_spread, table
-from rayeq.study.spec import Run, StudySpec, eval_path, trained_epochs
+from rayeq.rundir import RunDir
+from rayeq.study.spec import Run, StudySpec, eval_path
 
 ABOVE, BELOW = "↑", "↓"
 FLOORS = ("random_init", "mean_predictor")
@@ -37,7 +38,7 @@ def collect_rows(runs: list[Run], study_dir: Path, spec: StudySpec) -> list[dict
                 row.update({f"{floor}/{m}": res["floors"].get(floor, {}).get(m) for m in spec.summary.metrics})
             row.update(train_seconds=res.get("train_seconds"), eval_seconds=res.get("eval_seconds"))
         else:
-            epochs = trained_epochs(run_dir)
+            epochs = RunDir(run_dir).epochs_done()
             row.update(status=f"trained {epochs} epoch(s), not evaluated" if epochs else "not run", epochs=epochs)
         row["run_dir"] = str(run_dir)
         rows.append(row)

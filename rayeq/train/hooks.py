@@ -4,7 +4,6 @@ throughput, ETA), the tracker (Aim: loss curves, epoch metrics, view/reconstruct
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from rayeq.config import ExperimentConfig
 from rayeq.data.feed.augment import target_key
 from rayeq.data.feed.normalize import denormalize
 from rayeq.report import mark
+from rayeq.rundir import RunDir
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine, EpochResult, Hooks
 from rayeq.train.probes import r2_name
@@ -132,24 +132,14 @@ class TrackerHook(Hooks):
 
 
 class MetricsFile(Hooks):
-    """One JSON line of metrics per epoch in `<run dir>/metrics.jsonl` (a resumed run adds to it). An epoch that
-    ran again after a restart (a worker or node lost after its line was written but before its checkpoint was
-    kept) replaces its earlier line and any later one, so each epoch has exactly one line."""
+    """One line of metrics per epoch in the run directory's metrics.jsonl (`RunDir.record_epoch`: a resumed run adds
+    to it, an epoch that ran again replaces its earlier line)."""
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.run_dir = RunDir(Path(run_dir))
 
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None:
-        epoch = result.metrics["epoch"]
-        lines = self.path.read_text().splitlines() if self.path.is_file() else []
-        kept = [line for line in lines if json.loads(line).get("epoch", 0) < epoch]
-        if len(kept) == len(lines):
-            with open(self.path, "a") as f:
-                f.write(json.dumps(result.metrics) + "\n")
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in [*kept, json.dumps(result.metrics)]))
-        tmp.replace(self.path)
+        self.run_dir.record_epoch(result.metrics)
 
 
 def image_grid(batch, out, mean, std, n: int = 8) -> np.ndarray:

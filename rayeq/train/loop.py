@@ -8,12 +8,14 @@ import itertools
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rayeq.checkpoint import TrainState
 from rayeq.config import ExperimentConfig
+from rayeq.rundir import RunDir
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine, rank_batch_size
 from rayeq.train.hooks import ConsoleProgress, MetricsFile, TrackerHook
@@ -169,7 +171,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def record_placement(run_dir: str | None, epoch: int, is_main: bool, say=print) -> None:
     """Where this session's workers run: rank 0 prints it and appends one line to `<run dir>/workers.jsonl`
     (a restart after a lost worker or node adds another line, with the epoch it resumed from)."""
-    import json
     import os
     import socket
     import time
@@ -187,8 +188,7 @@ def record_placement(run_dir: str | None, epoch: int, is_main: bool, say=print) 
         return
     say("workers: " + ", ".join(f"rank {w['rank']} on node {w['node_id'][:8]} ({w['host']})" for w in everyone))
     if run_dir:
-        with open(os.path.join(run_dir, "workers.jsonl"), "a") as f:
-            f.write(json.dumps({"time": time.time(), "from_epoch": epoch, "workers": everyone}) + "\n")
+        RunDir(Path(run_dir)).record_workers({"time": time.time(), "from_epoch": epoch, "workers": everyone})
 
 
 def _quiet_train_console() -> None:
