@@ -19,7 +19,7 @@ LAYERS = [
     ["rayeq.methods", "rayeq.runinfo", "rayeq.checkpoint", "rayeq.rundir", "rayeq.cluster"],
     ["rayeq.train.engine", "rayeq.train.probes", "rayeq.train.optim", "rayeq.train.hooks", "rayeq.train.summary",
      "rayeq.eval.features", "rayeq.eval.protocols", "rayeq.eval.transforms", "rayeq.eval.measure",
-     "rayeq.eval.floors", "rayeq.eval.output"],
+     "rayeq.eval.floors", "rayeq.eval.output", "rayeq.campaign"],
     ["rayeq.train.loop", "rayeq.train.driver", "rayeq.eval.run", "rayeq.sweep", "rayeq.study", "rayeq.bench",
      "rayeq.demo", "rayeq.quickstart", "rayeq.train", "rayeq.eval"],
     ["rayeq.cli"],
@@ -124,6 +124,17 @@ def test_train_and_eval_do_not_import_each_other_and_only_the_driver_imports_the
              or (m.startswith("rayeq.eval") and n.startswith("rayeq.train"))]  # fmt: skip
     assert not cross, cross
     assert sorted(m for m, ns in GRAPH.items() if "rayeq.train.loop" in ns) == ["rayeq.train.driver"]
+
+
+def test_sweep_and_study_stand_on_the_campaign_layer_not_on_each_other():
+    """What both need (the spec's base and resources, the preamble before Ray, the cluster fit, progress) is
+    rayeq.campaign's; neither imports the other."""
+    sideways = [f"{m} -> {n}" for m, ns in GRAPH.items() for n in ns
+                if (m.startswith("rayeq.study") and n.startswith("rayeq.sweep"))
+                or (m.startswith("rayeq.sweep") and n.startswith("rayeq.study"))]  # fmt: skip
+    assert not sideways, sideways
+    for kind in ("rayeq.sweep", "rayeq.study"):
+        assert any(n.startswith("rayeq.campaign") for m, ns in GRAPH.items() if m.startswith(kind) for n in ns), kind
 
 
 def test_the_core_imports_no_ray():

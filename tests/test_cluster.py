@@ -170,7 +170,8 @@ def test_kuberay_manifests_have_what_kuberay_requires_and_match_rayeqs_ray():
     assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
     entry = job["spec"]["entrypoint"].split()
     assert entry[:2] == ["rayeq", "sweep"] and Path(entry[2]).is_file() and "--autoscaling" in entry
-    from rayeq.sweep.spec import base_config, load_sweep
+    from rayeq.campaign.spec import base_config
+    from rayeq.sweep.spec import load_sweep
 
     sets = [entry[i + 1] for i, word in enumerate(entry) if word == "--set"]
     assert sets and base_config(load_sweep(entry[2]), sets)  # the sweep and its --set keys are valid

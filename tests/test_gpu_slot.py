@@ -55,9 +55,9 @@ def test_pack_unzips_every_wheel_strips_and_packs_one_site(tmp_path):
 
 
 def test_the_slot_study_answers_the_3d_question_in_one_gpu_loan(tmp_path):
+    from rayeq.campaign.spec import base_config
     from rayeq.config import IMAGE_SOURCES
     from rayeq.study.spec import check_study, load_study
-    from rayeq.sweep.spec import base_config
 
     spec = load_study(ROOT / "studies" / "methods_gpu_slot.yaml")
     base, _ = base_config(spec)

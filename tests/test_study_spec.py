@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rayeq.campaign.spec import base_config
 from rayeq.config import ConfigError
 from rayeq.study.spec import check_study, eval_metric_names, expand, load_study
 from rayeq.study.summary import ABOVE, BELOW, FLOOR_MARK, markdown, summarise, write_summary
-from rayeq.sweep.spec import base_config
 
 
 def _study(tmp_path, **changes):
@@ -243,8 +243,8 @@ def test_summary_files_table_and_figure(tmp_path):
 
 
 def test_a_study_recorded_before_a_config_key_existed_still_resumes_and_a_changed_base_does_not(tmp_path):
+    from rayeq.campaign.run import check_saved, record_of
     from rayeq.config import load_config
-    from rayeq.sweep.run import check_saved, record_of
 
     spec = load_study("studies/methods_cpu.yaml")
     base = load_config(None, ["data.image_size=32"])

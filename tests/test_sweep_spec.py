@@ -6,9 +6,11 @@ import csv
 import pytest
 import yaml
 
+from rayeq.campaign.run import check_cluster, trial_footprint
+from rayeq.campaign.spec import base_config
 from rayeq.config import ConfigError, load_config
-from rayeq.sweep.run import check_cluster, pareto_front, trial_footprint, write_results
-from rayeq.sweep.spec import base_config, check_metrics, check_space, load_sweep
+from rayeq.sweep.run import pareto_front, write_results
+from rayeq.sweep.spec import check_metrics, check_space, load_sweep
 from rayeq.train.probes import reported_metric_names
 
 REPORTED = reported_metric_names(three_d=True, has_val=True)

@@ -22,8 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from rayeq.campaign.run import (
+    TRAINABLE_CPUS,
+    check_saved,
+    open_campaign,
+    progress_callback,
+    record_of,
+    start_campaign,
+    tune_verbosity,
+)
 from rayeq.config import ConfigError, ExperimentConfig, from_dict
 from rayeq.rundir import RunDir
 from rayeq.study.spec import (
@@ -115,20 +122,12 @@ def run_study(
     t0 = time.perf_counter()
     spec = load_study(path, storage_path)
     from rayeq.data.schema import is_objects
-    from rayeq.sweep.run import absolute_base, check_cluster, check_saved, record_of
-    from rayeq.sweep.spec import base_config
 
-    base, used_overrides = base_config(spec, list(overrides))
     study_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
-    check_runs(spec, base, study_dir)  # arms and grid refused before any data is touched
-    from rayeq.cluster import LocalResources, starts_local_ray
-    from rayeq.track import check_backend
-
-    check_backend(base)  # as `rayeq train` does, before Ray starts rather than in every run
-
-    if starts_local_ray(address):
-        check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made
-    base, meta = absolute_base(base)
+    # arms and grid refused before any data is touched
+    base, used_overrides, meta = open_campaign(
+        spec, overrides, address, autoscaling, lambda b: check_runs(spec, b, study_dir)
+    )
     configs = check_study(spec, base, study_dir, is_objects(meta))
     runs = expand(spec)
     record = record_of(spec, used_overrides, base)
@@ -144,16 +143,8 @@ def run_study(
         f" setting(s) x {len(spec.seeds)} seeds), {len(runs) - len(unevaluated)} already evaluated; dir {study_dir}"
     )
     if todo:
-        from rayeq.cluster import connect_ray
-
-        ray = connect_ray(address, log)
-        concurrency = min(check_cluster(spec, base, ray, autoscaling), len(todo))
-        study_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(record, sort_keys=False))
-        from rayeq.track import backend_of, ensure_aim_repo, resolve_track_repo
-
-        if backend_of(base) == "aim":
-            ensure_aim_repo(resolve_track_repo(base))
+        _, concurrency = start_campaign(spec, base, saved, record, address, autoscaling, log)
+        concurrency = min(concurrency, len(todo))
         _fit(spec, base, configs, todo, study_dir, concurrency, log)
     from rayeq.study.summary import collect_rows, write_summary
 
@@ -164,13 +155,8 @@ def run_study(
 
 
 def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concurrency: int, log) -> None:
-    import ray
     from ray import tune
 
-    from rayeq.sweep.run import TRAINABLE_CPUS, Progress, tune_verbosity
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
     study = {
         "name": spec.name,
         "dir": str(study_dir),
@@ -202,7 +188,7 @@ def _fit(spec: StudySpec, base, configs, todo: list[Run], study_dir: Path, concu
         run_config=tune.RunConfig(
             name=f"tune-{session}",
             storage_path=str(study_dir),
-            callbacks=[Progress(len(todo), spec.summary.metrics, "study", "run")],
+            callbacks=[progress_callback(len(todo), spec.summary.metrics, "study", "run", str(study_dir))],
             verbose=tune_verbosity(),
         ),
     )

@@ -18,16 +18,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from rayeq.campaign.spec import NAME, Base, Resources, SpecModel, read_spec
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
-from rayeq.sweep.spec import Base, Resources, _Spec, read_spec
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # keys a study sets itself for every run
 STUDY_OWNED = ("train.name", "train.storage_path", "train.seed", "track.experiment", "track.repo")
 DEFAULT_METRICS = ["rotation/full/r2", "color/full/r2", "linear/full/top1"]
 
 
-class EvalSpec(_Spec):
+class EvalSpec(SpecModel):
     protocols: list[Literal["linear", "knn", "rotation", "color", "transforms"]] = Field(
         ["linear", "rotation", "color"], min_length=1
     )
@@ -43,7 +42,7 @@ class EvalSpec(_Spec):
         return self
 
 
-class SummarySpec(_Spec):
+class SummarySpec(SpecModel):
     metrics: list[str] = Field(
         DEFAULT_METRICS, min_length=1, description="eval metrics in the table; the first three are the figure's panels"
     )
@@ -55,7 +54,7 @@ class SummarySpec(_Spec):
     )
 
 
-class StudySpec(_Spec):
+class StudySpec(SpecModel):
     kind: ClassVar[str] = "study"
     name: str = Field(pattern=NAME)
     description: str = ""

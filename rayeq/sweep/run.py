@@ -25,123 +25,28 @@ from typing import Any
 
 import yaml
 
-from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
+from rayeq.campaign.run import (
+    TRAINABLE_CPUS,
+    TRIAL_STATES,
+    check_saved,
+    open_campaign,
+    progress_callback,
+    record_of,
+    start_campaign,
+    tune_verbosity,
+)
+from rayeq.config import ExperimentConfig, from_dict
 from rayeq.report import number, table
-from rayeq.sweep.spec import SweepSpec, base_config, check_metrics, check_space, load_sweep, trial_config
+from rayeq.sweep.spec import SweepSpec, check_metrics, check_space, load_sweep, trial_config
 from rayeq.track import command_path
 
 SWEEP_FILE = "sweep.yaml"
-TRAINABLE_CPUS = 0.05  # the Tune function only waits on its TorchTrainer
 
 
 def trial_name(spec_name: str, trial_id: str) -> str:
     """The sweep's name and Tune's trial id, which Tune keeps when it restores a sweep: an unfinished
     trial continues in its own run directory (and from its checkpoint) under --resume."""
     return f"{spec_name}-{trial_id}"
-
-
-def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
-    """What one trial holds at least: its workers, one Ray Data actor, the validation actor, the trainable."""
-    from rayeq.cluster import run_cpus
-
-    t = cfg.train
-    cpus = run_cpus(cfg) + TRAINABLE_CPUS
-    workers = max(t.num_workers, 1)
-    custom = {k: workers * v for k, v in t.worker_resources.items()}
-    return {"CPU": cpus, "GPU": t.num_workers * t.gpus_per_worker if t.use_gpu else 0.0, **custom}
-
-
-def record_of(spec, used_overrides: list[str], base: ExperimentConfig) -> dict[str, Any]:
-    """What a sweep or study directory records of what made it (its file, the resolved base config)."""
-    return {
-        "fingerprint": spec.fingerprint(),
-        spec.kind: spec.model_dump(),
-        "base_overrides": used_overrides,
-        "base": base.to_dict(),
-    }
-
-
-def _as_today(base: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A recorded base config as this version writes it: keys added since it was recorded take their defaults
-    (which keep what they add off), so a study or sweep begun before them still resumes; one that no longer
-    loads is returned as recorded (and so differs)."""
-    try:
-        return from_dict(base).to_dict() if base is not None else None
-    except ConfigError:
-        return base
-
-
-def check_saved(saved: Path, record: dict[str, Any], spec, resume: bool) -> None:
-    """A sweep's or study's directory is continued only with --resume and only by the same file and base;
-    nothing there is ever overwritten."""
-    kind, where = spec.kind, saved.parent
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        if not resume:
-            raise ConfigError(
-                f"{kind} directory {str(where)!r} already holds {kind} {spec.name!r}: pass --resume to continue it, "
-                f"or give the {kind} another name (nothing there is overwritten)"
-            )
-        if old.get("fingerprint") != record["fingerprint"] or _as_today(old.get("base")) != record["base"]:
-            raise ConfigError(
-                f"--resume: {str(saved)!r} was made by a different {kind} file or base config; resuming it with "
-                f"this one is refused. Give the {kind} another name to start a new one."
-            )
-    elif resume:
-        raise ConfigError(f"--resume: {str(where)!r} holds no {kind} {spec.name!r} to resume")
-
-
-def absolute_base(base: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """The base with absolute data and Aim paths (trials run in Tune's per-trial working directories)
-    and its data checked; the built-in set is rendered here once, before any trial needs it."""
-    from rayeq.data.feed.pipeline import check_data, resolve_data_dir
-    from rayeq.track import resolve_track_repo
-
-    data_dir = resolve_data_dir(base)
-    base = from_dict(
-        apply_overrides(base.to_dict(), [f"data.path={data_dir.resolve()}", f"track.repo={resolve_track_repo(base)}"])
-    )
-    meta, _ = check_data(base, "train")
-    return base, meta
-
-
-def check_cluster(spec: SweepSpec, cfg: ExperimentConfig, ray, autoscaling: bool = False) -> int:
-    """Refuse resources no node can hold; return how many trials run at once. On an autoscaling
-    cluster the nodes that would hold the trials may not exist yet: no check, and as many trials at
-    once as max_concurrent (else num_samples) says; the autoscaler adds nodes for them."""
-    if autoscaling:
-        return spec.max_concurrent or spec.num_samples
-    t = cfg.train
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    per_worker = {"CPU": t.cpus_per_worker, "GPU": t.gpus_per_worker if t.use_gpu else 0.0, **t.worker_resources}
-    if not any(all(n.get(k, 0) >= v for k, v in per_worker.items()) for n in nodes):
-        biggest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
-        raise ConfigError(
-            f"{spec.kind} {spec.name!r}: a trial worker needs {per_worker} (resources.cpus_per_worker / "
-            f"gpus_per_worker, train.worker_resources), but no node of "
-            f"{getattr(ray, 'where', 'the cluster')} has that much (the biggest "
-            f"has {biggest[0]:g} CPU, {biggest[1]:g} GPU)"
-        )
-    need = trial_footprint(cfg)
-    total = ray.cluster_resources()
-    fits = min(total.get(k, 0) / v for k, v in need.items() if v > 0)
-    if fits < 1:
-        have = {k: total.get(k, 0) for k in need}
-        raise ConfigError(
-            f"{spec.kind} {spec.name!r}: one trial needs {need} ({t.num_workers} worker(s) x {t.cpus_per_worker} "
-            f"CPU, a Ray Data actor of {cfg.data.cpus_per_actor} CPU, reads and the trainable), more than "
-            f"{getattr(ray, 'where', 'the cluster')} has: {have}"
-        )
-    n = int(fits + 1e-9)
-    return max(1, min(n, spec.max_concurrent or n, spec.num_samples))
-
-
-def tune_verbosity() -> int:
-    """Tune's status tables on the console only with --verbose: rayeq prints a line per finished trial and the
-    trials' epoch lines."""
-    from rayeq.cluster import verbose_ray
-
-    return 1 if verbose_ray() else 0
 
 
 def _sampler(spec: SweepSpec):
@@ -160,7 +65,6 @@ def _trial(params: dict[str, Any], base: dict, sweep: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rayeq.config import from_dict
     from rayeq.train.driver import build_trainer
 
     ctx = tune.get_context()
@@ -176,41 +80,6 @@ def _trial(params: dict[str, Any], base: dict, sweep: dict) -> None:
     trainer.fit()
 
 
-class Progress:
-    """Tune callback: a line per finished trial (a sweep's trial, a study's run), with the count and an ETA."""
-
-    def __new__(cls, total: int, metrics: list[str], kind: str = "sweep", noun: str = "trial"):
-        from ray.tune import Callback
-
-        class _Progress(Callback):
-            def __init__(self):
-                self.t0, self.done = time.perf_counter(), 0
-
-            def setup(self, **info):  # each session, including a --resume (the callback is restored)
-                self.t0, self.done = time.perf_counter(), 0
-
-            def _line(self, trial, what: str) -> None:
-                self.done += 1
-                r = trial.last_result or {}
-                shown = ", ".join(f"{m} {r[m]:.4f}" for m in metrics if isinstance(r.get(m), float))
-                el = time.perf_counter() - self.t0
-                eta = el / self.done * (total - self.done)
-                label = (trial.config or {}).get("run", trial.trial_id)
-                print(
-                    f"{kind}: {noun} {label} {what}: {shown} "
-                    f"[{self.done}/{total} this session, {el:.0f}s, ETA {eta:.0f}s]",
-                    flush=True,
-                )
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._line(trial, f"done after {(trial.last_result or {}).get('epoch', '?')} epoch(s)")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trial, f"FAILED (see {trial.path})")
-
-        return _Progress()
-
-
 def run_sweep(
     path: str | Path,
     resume: bool = False,
@@ -222,20 +91,11 @@ def run_sweep(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = load_sweep(path, storage_path)
-    base, used_overrides = base_config(spec, list(overrides))
-    check_space(spec, base)
-    from rayeq.cluster import LocalResources, starts_local_ray
-    from rayeq.track import check_backend
-
-    check_backend(base)  # as `rayeq train` does, before Ray starts rather than in every trial
-
-    if starts_local_ray(address):
-        check_cluster(spec, base, LocalResources(), autoscaling)  # before Ray starts and the data is made
+    base, used_overrides, meta = open_campaign(spec, overrides, address, autoscaling, lambda b: check_space(spec, b))
     from rayeq.data.schema import is_objects
     from rayeq.runinfo import image_target_widths
     from rayeq.train.probes import reported_metric_names
 
-    base, meta = absolute_base(base)
     has_val = meta["splits"].get("val", 0) > 0
     regress = None if is_objects(meta) else image_target_widths(base)  # image sets: aug_<family>_r2 per family on
     check_metrics(spec, base, reported_metric_names(is_objects(meta), has_val, base.train.floor_probes, regress))
@@ -244,25 +104,13 @@ def run_sweep(
     record = record_of(spec, used_overrides, base)
     saved = sweep_dir / SWEEP_FILE
     check_saved(saved, record, spec, resume)
-
-    from rayeq.cluster import connect_ray
-
-    ray = connect_ray(address, log)
-    concurrency = check_cluster(spec, base, ray, autoscaling)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(record, sort_keys=False))
-    from rayeq.track import backend_of, ensure_aim_repo, resolve_track_repo
-
-    if backend_of(base) == "aim":
-        ensure_aim_repo(resolve_track_repo(base))
+    _, concurrency = start_campaign(spec, base, saved, record, address, autoscaling, log)
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial, base=base.to_dict(), sweep={"name": spec.name, "trials_dir": str(sweep_dir / "trials")}
@@ -270,7 +118,7 @@ def run_sweep(
         {"cpu": TRAINABLE_CPUS},
     )
     tune_dir = sweep_dir / "tune"
-    callbacks = [Progress(spec.num_samples, spec.metrics)]
+    callbacks = [progress_callback(spec.num_samples, spec.metrics, key=str(sweep_dir))]
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         log(f"resuming sweep {spec.name} from {tune_dir} (finished trials are kept, unfinished ones continue)")
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
@@ -324,16 +172,16 @@ def run_sweep(
             f"dir {sweep_dir}"
         )
     grid = tuner.fit()
-    rows = collect_rows(grid, spec, base)
+    rows = collect_rows(grid, spec, base, TRIAL_STATES.get(str(sweep_dir), {}))
     out = write_results(rows, spec, base, sweep_dir, log)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
-def collect_rows(grid, spec: SweepSpec, base: ExperimentConfig) -> list[dict[str, Any]]:
-    # Tune's own trial states tell an ASHA stop (TERMINATED early) from an interruption (RUNNING,
-    # PENDING or PAUSED when the sweep was stopped)
-    states = {str(t): t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
+def collect_rows(grid, spec: SweepSpec, base: ExperimentConfig, states: dict[str, str]) -> list[dict[str, Any]]:
+    """A row per trial. `states`: Tune's trial states as the sweep's callback last saw them (`campaign.run`), which
+    tell an ASHA stop (TERMINATED early) from an interruption (RUNNING, PENDING or PAUSED when the sweep was
+    stopped); a trial it did not see (finished in an earlier session) is TERMINATED."""
     rows = []
     for result in grid:
         m = result.metrics or {}

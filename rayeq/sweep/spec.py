@@ -11,20 +11,16 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
+from rayeq.campaign.spec import NAME, Base, Resources, SpecModel, read_spec
+from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
 
 # keys a sweep sets itself for every trial: sampling them would break trial naming or tracking
 SWEEP_OWNED = ("train.name", "train.storage_path", "track.")
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Distribution(_Spec):
+class Distribution(SpecModel):
     type: Literal["uniform", "loguniform", "int", "choice"]
     low: float | None = None
     high: float | None = None
@@ -70,12 +66,12 @@ class Distribution(_Spec):
         return tune.choice(self.values)
 
 
-class Objective(_Spec):
+class Objective(SpecModel):
     metric: str
     mode: Literal["max", "min"] = "max"
 
 
-class Asha(_Spec):
+class Asha(SpecModel):
     """ASHA on one metric; its time unit is the training epoch and max_t is the base's train.epochs."""
 
     metric: str
@@ -84,20 +80,9 @@ class Asha(_Spec):
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
-class Resources(_Spec):
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(0.5, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-
-
-class Base(_Spec):
-    config: str | None = Field(None, description="experiment YAML (relative to the working directory)")
-    overrides: list[str] = []
-
-
-class SweepSpec(_Spec):
+class SweepSpec(SpecModel):
     kind: ClassVar[str] = "sweep"
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME)
     description: str = ""
     base: Base = Base()
     space: dict[str, Distribution] = Field(min_length=1)
@@ -126,54 +111,8 @@ class SweepSpec(_Spec):
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_spec(path: str | Path, model: type[BaseModel], kind: str, storage_path: str | None = None):
-    """A sweep or study YAML validated into `model`; every problem named by its dotted key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{kind} file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{kind} file {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{kind} file {str(path)!r} must hold a mapping, not {type(data).__name__}")
-    if storage_path is not None:
-        data["storage_path"] = storage_path
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"{loc}: {msg}")
-        raise ConfigError(f"{kind} file {str(path)!r}:\n  " + "\n  ".join(lines)) from None
-
-
 def load_sweep(path: str | Path, storage_path: str | None = None) -> SweepSpec:
     return read_spec(path, SweepSpec, "sweep", storage_path)
-
-
-def base_config(spec: SweepSpec, extra: list[str] = ()) -> tuple[ExperimentConfig, list[str]]:
-    """The base experiment and the overrides that made it: `resources`, then base.overrides, then the
-    CLI's (so that `--set train.use_gpu=false ...` can shrink a GPU-sized file to a CPU first look); a
-    study's spec has the same `base` and `resources`."""
-    overrides = []
-    if spec.resources is not None:
-        r = spec.resources
-        overrides += [
-            f"train.num_workers={r.workers}",
-            f"train.cpus_per_worker={r.cpus_per_worker}",
-            f"train.gpus_per_worker={r.gpus_per_worker}",
-            f"train.use_gpu={str(r.gpus_per_worker > 0).lower()}",
-        ]
-    overrides += [*spec.base.overrides, *extra]
-    try:
-        return load_config(spec.base.config, overrides), overrides
-    except ConfigError as exc:
-        raise ConfigError(f"{spec.kind} {spec.name!r}, base config: {exc}") from None
 
 
 def trial_config(base: ExperimentConfig, params: dict[str, Any], name: str, storage: str) -> ExperimentConfig:
