@@ -17,10 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Width of the pooled representation (and of the last feature map) of each backbone.
-BACKBONE_DIMS = {"resnet18": 512, "resnet50": 2048}
-# Total down-sampling of each stem option (stem stride × the strides of layers 2-4).
-STEM_STRIDES = {"imagenet": 32, "compact": 16, "small": 8}
+from rayeq.models.facts import BACKBONE_DIMS, STEM_STRIDES, token_width
 
 # Keys that may change when a run is resumed: they do not change what is being trained.
 OPERATIONAL_KEYS = (
@@ -604,11 +601,6 @@ def _intermediate_problems(cfg: ExperimentConfig):
                              ("method.xattn.target_code", x.target_code > 0)) if on]  # fmt: skip
     if others:
         yield f"method.intermediate (design B) rebuilds no view, so it does not combine with {', '.join(others)}"
-
-
-def token_width(source: str, model: ModelConfig) -> int:
-    part = source.split(".")[1].removesuffix("_pooled")
-    return {"inv": model.inv_dim, "equi": model.equi_dim, "full": model.feature_dim}[part]
 
 
 def _xattn_problems(cfg: ExperimentConfig):

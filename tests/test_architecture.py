@@ -14,7 +14,7 @@ ROOT = Path(rayeq.__file__).parent
 
 # lowest first; a module may import its own layer or lower ones
 LAYERS = [
-    ["rayeq", "rayeq.config"],
+    ["rayeq", "rayeq.config", "rayeq.models.facts"],
     ["rayeq.data", "rayeq.models", "rayeq.losses", "rayeq.metrics", "rayeq.report", "rayeq.track"],
     ["rayeq.methods", "rayeq.runinfo", "rayeq.checkpoint", "rayeq.rundir", "rayeq.cluster"],
     ["rayeq.train.engine", "rayeq.train.probes", "rayeq.train.optim", "rayeq.train.hooks", "rayeq.train.summary",
@@ -135,6 +135,24 @@ def test_sweep_and_study_stand_on_the_campaign_layer_not_on_each_other():
     assert not sideways, sideways
     for kind in ("rayeq.sweep", "rayeq.study"):
         assert any(n.startswith("rayeq.campaign") for m, ns in GRAPH.items() if m.startswith(kind) for n in ns), kind
+
+
+# plain PyTorch even inside functions: no `import ray` anywhere in them (the Ray edge passes them what they need)
+NO_RAY_AT_ALL = ["rayeq.data.feed.pairs", "rayeq.data.feed.augment", "rayeq.data.feed.targets", "rayeq.models",
+                 "rayeq.losses", "rayeq.methods", "rayeq.train.engine", "rayeq.report", "rayeq.rundir"]  # fmt: skip
+
+
+def test_the_pair_maker_models_losses_and_methods_never_import_ray():
+    found = []
+    for m, path in MODULES.items():
+        if not any(m == c or m.startswith(c + ".") for c in NO_RAY_AT_ALL):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            found += [f"{m}: {n}" for n in names if n == "ray" or n.startswith("ray.")]
+    assert not found, found
 
 
 def test_the_core_imports_no_ray():

@@ -690,7 +690,7 @@ def test_xrecon_decoder_follows_the_config(fast_cfg, size, recon, width, depth):
     reaches method.decoder.recon_size, with `width` channels first and `depth` conv blocks per stage."""
     import math
 
-    from rayeq.config import STEM_STRIDES
+    from rayeq.models.facts import STEM_STRIDES
 
     cfg = fast_cfg("method.name=xrecon", f"method.decoder.recon_size={recon}", f"method.decoder.width={width}",
                    f"method.decoder.depth={depth}", size=size)  # fmt: skip

@@ -16,11 +16,12 @@ import math
 
 import torch
 
-from rayeq.config import STEM_STRIDES, ExperimentConfig, token_width
+from rayeq.config import ExperimentConfig
 from rayeq.losses import reconstruction_loss, resize_target
 from rayeq.methods.base import StepOutput
 from rayeq.methods.joint import JointEmbedding
 from rayeq.models import ConvDecoder, CrossAttention, split_features, to_tokens
+from rayeq.models.facts import STEM_STRIDES, token_width
 
 
 def position_code(h: int, w: int, dim: int, device=None, dtype=None) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from rayeq.config import BACKBONE_DIMS
+from rayeq.models.facts import BACKBONE_DIMS
 
 
 class ResNetBackbone(nn.Module):

@@ -47,6 +47,7 @@ class _Pairs:
         encoding: str | None = None,
         stored_size: int | None = None,
         scene_meta: dict[str, Any] | None = None,
+        entropy: int = 0,
     ):
         self.cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.model_validate(cfg)
         self.scene_meta = scene_meta  # a 3D set's meta.json: what re-renders its objects (design B's target)
@@ -57,11 +58,11 @@ class _Pairs:
         if self.raw and not stored_size:
             raise DataError(f"a {RAW_ENCODING} set must name its image_size in meta.json")
         base = self.cfg.train.seed if seed is None else seed
-        # Under Ray each actor mixes its unique id into the seed, so actors never repeat each
-        # other's stream; outside Ray the stream is fixed by the seed alone.
+        # `entropy`: on a Ray Data actor its unique id (data/feed/pipeline.py: ActorShardPairs), so actors never
+        # repeat each other's stream; outside Ray 0, and the stream is fixed by the seed alone.
         # Separate streams for choosing views and for augmenting them, so that switching an
         # augmentation on or off keeps the same pairs.
-        pair_seq, aug_seq = np.random.SeedSequence([base, _actor_entropy()]).spawn(2)
+        pair_seq, aug_seq = np.random.SeedSequence([base, entropy]).spawn(2)
         self.rng, self.aug_rng = np.random.default_rng(pair_seq), np.random.default_rng(aug_seq)
         self.skipped = 0
 
@@ -307,9 +308,9 @@ class ShardPairs:
 
     def __init__(self, cfg: ExperimentConfig | dict, split: str | None = "train", seed: int | None = None,
                  encoding: str | None = None, stored_size: int | None = None,
-                 scene_meta: dict[str, Any] | None = None):  # fmt: skip
+                 scene_meta: dict[str, Any] | None = None, entropy: int = 0):  # fmt: skip
         cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.model_validate(cfg)
-        self.maker = pair_maker_class(cfg.data.source)(cfg, split, seed, encoding, stored_size, scene_meta)
+        self.maker = pair_maker_class(cfg.data.source)(cfg, split, seed, encoding, stored_size, scene_meta, entropy)
         self.split, self.rows = split, cfg.data.rows_per_batch
 
     def __call__(self, items) -> Iterator[dict[str, np.ndarray]]:
@@ -333,17 +334,3 @@ def _list_array(col) -> pa.ListArray:
 
 def pair_maker_class(source: str) -> type[_Pairs]:
     return ObjectPairs if source in ("synth3d", "3diebench") else ImagePairs
-
-
-def _actor_entropy() -> int:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            actor = ctx.get_actor_id()
-            if actor:
-                return int(actor[:16], 16)
-    except Exception:  # not in Ray, or no runtime context
-        pass
-    return 0

@@ -20,7 +20,7 @@ import torch
 
 from rayeq.config import ExperimentConfig
 from rayeq.data.feed.normalize import normalize
-from rayeq.data.feed.pairs import pair_maker_class, path_column
+from rayeq.data.feed.pairs import ShardPairs, pair_maker_class, path_column
 from rayeq.data.schema import IMAGES_FORMAT, OBJECTS_FORMAT, DataError, is_objects, open_dataset, split_filter
 
 READ_CPUS = 0.1  # Parquet reads are light; a full CPU per read task starves small clusters (2 cores)
@@ -197,7 +197,6 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int =
     import ray
 
     from rayeq.data.feed.idle import with_idle_wait
-    from rayeq.data.feed.pairs import ShardPairs
 
     meta, shards = feed_data(cfg, split)
     shards = split_shards(shards, split)
@@ -206,7 +205,7 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int =
     d = cfg.data
     n = pair_actors(cfg, ray)
     pairs = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        ShardPairs,
+        ActorShardPairs,
         fn_constructor_kwargs=maker_kwargs(cfg, meta, split),
         batch_size=1,  # one shard per call; its pairs come out data.rows_per_batch rows at a time
         batch_format="pyarrow",
@@ -218,6 +217,22 @@ def build_ray_dataset(cfg: ExperimentConfig, split: str = "train", passes: int =
     # backpressured (the stream ahead of training fills its budget), Ray 2.60's scheduling loop turns without
     # pause, taking most of a core: it waits instead (data/feed/idle.py)
     return with_idle_wait(pairs)
+
+
+def actor_entropy() -> int:
+    """The Ray actor this runs in, as a number (0 outside an actor)."""
+    import ray
+
+    actor = ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    return int(actor[:16], 16) if actor else 0
+
+
+class ActorShardPairs(ShardPairs):
+    """`pairs.ShardPairs` on a Ray Data actor: the actor's id is mixed into its seed, so that actors never repeat
+    each other's pairs (the pair maker itself knows nothing of Ray)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs, entropy=actor_entropy())
 
 
 IMAGE_KEYS = ("view1", "view2", "mid")  # the uint8 images of a batch (mid: xrecon's design B target)
