@@ -601,3 +601,28 @@ def test_design_b_on_the_3d_set_renders_the_object_between_the_views(tiny_synth3
         ObjectPairs(cfg, split=None, seed=0)
     batches = list(iter_pairs(cfg, "train", batch_size=8))  # the plain loop (and so Ray Data's actors) carry it too
     assert batches[0]["mid"].shape == (8, 3, 32, 32) and batches[0]["mid_t"].shape == (8, 1)
+
+
+def test_a_training_run_opens_its_data_set_once_and_a_changed_shard_is_checked_again(tiny_synth3d, tmp_path):
+    """What `rayeq train` does before its workers start (build_trainer's check, then the train and val streams'
+    feed_data) reads the set's shards once, and its decoded copy's once; a shard rewritten since is read again, and a
+    corrupt one named."""
+    import os
+
+    from rayeq.data import schema
+    from rayeq.data.feed.pipeline import feed_data
+
+    data = tmp_path / "set"
+    shutil.copytree(tiny_synth3d, data)
+    cfg = _cfg(data, "data.decoded=true", "data.image_size=16")
+    before = schema.OPEN_COUNT[0]
+    check_data(cfg, "train")
+    feed_data(cfg, "train", log=lambda *a: None)
+    feed_data(cfg, "val", log=lambda *a: None)
+    check_data(cfg, "val")
+    assert schema.OPEN_COUNT[0] - before == 2  # the set, its decoded copy
+    shard = sorted(data.glob("shard-*.parquet"))[0]
+    shard.write_bytes(b"not parquet")
+    os.utime(shard, ns=(1, 1))  # a rewrite: another size and time
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        check_data(cfg, "train")

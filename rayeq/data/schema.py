@@ -2,15 +2,17 @@
 
 3D sources (synth3d, 3DIEBench): one row per object with all its views.
 Image sources (image folders): one row per image.
-`open_dataset` checks a directory before any expensive work: it exists, has meta.json and shards,
-is not empty, and every shard has the expected schema.
+`DataSet.open` (and `open_dataset`) checks a directory before any expensive work: it exists, has meta.json and
+shards, is not empty, and every shard has the expected schema; once per process while its files are unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,11 +206,55 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def open_dataset(path: str | Path, split: str | None = None) -> tuple[dict[str, Any], list[Path]]:
-    """Validate a data directory and return (meta, shard paths). Cheap: reads only Parquet footers."""
-    path = Path(path)
-    meta = read_meta(path)
-    shards = sorted(path.glob("shard-*.parquet"))
+@dataclass(frozen=True)
+class DataSet:
+    """A data directory opened and checked: its meta.json, its shards (every one's schema read) and its row count.
+    `DataSet.open` checks a directory once per process: opened again while its files are unchanged (meta.json's
+    and every shard's size and time), the same handle comes back without reading the shards again."""
+
+    path: Path
+    meta: dict[str, Any]
+    shards: tuple[Path, ...]
+    rows: int
+
+    @classmethod
+    def open(cls, path: str | Path) -> DataSet:
+        path = Path(path)
+        meta = read_meta(path)  # the directory and its meta.json, named when missing
+        shards = tuple(sorted(path.glob("shard-*.parquet")))
+        state = _files_state(path, shards)
+        known = _OPENED.get(path.resolve())
+        if state is not None and known is not None and known[0] == state:
+            return known[1]
+        opened = cls(path, meta, shards, _check_shards(path, meta, shards))
+        if state is not None:
+            _OPENED[path.resolve()] = (state, opened)
+        OPEN_COUNT[0] += 1
+        return opened
+
+    def require_split(self, split: str | None) -> DataSet:
+        """Itself, when `split` (None: any) has rows; else the DataError that names the splits it has."""
+        if split is not None and self.meta.get("splits", {}).get(split, 0) == 0:
+            raise DataError(
+                f"data directory {str(self.path)!r} has no rows in split {split!r} (splits: {self.meta.get('splits')})"
+            )
+        return self
+
+
+_OPENED: dict[Path, tuple[tuple, DataSet]] = {}
+OPEN_COUNT = [0]  # how many times a data directory's shards were read and checked in this process (tests count it)
+
+
+def _files_state(path: Path, shards: tuple[Path, ...]) -> tuple | None:
+    """meta.json's and every shard's name, size and time (None when one went away meanwhile: checked anew)."""
+    try:
+        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (path / "meta.json", *shards))
+    except OSError:
+        return None
+
+
+def _check_shards(path: Path, meta: dict[str, Any], shards: tuple[Path, ...]) -> int:
+    """Every shard readable and of the format's schema; the set not empty. Returns its rows."""
     if not shards:
         raise DataError(f"data directory {str(path)!r} has meta.json but no shard-*.parquet files")
     expected = SCHEMAS[meta["format"]]
@@ -232,9 +278,14 @@ def open_dataset(path: str | Path, split: str | None = None) -> tuple[dict[str, 
             )
     if n_rows == 0:
         raise DataError(f"data directory {str(path)!r} is empty (0 rows in {len(shards)} shards)")
-    if split is not None and meta.get("splits", {}).get(split, 0) == 0:
-        raise DataError(f"data directory {str(path)!r} has no rows in split {split!r} (splits: {meta.get('splits')})")
-    return meta, shards
+    return n_rows
+
+
+def open_dataset(path: str | Path, split: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Validate a data directory and return (a copy of its meta, its shard paths): `DataSet.open` (cheap: reads only
+    Parquet footers, and only once per process while the files are unchanged), with `split` required to have rows."""
+    ds = DataSet.open(path).require_split(split)
+    return copy.deepcopy(ds.meta), list(ds.shards)
 
 
 def is_objects(meta: dict[str, Any]) -> bool:
