@@ -27,7 +27,14 @@ from typing import Any
 import torch
 
 from rayeq.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config
-from rayeq.data.make.parity import IEBENCH_IMAGES
+from rayeq.data.make.parity import (
+    IEBENCH_IMAGES,
+    compare,
+    contact_sheet,
+    device_rate,
+    parity_sample,
+    timed_render,
+)
 from rayeq.rundir import RunDir
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine
@@ -595,7 +602,6 @@ def bench_render(
     both) of the PyTorch renderer and the pybullet reference, parity figures per size, a contact sheet at the
     first size; on `device` (a CUDA device; by default the first, when torch sees one) the PyTorch renderer's
     images/s there and the time a 3DIEBench-sized set would take."""
-    from rayeq.data.make.parity import compare, contact_sheet, device_rate, parity_sample, timed_render
     from rayeq.data.make.raster import TorchRenderer
 
     threads = torch.get_num_threads()

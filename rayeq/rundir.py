@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from rayeq.checkpoint import STATE_FILE, LoadedCheckpoint, TrainState, checkpoint_score, read_state
-from rayeq.config import ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
+from rayeq.config import OPERATIONAL_KEYS, ConfigError, ExperimentConfig, from_dict, upgrade_stored_config
 from rayeq.data.schema import DataError
 
 CONFIG_FILE = "config.yaml"
@@ -85,8 +85,6 @@ class RunDir:
         checked too. Writes nothing (`prepare` does, once every check has passed)."""
         old = self.saved_config()
         if old is not None and old.fingerprint() != cfg.fingerprint() and not force:
-            from rayeq.config import OPERATIONAL_KEYS
-
             diff = [d for d in _diff(old.to_dict(), cfg.to_dict()) if not d.startswith(OPERATIONAL_KEYS)]
             raise ConfigError(
                 f"run directory {str(self.path)!r} holds a run made under a different config; resuming it "

@@ -8,9 +8,16 @@ import time
 from typing import Any
 
 from rayeq.checkpoint import score_attribute
-from rayeq.cluster import LocalResources, check_resources, connect_ray, starts_local_ray, worker_resources
+from rayeq.cluster import (
+    LocalResources,
+    check_resources,
+    connect_ray,
+    flush_console,
+    starts_local_ray,
+    worker_resources,
+)
 from rayeq.config import ConfigError, ExperimentConfig
-from rayeq.data.feed.pipeline import check_data
+from rayeq.data.feed.pipeline import build_ray_dataset, check_data, stream_options
 from rayeq.rundir import RunDir
 from rayeq.runinfo import RunInfo
 from rayeq.track import backend_of, check_backend, resolve_track_repo
@@ -48,8 +55,6 @@ def run_training(
         ckpt = str(run_dir.path / done["checkpoint_dir_name"])
         return TrainResult(run_dir.path, done["metrics"], ckpt, time.perf_counter() - t0, resolve_track_repo(cfg))
     trainer, run_dir, track_repo = build_trainer(cfg, address, force, log, hooks=hooks, autoscaling=autoscaling)
-    from rayeq.cluster import flush_console
-
     try:
         result = trainer.fit()
     finally:
@@ -94,7 +99,6 @@ def build_trainer(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rayeq.data.feed.pipeline import build_ray_dataset, stream_options
     from rayeq.train.loop import train_loop_per_worker
 
     ctx = ray.data.DataContext.get_current()

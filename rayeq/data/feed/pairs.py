@@ -29,7 +29,7 @@ from rayeq.data.feed.augment import (
     sample_params,
 )
 from rayeq.data.feed.targets import relative_color, relative_rotation_quaternion, target_widths
-from rayeq.data.schema import N_LATENTS, RAW_ENCODING, DataError, decode_image, raw_views
+from rayeq.data.schema import N_LATENTS, RAW_ENCODING, DataError, decode_image, raw_views, read_split_table
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +319,6 @@ class ShardPairs:
             yield from self.shard(path)
 
     def shard(self, path: str) -> Iterator[dict[str, np.ndarray]]:
-        from rayeq.data.schema import read_split_table
-
         table = read_split_table(Path(path), self.split) if self.split else pq.read_table(path)
         table = table.append_column("path", path_column(path, table.num_rows))
         order = self.maker.rng.permutation(table.num_rows)
