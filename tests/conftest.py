@@ -19,12 +19,34 @@ def pytest_configure(config):
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+TIERS = ("default", "full", "all")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tier",
+        choices=TIERS,
+        default="default",
+        help="default: the core and one Ray path of each feature (the README's test command, at most 10 minutes on "
+        "2 cores); full: the second tier alone (tests marked `full`: multi-node faults, job submission, studies end "
+        "to end, the longer Ray runs); all: both. CI runs default, then full (docs/TESTING.md)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that use the shared Ray instance are the Ray tests (`-m ray`); the rest is the fast core (`-m "not
-    ray"`), which runs without Ray and is what mutation testing runs (docs/TESTING.md)."""
+    ray"`), which runs without Ray and is what mutation testing runs (docs/TESTING.md). `--tier` keeps the default
+    tier's tests, the second tier's (`full`), or all; the others are deselected (and counted as such)."""
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+    tier = config.getoption("--tier")
+    if tier != "all":
+        keep = [item for item in items if (item.get_closest_marker("full") is not None) == (tier == "full")]
+        dropped = [item for item in items if item not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
     # modules without Ray first (the session's Ray instance, once started, slows them by ~15 %), then those with
     # Ray, the multi-node cluster last; each module's tests stay together and in order
     ray_modules = {item.module.__name__ for item in items if item.get_closest_marker("ray")}

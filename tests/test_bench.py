@@ -36,6 +36,7 @@ def test_bench_throughput_plain_loop_and_reconstruction_overhead(tiny_builtin):
     bench.check_out(str(out), overwrite=True)
 
 
+@pytest.mark.full  # whole Ray runs timed: the second tier
 def test_bench_ray_path_and_data(tiny_builtin, ray_session):
     lines = []
     res = bench.ray_path(bench.bench_config("vicreg", 32, 8, 1), steps=2, epochs=2, val_steps=1, log=lambda *a: None,

@@ -28,7 +28,7 @@ import yaml
 
 from conftest import rendered_set
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.full]
 
 HERE = Path(__file__).parent
 PY = sys.executable

@@ -13,6 +13,8 @@ from rayeq.study.run import run_study
 
 from conftest import indexed_aim_repo
 
+pytestmark = pytest.mark.full  # studies end to end: the second tier (conftest.py, docs/TESTING.md)
+
 
 @pytest.fixture(scope="module")
 def study_data(tmp_path_factory):

@@ -125,6 +125,7 @@ def test_rerun_is_refused_and_resume_keeps_finished_trials(finished_sweep, sweep
         run_sweep(_sweep_file(tmp, sweep_data, name="fresh"), resume=True, log=lambda *a: None)
 
 
+@pytest.mark.full  # job submission: the second tier
 def test_ray_job_submit_runs_the_sweep(ray_session, sweep_data, tmp_path):
     """`ray job submit --working-dir . -- rayeq sweep ...` against the session's own head node (stopped and resumed
     on a multi-node cluster: tests/test_multinode.py)."""

@@ -186,6 +186,7 @@ def test_resume_under_changed_config_is_refused(first_run, train_data):
         run_training(_cfg(train_data, tmp, "run", "loss.recon_weight=3"), log=lambda *a: None)
 
 
+@pytest.mark.full  # a second whole run of the same path: the second tier
 def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data, tmp_path):
     """`method.name=supervised` runs through `rayeq train` (Ray Train + Ray Data pairs) and its pose term falls;
     its checkpoint loads as an encoder for `rayeq eval`."""
@@ -217,6 +218,7 @@ def test_supervised_ceiling_trains_through_the_same_path(ray_session, train_data
     assert loaded.state.track_backend == "tensorboard" and loaded.state.tracker_run_id == "ceiling"
 
 
+@pytest.mark.full  # a whole run to its fault (test_ray_data's corrupt-shard test is the default tier's)
 def test_a_corrupt_view_met_mid_epoch_is_named(ray_session, train_data, tmp_path):
     """Every view of one object unreadable, read from the PNG shards (no decoded copy, which would refuse it before
     training): the run stops in its first epoch naming the shard, the object and `data.skip_corrupt`."""
