@@ -25,7 +25,20 @@ REGRESSIONS = {
     "rotation": (("rel_rotation", ""), ("rel_rotation_canonical", "_canonical")),
     "color": (("rel_color", ""), ("rel_color_cos_sin", "_cos_sin")),
 }
-PER_CLASS_METRIC = "rotation/full/r2"  # scored per class too: symmetric classes cap rotation R²
+
+
+def metric_name(protocol: str, part: str = "full", score: str = "r2") -> str:
+    """A metric's name as `measure` writes it: `rotation/full/r2`, `linear/equi/top1`, `color_cos_sin/full/r2`."""
+    return f"{protocol}/{part}/{score}"
+
+
+# the headline figure of each 3D protocol on the whole representation
+HEADLINES = {
+    "rotation": metric_name("rotation"),
+    "color": metric_name("color"),
+    "linear": metric_name("linear", score="top1"),
+}
+PER_CLASS_METRIC = HEADLINES["rotation"]  # scored per class too: symmetric classes cap rotation R²
 
 
 def settings_for(cfg: ExperimentConfig, fast: bool) -> dict[str, ProtocolSettings]:
@@ -58,17 +71,17 @@ def measure(
             xtr, xva = feature_part(tr.r, name, inv_dim), feature_part(va.r, name, inv_dim)
             if "linear" in wanted:
                 res = linear_probe(xtr, tr.label, xva, va.label, len(classes), settings["linear"], tr.obj, va.obj)
-                metrics[f"linear/{name}/top1"], mean[f"linear/{name}/top1"] = res["top1"], chance
+                top1 = metric_name("linear", name, "top1")
+                metrics[top1], mean[top1] = res["top1"], chance
                 log(
                     f"  linear/{name}: top-1 {res['top1']:.4f} on {res['scored']} val views (train "
                     f"{res['train_top1']:.4f}; majority class {chance:.4f})"
                 )
             if "knn" in wanted:
-                metrics[f"knn/{name}/top1"] = knn_top1(
-                    xtr, tr.label, xva, va.label, len(classes), knn.k, knn.temperature
-                )
-                mean[f"knn/{name}/top1"] = chance
-                log(f"  knn/{name}: top-1 {metrics[f'knn/{name}/top1']:.4f}")
+                top1 = metric_name("knn", name, "top1")
+                metrics[top1] = knn_top1(xtr, tr.label, xva, va.label, len(classes), knn.k, knn.temperature)
+                mean[top1] = chance
+                log(f"  knn/{name}: top-1 {metrics[top1]:.4f}")
             for proto, targets in REGRESSIONS.items():
                 if proto not in wanted or tr.latent is None:
                     continue
@@ -78,12 +91,13 @@ def measure(
                     )
                     key = f"{proto}{tag}/{name}"
                     for k in ("r2", "r2_per_dim", "r2_train"):
-                        metrics[f"{key}/{k}"], mean[f"{key}/{k}"] = res[k], res["mean"][k]
+                        m = metric_name(f"{proto}{tag}", name, k)
+                        metrics[m], mean[m] = res[k], res["mean"][k]
                     log(
                         f"  {key}: R² {res['r2']:.4f} held-out, {res['r2_train']:.4f} train pairs (SIE, global; a "
                         f"mean predictor scores {res['mean']['r2']:.4f}), {res['r2_per_dim']:.4f} per dim"
                     )
-                    if f"{key}/r2" == PER_CLASS_METRIC:
+                    if metric_name(f"{proto}{tag}", name) == PER_CLASS_METRIC:
                         per_class = _per_class(res, va, classes)
     if "transforms" in wanted:
         from rayeq.eval.transforms import transform_regression
