@@ -257,6 +257,7 @@ def test_eval_on_a_run_writes_json_markdown_and_reuses_cached_features(reg_data,
 
 
 @pytest.mark.slow
+@pytest.mark.full  # the rule and the mark are tests/test_report.py's in the default tier
 def test_metrics_at_or_below_their_floor_are_marked_in_every_table(reg_data, tmp_path, monkeypatch):
     """A memorising encoder: its held-out rotation R² is no better than the floors, and says so."""
     monkeypatch.setenv("RAYEQ_CACHE", str(tmp_path / "cache"))

@@ -55,6 +55,7 @@ def test_all_epochs_stream_through_one_execution_with_fresh_pairs_per_pass(ray_s
     assert len(set(pairs)) > 16  # views drawn anew per pass, not the same pair three times
 
 
+@pytest.mark.full  # the train tests' runs take the same path in the default tier
 def test_ray_pairs_reach_train_workers(ray_session, cfg, tmp_path):
     import ray.train
     from ray.train import RunConfig, ScalingConfig

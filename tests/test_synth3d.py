@@ -137,6 +137,7 @@ TURNS = [("z", 90), ("z", 120), ("z", 180), ("x", 180), ("y", 180)]
 
 
 @pytest.mark.slow
+@pytest.mark.full  # a picture's worth of renders: the second tier
 def test_every_class_shows_its_pose():
     """No class looks the same after a quarter, third or half turn about its axes (synth3d-2 gives each a
     symmetry-breaking part): relative rotation is observable on every class. Measured minimum over the

@@ -158,6 +158,7 @@ def test_aim_run_holds_metrics_and_an_image(first_run):
     assert pil.size == (per_worker * 32, 4 * 32)  # view 1, view 2, target, reconstruction
 
 
+@pytest.mark.full  # a second whole run; the restore itself is test_engine's in the default tier
 def test_second_run_resumes_from_the_saved_epoch(first_run, train_data):
     """The second run continues at epoch 4 with the model, both optimisers, the schedule and the scaler exactly as
     the epoch-3 checkpoint holds them, on every worker."""
