@@ -18,7 +18,7 @@ from rayeq.report import mark
 from rayeq.rundir import RunDir
 from rayeq.runinfo import RunInfo
 from rayeq.train.engine import Engine, EpochResult, Hooks
-from rayeq.train.probes import r2_name
+from rayeq.train.probes import PER_DIM, TOP1, r2_name
 
 
 def write(*parts, flush: bool = True) -> None:
@@ -87,8 +87,8 @@ class ConsoleProgress(Hooks):
 
 # image sets: the pair's relative augmentation parameters, R² per dimension (a mean predictor: 0)
 AUG_LABELS = {"rotation": "rotation", "color": "colour", "blur": "blur", "translation": "shift"}
-PROBE_LABELS = {"top1": "top-1", "rot_r2": "rotation R²", "color_r2": "colour R²",
-                **{f"{r2_name(target_key(f))}_per_dim": f"{name} R²" for f, name in AUG_LABELS.items()}}  # fmt: skip
+PROBE_LABELS = {TOP1: "top-1", r2_name("rel_rotation"): "rotation R²", r2_name("rel_color"): "colour R²",
+                **{f"{r2_name(target_key(f))}{PER_DIM}": f"{name} R²" for f, name in AUG_LABELS.items()}}  # fmt: skip
 
 
 def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> str:
@@ -101,8 +101,8 @@ def probe_line(m: dict[str, float], split: str, chance: float | None = None) -> 
         if value is None:
             continue
         # per dimension a mean predictor scores 0 by definition
-        mean = chance if key == "top1" else 0.0 if key.endswith("_per_dim") else m.get(f"{split}/{key}_mean_predictor")
-        floors = {"untrained": m.get(f"{split}/floor/{key}"), "chance" if key == "top1" else "mean": mean}
+        mean = chance if key == TOP1 else 0.0 if key.endswith(PER_DIM) else m.get(f"{split}/{key}_mean_predictor")
+        floors = {"untrained": m.get(f"{split}/floor/{key}"), "chance" if key == TOP1 else "mean": mean}
         floors = {k: v for k, v in floors.items() if v is not None}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in floors.items())
         parts.append(f"{label} {value:.3f}{mark(value, *floors.values())}" + (f" ({shown})" if shown else ""))

@@ -84,16 +84,19 @@ class ProbeMetrics:
     def compute(self, prefix: str) -> dict[str, float]:
         for acc in (self.top1, self.top1_inv, *self.r2.values()):
             acc.all_reduce()
-        out = {f"{prefix}/top1": self.top1.compute(), f"{prefix}/top1_inv": self.top1_inv.compute()}
+        out = {f"{prefix}/{TOP1}": self.top1.compute(), f"{prefix}/{TOP1_INV}": self.top1_inv.compute()}
         for k, acc in self.r2.items():
             r2 = acc.compute()
             name = r2_name(k)
             out[f"{prefix}/{name}"] = r2["global"]  # SIE's definition
-            out[f"{prefix}/{name}_per_dim"] = r2["per_dim"]
+            out[f"{prefix}/{name}{PER_DIM}"] = r2["per_dim"]
             out[f"{prefix}/{name}_mean_predictor"] = r2["global_mean_predictor"]
         return out
 
 
+# the online probes' metric names (under `train/`, `val/`, and `.../floor/` for the untrained encoder's probes)
+TOP1, TOP1_INV = "top1", "top1_inv"  # the linear probe on all channels, on the invariant ones
+PER_DIM = "_per_dim"  # R² per target dimension, then averaged (a mean predictor scores 0)
 R2_NAMES = {"rel_rotation": "rot_r2", "rel_color": "color_r2"}
 
 
@@ -102,12 +105,18 @@ def r2_name(target: str) -> str:
     return R2_NAMES.get(target, f"{target}_r2")
 
 
+def probe_names(targets) -> list[str]:
+    """The online probes' metric names for these regression targets: top-1 (all, invariant), then each target's R²
+    (SIE's) and per-dimension R²."""
+    return [TOP1, TOP1_INV] + [f"{r2_name(t)}{s}" for t in targets for s in ("", PER_DIM)]
+
+
 def reported_metric_names(three_d: bool, has_val: bool, floor: bool = False, regress: dict | None = None) -> list[str]:
     """The probe and throughput metrics every training report holds (what sweeps may tune against);
     with `floor`, also the untrained encoder's (`train/floor/top1`, ...). `regress`: the run's regression targets
     (`RunInfo.regress`; by default a 3D set's)."""
     targets = regress if regress is not None else dict.fromkeys(R2_NAMES) if three_d else {}
-    probe = ["top1", "top1_inv"] + [f"{r2_name(t)}{s}" for t in targets for s in ("", "_per_dim")]
+    probe = probe_names(targets)
     prefixes = ["train", "val"] if has_val else ["train"]
     if floor:
         prefixes += [f"{p}/floor" for p in prefixes]

@@ -13,7 +13,7 @@ from rayeq.methods import method_label
 from rayeq.report import FLOOR_MARK, mark, number
 from rayeq.rundir import RunDir
 from rayeq.track import backend_of, look_at_line
-from rayeq.train.probes import r2_name
+from rayeq.train.probes import PER_DIM, R2_NAMES, probe_names, r2_name
 
 
 @dataclass
@@ -62,8 +62,7 @@ def failure_message(cfg: ExperimentConfig, exc: BaseException) -> str:
     )
 
 
-SUMMARY_KEYS = ("top1", "top1_inv", "rot_r2", "rot_r2_per_dim", "color_r2", "color_r2_per_dim",
-                *(f"{r2_name(target_key(f))}_per_dim" for f in FAMILIES))  # fmt: skip
+SUMMARY_KEYS = (*probe_names(R2_NAMES), *(f"{r2_name(target_key(f))}{PER_DIM}" for f in FAMILIES))
 
 
 def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
@@ -86,7 +85,7 @@ def summary(res: TrainResult, cfg: ExperimentConfig) -> str:
         for k in rows:
             value, floor = m[f"{split}/{k}"], m.get(f"{split}/floor/{k}")
             # per dimension, predicting the mean scores R² 0 by definition; top-1 has no mean predictor here
-            mean = 0.0 if k.endswith("_per_dim") else m.get(f"{split}/{k}_mean_predictor")
+            mean = 0.0 if k.endswith(PER_DIM) else m.get(f"{split}/{k}_mean_predictor")
             lines.append(
                 f"  {split + '/' + k:{w}s} {value:10.4f} {number(floor, width=10)} {number(mean, width=10)}"
                 f"{mark(value, floor, mean)}"
