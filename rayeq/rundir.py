@@ -80,9 +80,10 @@ class RunDir:
                 "use another train.name for a new run, or move that run directory aside"
             ) from None
 
-    def check(self, cfg: ExperimentConfig, force: bool) -> None:
+    def check(self, cfg: ExperimentConfig, force: bool) -> ExperimentConfig | None:
         """A run directory with another config is refused (unless force); the same config resumes. The storage is
-        checked too. Writes nothing (`prepare` does, once every check has passed)."""
+        checked too. Writes nothing (`prepare` does, once every check has passed). Returns the saved config (None for
+        a new run), for `prepare`."""
         old = self.saved_config()
         if old is not None and old.fingerprint() != cfg.fingerprint() and not force:
             diff = [d for d in _diff(old.to_dict(), cfg.to_dict()) if not d.startswith(OPERATIONAL_KEYS)]
@@ -92,11 +93,12 @@ class RunDir:
                 "train.name for a new run, or --force to resume that run's checkpoint with this config."
             )
         self.check_storage()
+        return old
 
-    def prepare(self, cfg: ExperimentConfig) -> None:
-        """The directory and its `config.yaml`; under --force a different saved config is kept as config.<n>.yaml."""
+    def prepare(self, cfg: ExperimentConfig, old: ExperimentConfig | None) -> None:
+        """The directory and its `config.yaml`; under --force a different saved config (`old`, what `check` returned)
+        is kept as config.<n>.yaml."""
         self.path.mkdir(parents=True, exist_ok=True)
-        old = self.saved_config()
         if old is not None and old.fingerprint() != cfg.fingerprint():
             n = 1
             while (self.path / f"config.{n}.yaml").exists():

@@ -129,19 +129,19 @@ def test_changed_config_is_refused_before_any_work_and_force_keeps_the_old_confi
     base = [f"train.storage_path={tmp_path}", "train.name=run1"]
     cfg = load_config(None, base)
     rd = RunDir.of(cfg)
-    rd.check(cfg, force=False)
+    old = rd.check(cfg, force=False)
     run_dir = rd.path
     assert not run_dir.exists()  # checks write nothing
-    rd.prepare(cfg)
+    rd.prepare(cfg, old)
     saved = (run_dir / "config.yaml").read_text()
     # operational changes (more epochs, logging, workers) resume
     rd.check(load_config(None, [*base, "train.epochs=500", "train.log_every_steps=3", "train.num_workers=2"]), False)
     changed = load_config(None, [*base, "loss.recon_weight=2"])
     with pytest.raises(ConfigError, match=r"different config(.|\n)*loss.recon_weight: 1.0 -> 2.0(.|\n)*--force"):
         rd.check(changed, force=False)
-    rd.check(changed, force=True)
+    old = rd.check(changed, force=True)
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]  # still nothing written
-    rd.prepare(changed)  # once every check passed: the old config kept, the new one saved
+    rd.prepare(changed, old)  # once every check passed: the old config kept, the new one saved
     assert (run_dir / "config.1.yaml").read_text() == saved
     assert load_config(run_dir / "config.yaml").loss.recon_weight == 2
 

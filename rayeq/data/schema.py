@@ -208,14 +208,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DataSet:
-    """A data directory opened and checked: its meta.json, its shards (every one's schema read) and its row count.
+    """A data directory opened and checked: its meta.json and its shards (every one's schema read).
     `DataSet.open` checks a directory once per process: opened again while its files are unchanged (meta.json's
     and every shard's size and time), the same handle comes back without reading the shards again."""
 
     path: Path
     meta: dict[str, Any]
     shards: tuple[Path, ...]
-    rows: int
 
     @classmethod
     def open(cls, path: str | Path) -> DataSet:
@@ -226,7 +225,8 @@ class DataSet:
         known = _OPENED.get(path.resolve())
         if state is not None and known is not None and known[0] == state:
             return known[1]
-        opened = cls(path, meta, shards, _check_shards(path, meta, shards))
+        _check_shards(path, meta, shards)
+        opened = cls(path, meta, shards)
         if state is not None:
             _OPENED[path.resolve()] = (state, opened)
         OPEN_COUNT[0] += 1
@@ -248,13 +248,14 @@ OPEN_COUNT = [0]  # how many times a data directory's shards were read and check
 def _files_state(path: Path, shards: tuple[Path, ...]) -> tuple | None:
     """meta.json's and every shard's name, size and time (None when one went away meanwhile: checked anew)."""
     try:
-        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (path / "meta.json", *shards))
+        stats = [(p.name, p.stat()) for p in (path / "meta.json", *shards)]
     except OSError:
         return None
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
-def _check_shards(path: Path, meta: dict[str, Any], shards: tuple[Path, ...]) -> int:
-    """Every shard readable and of the format's schema; the set not empty. Returns its rows."""
+def _check_shards(path: Path, meta: dict[str, Any], shards: tuple[Path, ...]) -> None:
+    """Every shard readable and of the format's schema; the set not empty."""
     if not shards:
         raise DataError(f"data directory {str(path)!r} has meta.json but no shard-*.parquet files")
     expected = SCHEMAS[meta["format"]]
@@ -278,7 +279,6 @@ def _check_shards(path: Path, meta: dict[str, Any], shards: tuple[Path, ...]) ->
             )
     if n_rows == 0:
         raise DataError(f"data directory {str(path)!r} is empty (0 rows in {len(shards)} shards)")
-    return n_rows
 
 
 def open_dataset(path: str | Path, split: str | None = None) -> tuple[dict[str, Any], list[Path]]:

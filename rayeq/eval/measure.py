@@ -125,11 +125,6 @@ def _per_class(res: dict, va: Features, classes: list[str]) -> dict[str, dict[st
     return out
 
 
-def _protocol_of(metric: str) -> str:
-    head = metric.split("/")[0]
-    return head.removesuffix("_canonical").removesuffix("_cos_sin")
-
-
 def protocol_of(metric: str) -> str:
     """The protocol that scores a metric (`rotation_canonical/full/r2` -> `rotation`)."""
     head = metric.split("/")[0]

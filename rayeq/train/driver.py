@@ -87,7 +87,7 @@ def build_trainer(
             f"train.batch_size={cfg.train.batch_size} is larger than the {n_train} training rows of {cfg.data.path!r}"
         )
     run_dir = RunDir.of(cfg)
-    run_dir.check(cfg, force)
+    saved = run_dir.check(cfg, force)
     track_repo = resolve_track_repo(cfg)
     info = RunInfo.from_meta(cfg, meta, run_dir=str(run_dir.path), track_repo=track_repo, track_backend=backend_of(cfg),
                              force=force, extra_params=extra_params or {})  # fmt: skip
@@ -95,7 +95,7 @@ def build_trainer(
     ray = connect_ray(address, log)
     if not autoscaling:
         check_resources(cfg, ray)
-    run_dir.prepare(cfg)  # every check has passed: the first write
+    run_dir.prepare(cfg, saved)  # every check has passed: the first write
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
